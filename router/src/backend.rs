@@ -1,0 +1,236 @@
+//! The live instances of a service and how one is chosen for a request.
+//!
+//! Choice is power-of-two-choices: two distinct random instances, the one with fewer requests
+//! in flight wins. Leader routes use only the instance registered first (lowest create revision).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use flynn_store::Revision;
+
+/// Connect attempts per request (the first one plus retries on other instances).
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// One instance of a service.
+#[derive(Debug)]
+pub struct Backend {
+    pub id: String,
+    pub addr: SocketAddr,
+    pub create_revision: Revision,
+    in_flight: AtomicUsize,
+}
+
+impl Backend {
+    pub fn new(id: String, addr: SocketAddr, create_revision: Revision) -> Backend {
+        Backend {
+            id,
+            addr,
+            create_revision,
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request in flight on a backend for as long as it lives.
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    pub fn new(backend: Arc<Backend>) -> InFlight {
+        backend.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(backend)
+    }
+
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The instances of one service, oldest registration first (the first is the leader).
+#[derive(Debug, Default)]
+pub struct Service {
+    backends: Vec<Arc<Backend>>,
+}
+
+/// Which instances a request has already tried (indices into one [`Service`] snapshot).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Tried {
+    indices: [usize; MAX_ATTEMPTS],
+    len: usize,
+}
+
+impl Tried {
+    pub fn count(&self) -> usize {
+        self.len
+    }
+
+    fn contains(&self, index: usize) -> bool {
+        self.indices[..self.len].contains(&index)
+    }
+
+    fn add(&mut self, index: usize) {
+        if self.len < MAX_ATTEMPTS {
+            self.indices[self.len] = index;
+            self.len += 1;
+        }
+    }
+}
+
+impl Service {
+    pub fn new(mut backends: Vec<Arc<Backend>>) -> Service {
+        backends.sort_by(|a, b| {
+            (a.create_revision, &a.id).cmp(&(b.create_revision, &b.id))
+        });
+        Service { backends }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// A copy with `backend` added, or replacing the one with the same id.
+    pub fn with(&self, backend: Arc<Backend>) -> Service {
+        let mut backends: Vec<_> = self
+            .backends
+            .iter()
+            .filter(|b| b.id != backend.id)
+            .cloned()
+            .collect();
+        backends.push(backend);
+        Service::new(backends)
+    }
+
+    /// A copy without the backend of that id.
+    pub fn without(&self, id: &str) -> Service {
+        Service {
+            backends: self.backends.iter().filter(|b| b.id != id).cloned().collect(),
+        }
+    }
+
+    /// Chooses an instance not tried yet for this request, and records it as tried.
+    pub fn pick(&self, leader_only: bool, tried: &mut Tried) -> Option<Arc<Backend>> {
+        let candidates = if leader_only {
+            self.backends.get(..1).unwrap_or(&[])
+        } else {
+            &self.backends[..]
+        };
+        // Every tried index came from `candidates` and appears once.
+        let untried = candidates.len().saturating_sub(tried.count());
+        let index = match untried {
+            0 => return None,
+            1 => (0..candidates.len()).find(|&i| !tried.contains(i))?,
+            _ => {
+                let a = random_untried(candidates.len(), tried)?;
+                let b = loop {
+                    let b = random_untried(candidates.len(), tried)?;
+                    if b != a {
+                        break b;
+                    }
+                };
+                if candidates[b].in_flight() < candidates[a].in_flight() {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        tried.add(index);
+        Some(candidates[index].clone())
+    }
+}
+
+/// A random index in `0..len` that has not been tried (probing forward from a random start).
+fn random_untried(len: usize, tried: &Tried) -> Option<usize> {
+    let start = fastrand::usize(..len);
+    (0..len)
+        .map(|step| (start + step) % len)
+        .find(|&i| !tried.contains(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn service(n: usize) -> Service {
+        Service::new(
+            (0..n)
+                .map(|i| {
+                    Arc::new(Backend::new(
+                        format!("i{i}"),
+                        SocketAddr::from(([127, 0, 0, 1], 1000 + i as u16)),
+                        (n - i) as Revision,
+                    ))
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn leader_is_the_oldest_registration() {
+        let s = service(3);
+        let mut tried = Tried::default();
+        let leader = s.pick(true, &mut tried).unwrap();
+        assert_eq!(leader.id, "i2");
+        assert!(s.pick(true, &mut tried).is_none(), "no second leader to retry on");
+    }
+
+    #[test]
+    fn retries_never_repeat_an_instance() {
+        let s = service(3);
+        for _ in 0..100 {
+            let mut tried = Tried::default();
+            let mut seen: Vec<String> = (0..3)
+                .map(|_| s.pick(false, &mut tried).unwrap().id.clone())
+                .collect();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), 3);
+            assert!(s.pick(false, &mut tried).is_none());
+        }
+    }
+
+    #[test]
+    fn prefers_the_less_loaded_of_two() {
+        let s = service(2);
+        let busy = s.backends()[0].clone();
+        let _load: Vec<_> = (0..5).map(|_| InFlight::new(busy.clone())).collect();
+        for _ in 0..50 {
+            let picked = s.pick(false, &mut Tried::default()).unwrap();
+            assert_eq!(picked.id, s.backends()[1].id);
+        }
+        drop(_load);
+        assert_eq!(busy.in_flight(), 0);
+    }
+
+    #[test]
+    fn spreads_load_over_idle_instances() {
+        let s = service(4);
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..4000 {
+            let b = s.pick(false, &mut Tried::default()).unwrap();
+            *counts.entry(b.id.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.len(), 4);
+        assert!(counts.values().all(|&c| c > 600), "{counts:?}");
+    }
+
+    #[test]
+    fn empty_service_has_no_pick() {
+        assert!(Service::default().pick(false, &mut Tried::default()).is_none());
+    }
+}

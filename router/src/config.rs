@@ -1,0 +1,76 @@
+//! `flynn-router` flags; each is also a `FLYNN_…` environment variable.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Flynn's edge router: serves HTTP for the routes and service instances in the store, applying
+/// every change within milliseconds, with no reload.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "flynn-router", version)]
+pub struct Args {
+    /// Where routes and instances live: etcd://host:port[,host:port...]
+    #[arg(long, env = "FLYNN_STORE", default_value = "etcd://127.0.0.1:2379")]
+    pub store: String,
+
+    /// Key prefix of everything Flynn keeps in the store.
+    #[arg(long, env = "FLYNN_STORE_PREFIX", default_value = flynn_store::schema::DEFAULT_PREFIX)]
+    pub store_prefix: String,
+
+    /// Address to serve plain HTTP on; repeat the flag (or separate with commas) for several.
+    #[arg(
+        long = "http-addr",
+        env = "FLYNN_HTTP_ADDR",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:8080"
+    )]
+    pub http_addrs: Vec<SocketAddr>,
+
+    /// Address of the admin listener (/metrics, /health). Keep it on loopback.
+    #[arg(long, env = "FLYNN_ADMIN_ADDR", default_value = "127.0.0.1:8082")]
+    pub admin_addr: SocketAddr,
+
+    /// Worker threads for the proxy (default: one per CPU).
+    #[arg(long, env = "FLYNN_THREADS")]
+    pub threads: Option<usize>,
+
+    /// How long one connection attempt to a backend may take before another is tried.
+    #[arg(long, env = "FLYNN_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// How long a backend may stay silent while answering before the client gets a 504.
+    #[arg(long, env = "FLYNN_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// On SIGTERM, how long in-flight requests may take to finish before the process exits.
+    #[arg(long, env = "FLYNN_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
+
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `flynn_router=debug`.
+    #[arg(long, env = "FLYNN_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Args {
+    /// Checks what clap cannot: the store URL's scheme and the listeners.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let Some(hosts) = self.store.strip_prefix("etcd://") else {
+            anyhow::bail!(
+                "--store {:?}: the router reads etcd (etcd://host:port[,host:port...]); \
+                 the embedded store runs inside `flynn server`",
+                self.store
+            );
+        };
+        if hosts.split(',').all(|h| h.trim().is_empty()) {
+            anyhow::bail!("--store {:?} names no etcd host", self.store);
+        }
+        if self.http_addrs.is_empty() {
+            anyhow::bail!("at least one --http-addr is needed");
+        }
+        if self.threads == Some(0) {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,17 @@
+//! Flynn's edge router, on pingora.
+//!
+//! - [`table`]: the route table: immutable snapshots, incremental edits, host and path matching.
+//! - [`sync`]: keeps the table in step with the store (list, watch, re-list).
+//! - [`proxy`]: where a request is routed: pingora's phases, headers, error answers.
+//! - [`backend`]: a service's instances and the choice of one (P2C, leader).
+//! - [`admin`], [`metrics`]: `/metrics` and `/health`.
+//! - [`server`]: assembles it all; [`config`]: the binary's flags.
+
+pub mod admin;
+pub mod backend;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod server;
+pub mod sync;
+pub mod table;

@@ -1,0 +1,157 @@
+//! The router's Prometheus metrics, in a registry of its own (so several routers can live in
+//! one process, as in tests and the all-in-one server).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the router exports. Counters for the hot path are resolved once, here.
+pub struct Metrics {
+    registry: Registry,
+    /// `flynn_router_requests_total{class="1xx".."5xx"}`, indexed by `status / 100 - 1`.
+    requests_by_class: [IntCounter; 5],
+    pub request_duration: Histogram,
+    pub upstream_connect_errors: IntCounter,
+    pub routes: IntGauge,
+    pub instances: IntGauge,
+    pub store_connected: IntGauge,
+    pub store_revision: IntGauge,
+    store_sync_age: Gauge,
+    pub store_invalid_entries: IntCounter,
+    connected: AtomicBool,
+    synced_once: AtomicBool,
+    last_contact_ms: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "flynn_router_requests_total",
+                "HTTP requests answered, by status class",
+            ),
+            &["class"],
+        )
+        .expect("valid metric");
+        let requests_by_class =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|c| requests.with_label_values(&[c]));
+        let request_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "flynn_router_request_duration_seconds",
+                "Time from request to the end of the response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+        )
+        .expect("valid metric");
+        let int_counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid");
+        let int_gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid");
+        let metrics = Metrics {
+            requests_by_class,
+            request_duration,
+            upstream_connect_errors: int_counter(
+                "flynn_router_upstream_connect_errors_total",
+                "Failed connection attempts to backends",
+            ),
+            routes: int_gauge("flynn_router_routes", "HTTP routes in the table"),
+            instances: int_gauge("flynn_router_instances", "Service instances in the table"),
+            store_connected: int_gauge(
+                "flynn_router_store_connected",
+                "1 while the store watch is established",
+            ),
+            store_revision: int_gauge(
+                "flynn_router_store_revision",
+                "Last store revision applied to the table",
+            ),
+            store_sync_age: Gauge::new(
+                "flynn_router_store_last_sync_age_seconds",
+                "Seconds since the table was last known to match the store (0 while connected)",
+            )
+            .expect("valid"),
+            store_invalid_entries: int_counter(
+                "flynn_router_store_invalid_entries_total",
+                "Store keys or values that could not be parsed and were skipped",
+            ),
+            connected: AtomicBool::new(false),
+            synced_once: AtomicBool::new(false),
+            last_contact_ms: AtomicU64::new(0),
+            registry,
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+            Box::new(requests),
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.upstream_connect_errors.clone()),
+            Box::new(metrics.routes.clone()),
+            Box::new(metrics.instances.clone()),
+            Box::new(metrics.store_connected.clone()),
+            Box::new(metrics.store_revision.clone()),
+            Box::new(metrics.store_sync_age.clone()),
+            Box::new(metrics.store_invalid_entries.clone()),
+        ];
+        for c in collectors {
+            metrics.registry.register(c).expect("metric registered once");
+        }
+        metrics
+    }
+
+    /// Counts one answered request by its status (0: nothing was sent).
+    pub fn count_status(&self, status: u16) {
+        if let Some(counter) = (status / 100)
+            .checked_sub(1)
+            .and_then(|i| self.requests_by_class.get(i as usize))
+        {
+            counter.inc();
+        }
+    }
+
+    /// The store watch is up and the table reflects it.
+    pub fn store_contact(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        self.store_connected.set(i64::from(connected));
+        self.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// The whole table has been loaded from the store.
+    pub fn mark_synced(&self) {
+        self.synced_once.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the table has been loaded from the store at least once.
+    pub fn synced_once(&self) -> bool {
+        self.synced_once.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let age = if self.connected.load(Ordering::Relaxed) {
+            0.0
+        } else {
+            let last = self.last_contact_ms.load(Ordering::Relaxed);
+            now_ms().saturating_sub(last) as f64 / 1000.0
+        };
+        self.store_sync_age.set(age);
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,266 @@
+//! Where a request is routed: pingora's `ProxyHttp` phases, in the order they run.
+//!
+//! 1. `request_filter`: match host and path in the current table snapshot (no lock); answer
+//!    404 or 503 right here when there is no route or no live instance.
+//! 2. `upstream_peer`: choose an instance (P2C least in flight, or the leader).
+//! 3. `fail_to_connect`: a connect failure is retried on another instance, a few times.
+//! 4. `upstream_request_filter` / `response_filter`: forwarding headers in, hop-by-hop out.
+//! 5. `fail_to_proxy`: 503 when no connect succeeded, 504 on a backend timeout, else 502.
+//! 6. `logging`: metrics.
+
+pub mod headers;
+pub mod responses;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::proxy::FailToProxy;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+use crate::backend::{InFlight, Service, Tried, MAX_ATTEMPTS};
+use crate::metrics::Metrics;
+use crate::table::{RouteEntry, Table};
+use headers::Origin;
+use responses::Canned;
+
+/// Timeouts towards backends.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamTimeouts {
+    /// How long one connection attempt may take before the next instance is tried.
+    pub connect: Duration,
+    /// How long the backend may stay silent (reading its response) before a 504.
+    pub read: Duration,
+    /// How long an unused pooled connection to a backend is kept.
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        UpstreamTimeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The HTTP proxy: reads the shared table, writes metrics.
+pub struct Proxy {
+    table: Arc<ArcSwap<Table>>,
+    metrics: Arc<Metrics>,
+    timeouts: UpstreamTimeouts,
+}
+
+impl Proxy {
+    pub fn new(
+        table: Arc<ArcSwap<Table>>,
+        metrics: Arc<Metrics>,
+        timeouts: UpstreamTimeouts,
+    ) -> Proxy {
+        Proxy {
+            table,
+            metrics,
+            timeouts,
+        }
+    }
+}
+
+/// Per-request state.
+pub struct RequestCtx {
+    start: Instant,
+    route: Option<Arc<RouteEntry>>,
+    service: Option<Arc<Service>>,
+    tried: Tried,
+    /// The instance of the current attempt, counted in flight while this lives.
+    current: Option<InFlight>,
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            start: Instant::now(),
+            route: None,
+            service: None,
+            tried: Tried::default(),
+            current: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let table = self.table.load();
+        let req = session.req_header();
+        let host = request_host(req);
+        let path = request_path(req);
+        let Some(route) = table.lookup(host, path) else {
+            answer(session, &responses::NOT_FOUND).await?;
+            return Ok(true);
+        };
+        let Some(service) = table.service(&route.service).filter(|s| !s.is_empty()) else {
+            answer(session, &responses::SERVICE_UNAVAILABLE).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route.clone());
+        ctx.service = Some(service.clone());
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(route), Some(service)) = (&ctx.route, &ctx.service) else {
+            return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
+        };
+        let Some(backend) = service.pick(route.leader, &mut ctx.tried) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no instance left to try",
+            ));
+        };
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(self.timeouts.connect);
+        peer.options.read_timeout = Some(self.timeouts.read);
+        peer.options.idle_timeout = Some(self.timeouts.idle);
+        ctx.current = Some(InFlight::new(backend));
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        self.metrics.upstream_connect_errors.inc();
+        ctx.current = None;
+        let instances = match (&ctx.route, &ctx.service) {
+            (Some(route), _) if route.leader => 1,
+            (_, Some(service)) => service.backends().len(),
+            _ => 0,
+        };
+        let attempts = ctx.tried.count();
+        e.set_retry(attempts < MAX_ATTEMPTS && attempts < instances);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let origin = Origin {
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            proto: "http",
+            port: session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
+        };
+        headers::add_forwarding(upstream_request, &origin)?;
+        if ctx.route.as_ref().is_some_and(|r| r.disable_keep_alives) {
+            upstream_request.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        headers::strip_response_hop_by_hop(upstream_response);
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = error_status(e);
+        if status > 0 {
+            let body = bytes::Bytes::from_static(responses::body_for(status).as_bytes());
+            if let Err(write) = session.respond_error_with_body(status, body).await {
+                tracing::debug!(%write, "could not send the error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        ctx.current = None;
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
+        self.metrics.count_status(status);
+        self.metrics
+            .request_duration
+            .observe(ctx.start.elapsed().as_secs_f64());
+    }
+}
+
+/// The status the router answers with when proxying failed (0: the client is gone).
+fn error_status(e: &Error) -> u16 {
+    use ErrorType::*;
+    match e.etype() {
+        HTTPStatus(code) => *code,
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
+        | BindError => 503,
+        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                WriteError | ReadError | ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Writes one of the router's own answers, keeping the client connection open.
+async fn answer(session: &mut Session, canned: &Canned) -> Result<()> {
+    session
+        .write_response_header_ref(&canned.header, false)
+        .await?;
+    session
+        .write_response_body(Some(canned.body.clone()), true)
+        .await
+}
+
+/// The Host header, or the authority of an absolute URI or HTTP/2 request.
+fn request_host(req: &RequestHeader) -> &[u8] {
+    if let Some(host) = req.headers.get(http::header::HOST) {
+        return host.as_bytes();
+    }
+    req.uri.authority().map(|a| a.as_str().as_bytes()).unwrap_or(b"")
+}
+
+/// The request target's path as the client sent it (absolute-form URIs reduced to their path).
+fn request_path(req: &RequestHeader) -> &[u8] {
+    let raw = req.raw_path();
+    if raw.first() == Some(&b'/') {
+        raw
+    } else {
+        req.uri.path().as_bytes()
+    }
+}

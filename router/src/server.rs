@@ -1,0 +1,121 @@
+//! Puts the router together on a pingora server: the proxy on the HTTP listeners, the admin
+//! app on the admin listener, and the store sync as a background service.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use flynn_store::{Keys, Store};
+use pingora::apps::http_app::HttpServer;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::listening::Service;
+
+use crate::admin::Admin;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, UpstreamTimeouts};
+use crate::sync::{self, TableWriter};
+use crate::table::Table;
+
+/// Where the router gets its store from.
+pub enum StoreSource {
+    /// Opened (and re-opened until it answers) from a URL.
+    Url(String),
+    /// Shared with the rest of the process, as in `flynn server`.
+    Shared(Arc<dyn Store>),
+}
+
+/// Everything the router needs to run.
+pub struct RouterConfig {
+    pub store: StoreSource,
+    pub keys: Keys,
+    pub http_addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub threads: usize,
+    pub timeouts: UpstreamTimeouts,
+    pub drain_timeout: Duration,
+}
+
+/// A ready-to-run pingora server with the router's services added.
+pub fn build(config: RouterConfig) -> Server {
+    let conf = ServerConf {
+        threads: config.threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.drain_timeout.as_secs()),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let table = Arc::new(ArcSwap::from_pointee(Table::default()));
+    let metrics = Arc::new(Metrics::new());
+
+    let proxy = Proxy::new(table.clone(), metrics.clone(), config.timeouts);
+    let mut http = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        proxy,
+        "flynn-router http",
+    );
+    for addr in &config.http_addrs {
+        http.add_tcp(&addr.to_string());
+    }
+    http.threads = Some(config.threads);
+
+    let mut admin = Service::new(
+        "flynn-router admin".to_owned(),
+        HttpServer::new_app(Admin {
+            metrics: metrics.clone(),
+        }),
+    );
+    admin.add_tcp(&config.admin_addr.to_string());
+    admin.threads = Some(1);
+
+    let writer = TableWriter::new(config.keys, table, metrics.clone());
+    let sync = background_service(
+        "flynn-router store sync",
+        StoreSync {
+            source: config.store,
+            writer: std::sync::Mutex::new(Some(writer)),
+            metrics,
+        },
+    );
+
+    server.add_service(http);
+    server.add_service(admin);
+    server.add_service(sync);
+    server
+}
+
+struct StoreSync {
+    source: StoreSource,
+    /// Taken once by `start`.
+    writer: std::sync::Mutex<Option<TableWriter>>,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for StoreSync {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let writer = match self.writer.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => None,
+        };
+        let Some(writer) = writer else {
+            return;
+        };
+        let work = async {
+            let store = match &self.source {
+                StoreSource::Url(url) => sync::open_with_retry(url).await,
+                StoreSource::Shared(store) => store.clone(),
+            };
+            sync::run(store, writer, self.metrics.clone()).await;
+        };
+        tokio::select! {
+            _ = work => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! How a route gets from the store into the table: one mirror per prefix (routes, service
+//! instances) feeds [`TableWriter`], which edits its private table incrementally and publishes
+//! an immutable snapshot after each batch of changes.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use flynn_store::mirror::{self, Backoff, MirrorEvent};
+use flynn_store::types::{Instance, Route};
+use flynn_store::{KeyValue, Keys, Listing, Store};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+use crate::table::{RouteEntry, Table};
+
+/// Most changes applied before a snapshot is published.
+const MAX_BATCH: usize = 4096;
+
+/// The prefixes the router mirrors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Feed {
+    Routes,
+    Services,
+}
+
+/// Owns the next table; the only writer of the shared snapshot.
+pub struct TableWriter {
+    keys: Keys,
+    table: Table,
+    shared: Arc<ArcSwap<Table>>,
+    metrics: Arc<Metrics>,
+    revision: i64,
+}
+
+impl TableWriter {
+    pub fn new(keys: Keys, shared: Arc<ArcSwap<Table>>, metrics: Arc<Metrics>) -> TableWriter {
+        TableWriter {
+            keys,
+            table: Table::clone(&shared.load()),
+            shared,
+            metrics,
+            revision: 0,
+        }
+    }
+
+    /// The table as edited so far (published or not).
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    /// Makes the edits so far visible to requests.
+    pub fn publish(&mut self) {
+        self.metrics.routes.set(self.table.route_count() as i64);
+        self.metrics.instances.set(self.table.instance_count() as i64);
+        self.metrics.store_revision.set(self.revision);
+        self.shared.store(Arc::new(self.table.clone()));
+    }
+
+    /// Replaces every route with those listed.
+    pub fn reset_routes(&mut self, listing: &Listing) {
+        let mut seen = HashSet::with_capacity(listing.kvs.len());
+        for kv in &listing.kvs {
+            if let Some(id) = self.put_route(kv) {
+                seen.insert(id);
+            }
+        }
+        let gone: Vec<String> = self
+            .table
+            .route_ids()
+            .filter(|id| !seen.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.table.remove_route(&id);
+        }
+        self.revision = self.revision.max(listing.revision);
+    }
+
+    /// Replaces every instance with those listed.
+    pub fn reset_instances(&mut self, listing: &Listing) {
+        let mut seen = HashSet::with_capacity(listing.kvs.len());
+        for kv in &listing.kvs {
+            if let Some(key) = self.put_instance(kv) {
+                seen.insert(key);
+            }
+        }
+        let mut gone = Vec::new();
+        for name in self.table.service_names() {
+            if let Some(service) = self.table.service(name) {
+                for b in service.backends() {
+                    if !seen.contains(&(name.clone(), b.id.clone())) {
+                        gone.push((name.clone(), b.id.clone()));
+                    }
+                }
+            }
+        }
+        for (service, id) in gone {
+            self.table.remove_instance(&service, &id);
+        }
+        self.revision = self.revision.max(listing.revision);
+    }
+
+    /// Applies a route put; returns the route id when the key is a route key.
+    pub fn put_route(&mut self, kv: &KeyValue) -> Option<String> {
+        self.revision = self.revision.max(kv.mod_revision);
+        let Some(id) = self.keys.parse_route(&kv.key) else {
+            self.invalid(&kv.key, "not a route key");
+            return None;
+        };
+        let route = match serde_json::from_slice::<Route>(&kv.value) {
+            Ok(Route::Http(route)) => route,
+            Ok(Route::Tcp(_)) => return Some(id.to_owned()),
+            Err(e) => {
+                // Keep the last good version of the route, if any.
+                self.invalid(&kv.key, &e.to_string());
+                return Some(id.to_owned());
+            }
+        };
+        match RouteEntry::from_stored(id, route) {
+            Ok(entry) => self.table.upsert_route(entry),
+            Err(e) => self.invalid(&kv.key, &e.to_string()),
+        }
+        Some(id.to_owned())
+    }
+
+    pub fn delete_route(&mut self, key: &str, revision: i64) {
+        self.revision = self.revision.max(revision);
+        if let Some(id) = self.keys.parse_route(key) {
+            self.table.remove_route(id);
+        }
+    }
+
+    /// Applies an instance put; returns (service, instance id) when the key is an instance key.
+    pub fn put_instance(&mut self, kv: &KeyValue) -> Option<(String, String)> {
+        self.revision = self.revision.max(kv.mod_revision);
+        let Some((service, id)) = self.keys.parse_instance(&kv.key) else {
+            self.invalid(&kv.key, "not a service instance key");
+            return None;
+        };
+        match serde_json::from_slice::<Instance>(&kv.value) {
+            Ok(instance) => {
+                self.table
+                    .upsert_instance(service, id, &instance, kv.create_revision)
+            }
+            Err(e) => self.invalid(&kv.key, &e.to_string()),
+        }
+        Some((service.to_owned(), id.to_owned()))
+    }
+
+    pub fn delete_instance(&mut self, key: &str, revision: i64) {
+        self.revision = self.revision.max(revision);
+        if let Some((service, id)) = self.keys.parse_instance(key) {
+            self.table.remove_instance(service, id);
+        }
+    }
+
+    fn invalid(&self, key: &str, why: &str) {
+        self.metrics.store_invalid_entries.inc();
+        tracing::warn!(key, why, "skipped an invalid store entry");
+    }
+
+    fn apply(&mut self, feed: Feed, event: MirrorEvent) {
+        match (feed, event) {
+            (Feed::Routes, MirrorEvent::Reset(listing)) => self.reset_routes(&listing),
+            (Feed::Services, MirrorEvent::Reset(listing)) => self.reset_instances(&listing),
+            (Feed::Routes, MirrorEvent::Put(kv)) => {
+                self.put_route(&kv);
+            }
+            (Feed::Services, MirrorEvent::Put(kv)) => {
+                self.put_instance(&kv);
+            }
+            (Feed::Routes, MirrorEvent::Delete { key, mod_revision }) => {
+                self.delete_route(&key, mod_revision)
+            }
+            (Feed::Services, MirrorEvent::Delete { key, mod_revision }) => {
+                self.delete_instance(&key, mod_revision)
+            }
+            (_, MirrorEvent::Connected | MirrorEvent::Disconnected(_)) => {}
+        }
+    }
+}
+
+/// Keeps the shared table in step with the store until the process ends.
+pub async fn run(store: Arc<dyn Store>, writer: TableWriter, metrics: Arc<Metrics>) {
+    let keys = writer.keys.clone();
+    let (routes_tx, routes_rx) = mpsc::channel(MAX_BATCH);
+    let (services_tx, services_rx) = mpsc::channel(MAX_BATCH);
+    let backoff = Backoff::default();
+    let _routes = mirror::spawn(store.clone(), keys.routes(), routes_tx, backoff);
+    let _services = mirror::spawn(store, keys.services(), services_tx, backoff);
+    consume(writer, metrics, routes_rx, services_rx).await;
+}
+
+async fn consume(
+    mut writer: TableWriter,
+    metrics: Arc<Metrics>,
+    mut routes: mpsc::Receiver<MirrorEvent>,
+    mut services: mpsc::Receiver<MirrorEvent>,
+) {
+    // Per feed: has it listed once, is its watch up.
+    let mut listed = [false, false];
+    let mut connected = [false, false];
+    loop {
+        let (feed, first) = tokio::select! {
+            Some(e) = routes.recv() => (Feed::Routes, e),
+            Some(e) = services.recv() => (Feed::Services, e),
+            else => return,
+        };
+        let mut batch = vec![(feed, first)];
+        while batch.len() < MAX_BATCH {
+            match routes.try_recv() {
+                Ok(e) => batch.push((Feed::Routes, e)),
+                Err(_) => break,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match services.try_recv() {
+                Ok(e) => batch.push((Feed::Services, e)),
+                Err(_) => break,
+            }
+        }
+        for (feed, event) in batch {
+            let i = feed as usize;
+            match &event {
+                MirrorEvent::Reset(_) => listed[i] = true,
+                MirrorEvent::Connected => connected[i] = true,
+                MirrorEvent::Disconnected(_) => connected[i] = false,
+                _ => {}
+            }
+            writer.apply(feed, event);
+        }
+        writer.publish();
+        metrics.store_contact(connected.iter().all(|c| *c));
+        if listed.iter().all(|l| *l) {
+            metrics.mark_synced();
+        }
+    }
+}
+
+/// Opens the store at `url`, retrying with back-off until it answers.
+pub async fn open_with_retry(url: &str) -> Arc<dyn Store> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match flynn_store::open(url).await {
+            Ok(store) => return store,
+            Err(error) => {
+                tracing::warn!(%error, url, retry_in = ?delay, "cannot open the store");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

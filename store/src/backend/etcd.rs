@@ -1,0 +1,362 @@
+//! The etcd backend (v3 API over gRPC).
+//!
+//! Every request is bounded ([`REQUEST_TIMEOUT`]); transport failures become
+//! [`StoreError::Unavailable`]. HTTP/2 keep-alive pings on open streams make a dead server break
+//! a watch within [`KEEP_ALIVE_INTERVAL`] + [`KEEP_ALIVE_TIMEOUT`]; a killed server breaks it at
+//! once. The channel connects lazily: [`EtcdStore::connect`] succeeds while etcd is down.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchResponse,
+};
+
+use crate::{
+    Cas, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream,
+};
+
+/// Time to establish a TCP connection to one endpoint.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time for one request (or a watch's creation) to be answered.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// HTTP/2 ping interval while streams are open. etcd's default `--grpc-keepalive-min-time`
+/// is 5 s; pinging more often gets the connection closed with `too_many_pings`.
+pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
+/// Time to wait for a ping's answer before the connection counts as dead.
+pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Largest response accepted (a big range).
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// A store backed by an etcd cluster. Cloning shares the connection.
+#[derive(Clone)]
+pub struct EtcdStore {
+    client: Client,
+}
+
+impl EtcdStore {
+    /// A client for `endpoints` (e.g. `http://127.0.0.1:2379`); connects on first use.
+    pub async fn connect(endpoints: &[String]) -> Result<EtcdStore, StoreError> {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(KEEP_ALIVE_INTERVAL, KEEP_ALIVE_TIMEOUT)
+            .with_keep_alive_while_idle(false)
+            .with_require_leader(true);
+        let client = bounded(Client::connect(endpoints, Some(options)))
+            .await
+            .map_err(|e| match e {
+                StoreError::Rejected(reason) => {
+                    StoreError::BadUrl(format!("{}: {reason}", endpoints.join(",")))
+                }
+                other => other,
+            })?;
+        Ok(EtcdStore { client })
+    }
+
+    fn kv(&self) -> etcd_client::KvClient {
+        self.client
+            .kv_client()
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    fn lease(&self) -> etcd_client::LeaseClient {
+        self.client.lease_client()
+    }
+}
+
+/// Runs one request with [`REQUEST_TIMEOUT`] and maps its error.
+async fn bounded<T>(
+    request: impl Future<Output = Result<T, etcd_client::Error>>,
+) -> Result<T, StoreError> {
+    match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+        Ok(answer) => answer.map_err(map_error),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "etcd did not answer within {REQUEST_TIMEOUT:?}"
+        ))),
+    }
+}
+
+fn map_error(error: etcd_client::Error) -> StoreError {
+    use etcd_client::Error as E;
+    match error {
+        E::GRpcStatus(status) => {
+            // gRPC status codes: the ones that mean "this request is wrong", not "try later".
+            const REJECTED: [i32; 9] = [3, 5, 6, 7, 9, 11, 12, 15, 16];
+            let message = status.message().to_owned();
+            if REJECTED.contains(&i32::from(status.code())) {
+                StoreError::Rejected(message)
+            } else {
+                StoreError::Unavailable(message)
+            }
+        }
+        E::Utf8Error(e) => StoreError::NotUtf8(e.to_string()),
+        E::InvalidArgs(m) => StoreError::Rejected(m),
+        E::InvalidUri(e) => StoreError::Rejected(e.to_string()),
+        other => StoreError::Unavailable(other.to_string()),
+    }
+}
+
+/// etcd answers a write bound to a missing lease with this message.
+fn lease_missing(error: StoreError, lease: LeaseId) -> StoreError {
+    match error {
+        StoreError::Rejected(m) if m.contains("lease not found") => StoreError::LeaseNotFound(lease),
+        other => other,
+    }
+}
+
+fn convert(kv: etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
+    let (create_revision, mod_revision, lease) = (kv.create_revision(), kv.mod_revision(), kv.lease());
+    let (key, value) = kv.into_key_value();
+    let key = String::from_utf8(key).map_err(|e| StoreError::NotUtf8(e.to_string()))?;
+    Ok(KeyValue {
+        key,
+        value,
+        create_revision,
+        mod_revision,
+        lease: (lease != 0).then_some(lease),
+    })
+}
+
+fn header_revision(header: Option<&etcd_client::ResponseHeader>) -> Result<Revision, StoreError> {
+    header
+        .map(|h| h.revision())
+        .ok_or_else(|| StoreError::Unavailable("etcd answered without a header".into()))
+}
+
+fn put_options(lease: Option<LeaseId>) -> Option<PutOptions> {
+    lease.map(|id| PutOptions::new().with_lease(id))
+}
+
+#[async_trait]
+impl Store for EtcdStore {
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        let mut kv = self.kv();
+        let mut response = bounded(kv.get(key, None)).await?;
+        response.take_kvs().into_iter().next().map(convert).transpose()
+    }
+
+    async fn range(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let mut kv = self.kv();
+        let mut response =
+            bounded(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let revision = header_revision(response.header())?;
+        let kvs = response
+            .take_kvs()
+            .into_iter()
+            .map(convert)
+            .collect::<Result<_, _>>()?;
+        Ok(Listing { kvs, revision })
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Revision, StoreError> {
+        let mut kv = self.kv();
+        let response = bounded(kv.put(key, value, put_options(lease)))
+            .await
+            .map_err(|e| match lease {
+                Some(id) => lease_missing(e, id),
+                None => e,
+            })?;
+        header_revision(response.header())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut kv = self.kv();
+        let response = bounded(kv.delete(key, None)).await?;
+        Ok(response.deleted() > 0)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Revision,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    ) -> Result<Cas, StoreError> {
+        let compare = if expected == 0 {
+            Compare::create_revision(key, CompareOp::Equal, 0)
+        } else {
+            Compare::mod_revision(key, CompareOp::Equal, expected)
+        };
+        let txn = Txn::new()
+            .when([compare])
+            .and_then([TxnOp::put(key, value, put_options(lease))])
+            .or_else([TxnOp::get(key, None)]);
+        let mut kv = self.kv();
+        let response = bounded(kv.txn(txn))
+            .await
+            .map_err(|e| match lease {
+                Some(id) => lease_missing(e, id),
+                None => e,
+            })?;
+        let revision = header_revision(response.header())?;
+        if response.succeeded() {
+            return Ok(Cas::Swapped { revision });
+        }
+        let current = match response.op_responses().into_iter().next() {
+            Some(TxnOpResponse::Get(mut get)) => get.take_kvs().into_iter().next(),
+            _ => None,
+        };
+        Ok(Cas::Conflict {
+            current: current.map(convert).transpose()?,
+        })
+    }
+
+    async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool, StoreError> {
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
+            .and_then([TxnOp::delete(key, None)]);
+        let mut kv = self.kv();
+        let response = bounded(kv.txn(txn)).await?;
+        if !response.succeeded() {
+            return Ok(false);
+        }
+        Ok(response
+            .op_responses()
+            .into_iter()
+            .any(|op| matches!(op, TxnOpResponse::Delete(d) if d.deleted() > 0)))
+    }
+
+    async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(from.max(1));
+        let mut watch_client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(MAX_MESSAGE);
+        // Wait for etcd to confirm the watch, so that it is live when this returns.
+        let watcher = bounded(async {
+            let mut watcher = watch_client.watch(prefix, Some(options)).await?;
+            let first = watcher.message().await?;
+            Ok::<_, etcd_client::Error>((watcher, first))
+        })
+        .await?;
+        let (stream, first) = watcher;
+        let mut state = EtcdWatch {
+            stream: Some(stream),
+            pending: VecDeque::new(),
+        };
+        match first {
+            Some(response) => state.take(response),
+            None => state.fail(StoreError::Unavailable("etcd closed the watch".into())),
+        }
+        Ok(Box::pin(futures::stream::unfold(state, EtcdWatch::next)))
+    }
+
+    async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, StoreError> {
+        let seconds = i64::try_from(ttl.as_millis().div_ceil(1000))
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let mut lease = self.lease();
+        let response = bounded(lease.grant(seconds, None)).await?;
+        if !response.error().is_empty() {
+            return Err(StoreError::Rejected(response.error().to_owned()));
+        }
+        Ok(response.id())
+    }
+
+    async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut client = self.lease();
+        // One round trip; the client answers `LeaseKeepAliveError` when etcd says TTL 0.
+        match tokio::time::timeout(REQUEST_TIMEOUT, client.keep_alive(lease)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
+                Err(StoreError::LeaseNotFound(lease))
+            }
+            Ok(Err(e)) => Err(lease_missing(map_error(e), lease)),
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "etcd did not answer within {REQUEST_TIMEOUT:?}"
+            ))),
+        }
+    }
+
+    async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
+        let mut client = self.lease();
+        bounded(client.revoke(lease))
+            .await
+            .map_err(|e| lease_missing(e, lease))?;
+        Ok(())
+    }
+
+    async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
+        let mut kv = self.kv();
+        match bounded(kv.compact(revision, None)).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Rejected(m)) if m.contains("compacted") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// A watch's state: the gRPC stream (None once ended) and the events not yet handed out.
+struct EtcdWatch {
+    stream: Option<etcd_client::WatchStream>,
+    pending: VecDeque<Result<WatchEvent, StoreError>>,
+}
+
+impl EtcdWatch {
+    /// Queues the events of one response, or the error that ends the watch.
+    fn take(&mut self, response: WatchResponse) {
+        if response.compact_revision() != 0 {
+            let compact_revision = response.compact_revision();
+            return self.fail(StoreError::Compacted { compact_revision });
+        }
+        if response.canceled() {
+            let reason = format!("etcd cancelled the watch: {}", response.cancel_reason());
+            return self.fail(StoreError::Unavailable(reason));
+        }
+        for event in response.events() {
+            let Some(kv) = event.kv() else {
+                continue;
+            };
+            let item = match event.event_type() {
+                EventType::Put => convert(kv.clone()).map(WatchEvent::Put),
+                EventType::Delete => match kv.key_str() {
+                    Ok(key) => Ok(WatchEvent::Delete {
+                        key: key.to_owned(),
+                        mod_revision: kv.mod_revision(),
+                    }),
+                    Err(e) => Err(StoreError::NotUtf8(e.to_string())),
+                },
+            };
+            let failed = item.is_err();
+            self.pending.push_back(item);
+            if failed {
+                self.stream = None;
+                return;
+            }
+        }
+    }
+
+    /// Ends the watch with `error` after the events already queued.
+    fn fail(&mut self, error: StoreError) {
+        self.stream = None;
+        self.pending.push_back(Err(error));
+    }
+
+    async fn next(mut self) -> Option<(Result<WatchEvent, StoreError>, EtcdWatch)> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                return Some((item, self));
+            }
+            let stream = self.stream.as_mut()?;
+            match stream.message().await {
+                Ok(Some(response)) => self.take(response),
+                Ok(None) => self.fail(StoreError::Unavailable("etcd closed the watch".into())),
+                Err(e) => self.fail(StoreError::Unavailable(format!(
+                    "watch broke: {}",
+                    map_error(e)
+                ))),
+            }
+        }
+    }
+}

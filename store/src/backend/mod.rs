@@ -1,0 +1,3 @@
+//! The two implementations of [`crate::Store`].
+pub mod embedded;
+pub mod etcd;
