@@ -27,6 +27,8 @@ pub struct Options {
     pub idle_timeout: Option<Duration>,
     /// Listen on this address instead of a fresh port (to bring a backend back).
     pub addr: Option<SocketAddr>,
+    /// Wait this long before answering any request (a slow instance).
+    pub delay: Option<Duration>,
 }
 
 /// A running backend; it stops (closing every connection) when dropped.
@@ -97,10 +99,17 @@ async fn serve(listener: TcpListener, name: String, options: Options, stats: Arc
         let name = name.clone();
         let stats = stats.clone();
         let idle = options.idle_timeout;
+        let delay = options.delay;
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 stats.requests.fetch_add(1, Ordering::SeqCst);
-                answer(name.clone(), req)
+                let name = name.clone();
+                async move {
+                    if let Some(delay) = delay {
+                        tokio::time::sleep(delay).await;
+                    }
+                    answer(name, req).await
+                }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new());

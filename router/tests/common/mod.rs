@@ -1,0 +1,219 @@
+//! The black-box harness: a real etcd, the real `flynn-router` binary on free ports, and a store
+//! client to write routes and instances the way the controller would.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use flynn_store::{Keys, Store};
+use flynn_testkit::client::{self, Response};
+use flynn_testkit::{eventually, free_port, Etcd};
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+/// How long the tests give the router to apply a store change. The contract is milliseconds;
+/// this is generous so that a loaded CI machine does not flake.
+pub const APPLY: Duration = Duration::from_secs(5);
+
+pub struct Harness {
+    pub etcd: Etcd,
+    pub store: Arc<dyn Store>,
+    pub keys: Keys,
+    pub router: Router,
+}
+
+impl Harness {
+    /// etcd plus a router with the default flags (and `extra` ones), synced and healthy.
+    pub async fn start(extra: &[&str]) -> Harness {
+        let etcd = Etcd::start().await;
+        let store = flynn_store::open(&etcd.url()).await.expect("open etcd");
+        let router = Router::start(&etcd.url(), extra).await;
+        Harness {
+            etcd,
+            store,
+            keys: Keys::default(),
+            router,
+        }
+    }
+
+    /// Writes an HTTP route `{domain, path, service, ...extra}` under `id`.
+    pub async fn route(&self, id: &str, domain: &str, path: &str, service: &str) {
+        self.route_with(id, domain, path, service, json!({})).await;
+    }
+
+    pub async fn route_with(
+        &self,
+        id: &str,
+        domain: &str,
+        path: &str,
+        service: &str,
+        extra: serde_json::Value,
+    ) {
+        let mut route = json!({
+            "id": id, "type": "http", "domain": domain, "path": path, "service": service,
+        });
+        if let (Some(route), Some(extra)) = (route.as_object_mut(), extra.as_object()) {
+            route.extend(extra.clone());
+        }
+        self.put_raw(&self.keys.route(id), route.to_string()).await;
+    }
+
+    pub async fn remove_route(&self, id: &str) {
+        self.store
+            .delete(&self.keys.route(id))
+            .await
+            .expect("delete route");
+    }
+
+    /// Registers `addr` as instance `id` of `service` (no lease).
+    pub async fn instance(&self, service: &str, id: &str, addr: SocketAddr) {
+        let value = json!({"id": id, "addr": addr.to_string()}).to_string();
+        self.put_raw(&self.keys.instance(service, id), value).await;
+    }
+
+    pub async fn remove_instance(&self, service: &str, id: &str) {
+        self.store
+            .delete(&self.keys.instance(service, id))
+            .await
+            .expect("delete instance");
+    }
+
+    pub async fn put_raw(&self, key: &str, value: impl Into<Vec<u8>>) {
+        self.store
+            .put(key, value.into(), None)
+            .await
+            .expect("store put");
+    }
+
+    /// Waits until `host` answers `status` at `/`.
+    pub async fn wait_status(&self, host: &str, path: &str, status: u16) {
+        let addr = self.router.http.to_string();
+        let waited = eventually(APPLY, &format!("{host}{path} to answer {status}"), || {
+            let addr = addr.clone();
+            async move {
+                client::get(&addr, path, host)
+                    .await
+                    .is_ok_and(|r| r.status == status)
+            }
+        })
+        .await;
+        if let Err(e) = waited {
+            panic!("{e}\nrouter log:\n{}", self.router.log());
+        }
+    }
+
+    /// A GET through the router on a fresh connection.
+    pub async fn get(&self, path: &str, host: &str) -> Response {
+        client::get(&self.router.http.to_string(), path, host)
+            .await
+            .expect("request through the router")
+    }
+}
+
+/// The `flynn-router` binary, killed when dropped.
+pub struct Router {
+    child: Child,
+    pub http: SocketAddr,
+    pub admin: SocketAddr,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Router {
+    pub async fn start(store_url: &str, extra: &[&str]) -> Router {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("router.log");
+        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_flynn-router"))
+            .arg("--store")
+            .arg(store_url)
+            .arg("--http-addr")
+            .arg(http.to_string())
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .args(["--threads", "2", "--log", "info,flynn_router=debug"])
+            .args(extra)
+            .env_remove("FLYNN_STORE")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&log).expect("router log"))
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&log)
+                    .expect("router log"),
+            )
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start flynn-router");
+        let router = Router {
+            child,
+            http,
+            admin,
+            log,
+            _dir: dir,
+        };
+        let admin_addr = admin.to_string();
+        let healthy = eventually(Duration::from_secs(20), "router /health 200", || {
+            let admin_addr = admin_addr.clone();
+            async move {
+                client::get(&admin_addr, "/health", "admin")
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            }
+        })
+        .await;
+        if let Err(e) = healthy {
+            panic!("{e}\nrouter log:\n{}", router.log());
+        }
+        router
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client::get(&self.admin.to_string(), "/metrics", "admin")
+            .await
+            .expect("GET /metrics")
+            .text()
+    }
+
+    /// The value of one sample, e.g. `flynn_router_routes` or
+    /// `flynn_router_requests_total{class="2xx"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self.metrics().await;
+        metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
+    }
+}
+
+pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The JSON the echo backend answered with; panics with the response when it is not JSON.
+pub fn echoed(response: &Response) -> serde_json::Value {
+    response
+        .json()
+        .unwrap_or_else(|e| panic!("{e}: status {} {:?}", response.status, response.text()))
+}
+
+/// Which backend answered.
+pub fn backend_of(response: &Response) -> String {
+    echoed(response)["backend"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}

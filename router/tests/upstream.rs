@@ -1,0 +1,300 @@
+//! Talking to backends: choice of instance, retries, timeouts, pooling, streaming.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{backend_of, Harness};
+use flynn_testkit::backend::{Backend, Options};
+use flynn_testkit::client::{self, Conn};
+use flynn_testkit::free_port;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// An address where nothing listens: connects are refused.
+fn dead_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+/// A backend that accepts, reads the request head, then closes without answering.
+/// Returns its address and how many connections it took.
+async fn hang_up_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Drop: the request was received, the response never comes.
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn connect_failures_are_retried_on_another_instance() {
+    let h = Harness::start(&[]).await;
+    let live = Backend::start("live").await;
+    h.instance("web", "dead-1", dead_addr()).await;
+    h.instance("web", "dead-2", dead_addr()).await;
+    h.instance("web", "live", live.addr).await;
+    h.route("http-1", "retry.test", "/", "web").await;
+    h.wait_status("retry.test", "/", 200).await;
+    for _ in 0..30 {
+        let response = h.get("/", "retry.test").await;
+        assert_eq!(response.status, 200, "a refused connect reached the client");
+        assert_eq!(backend_of(&response), "live");
+    }
+    assert!(h.router.metric("flynn_router_upstream_connect_errors_total").await > 0.0);
+
+    // Only dead instances: every connect fails → 503 with its body.
+    h.remove_instance("web", "live").await;
+    h.wait_status("retry.test", "/", 503).await;
+    let response = h.get("/", "retry.test").await;
+    assert_eq!(response.text(), "Service Unavailable\n");
+}
+
+#[tokio::test]
+async fn an_error_after_the_request_was_sent_is_not_retried() {
+    let h = Harness::start(&[]).await;
+    let good = Backend::start("good").await;
+    let (bad, bad_accepts) = hang_up_backend().await;
+    h.instance("web", "good", good.addr).await;
+    h.instance("web", "bad", bad).await;
+    h.route("http-1", "once.test", "/", "web").await;
+    h.wait_status("once.test", "/", 200).await;
+
+    let accepts_before = bad_accepts.load(Ordering::SeqCst);
+    let mut bad_gateway = 0;
+    for _ in 0..40 {
+        let raw = b"POST /submit HTTP/1.1\r\nHost: once.test\r\nContent-Length: 5\r\n\r\nhello";
+        let response = client::send(&h.router.http.to_string(), raw)
+            .await
+            .expect("an answer");
+        match response.status {
+            200 => assert_eq!(backend_of(&response), "good"),
+            502 => {
+                assert_eq!(response.text(), "Bad Gateway\n");
+                bad_gateway += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.text()),
+        }
+    }
+    // Every request that reached the bad backend came back as a 502: none was replayed on the
+    // good one (a replay would have turned it into a 200).
+    assert!(bad_gateway > 0, "P2C never chose the bad instance in 40 tries");
+    assert_eq!(bad_gateway, bad_accepts.load(Ordering::SeqCst) - accepts_before);
+}
+
+#[tokio::test]
+async fn a_silent_backend_is_a_504() {
+    let h = Harness::start(&["--upstream-timeout", "300ms"]).await;
+    let b = Backend::start("slow").await;
+    h.instance("web", "i1", b.addr).await;
+    h.route("http-1", "slow.test", "/", "web").await;
+    h.wait_status("slow.test", "/", 200).await;
+    let started = Instant::now();
+    let response = h.get("/slow/3000", "slow.test").await;
+    assert_eq!(response.status, 504);
+    assert_eq!(response.text(), "Gateway Timeout\n");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    // Under the timeout it is served.
+    assert_eq!(h.get("/slow/50", "slow.test").await.status, 200);
+}
+
+#[tokio::test]
+async fn p2c_sends_new_requests_to_the_less_busy_instance() {
+    let h = Harness::start(&[]).await;
+    let slow = Backend::start_with(
+        "slow",
+        Options {
+            delay: Some(Duration::from_millis(300)),
+            ..Options::default()
+        },
+    )
+    .await;
+    let fast = Backend::start("fast").await;
+    h.instance("web", "slow", slow.addr).await;
+    h.instance("web", "fast", fast.addr).await;
+    h.route("http-1", "p2c.test", "/", "web").await;
+    h.wait_status("p2c.test", "/", 200).await;
+
+    // Eight clients in a loop for a second and a half. Requests pile up on the slow instance,
+    // so the least-in-flight choice sends nearly everything else to the fast one; a random or
+    // round-robin choice would split them about evenly.
+    let addr = h.router.http.to_string();
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let addr = addr.clone();
+        clients.push(tokio::spawn(async move {
+            let mut conn = Conn::open(&addr).await.expect("open");
+            let mut served = Vec::new();
+            while Instant::now() < deadline {
+                let r = conn.get("/", "p2c.test", &[]).await.expect("answer");
+                served.push(backend_of(&r));
+            }
+            served
+        }));
+    }
+    let mut by_fast = 0;
+    let mut by_slow = 0;
+    for c in clients {
+        for backend in c.await.expect("client") {
+            match backend.as_str() {
+                "fast" => by_fast += 1,
+                "slow" => by_slow += 1,
+                other => panic!("unknown backend {other}"),
+            }
+        }
+    }
+    assert!(by_slow > 0, "the slow instance was never chosen");
+    assert!(
+        by_fast >= 10 * by_slow,
+        "fast served {by_fast}, slow {by_slow}: not least-in-flight"
+    );
+}
+
+#[tokio::test]
+async fn leader_routes_use_the_first_registered_instance() {
+    let h = Harness::start(&[]).await;
+    let first = Backend::start("first").await;
+    let second = Backend::start("second").await;
+    h.instance("db", "first", first.addr).await;
+    h.instance("db", "second", second.addr).await;
+    h.route_with("http-1", "leader.test", "/", "db", json!({"leader": true}))
+        .await;
+    h.wait_status("leader.test", "/", 200).await;
+    for _ in 0..20 {
+        assert_eq!(backend_of(&h.get("/", "leader.test").await), "first");
+    }
+    // The leader goes away: the next registered one leads.
+    h.remove_instance("db", "first").await;
+    let addr = h.router.http.to_string();
+    flynn_testkit::eventually(common::APPLY, "second leads", || {
+        let addr = addr.clone();
+        async move {
+            client::get(&addr, "/", "leader.test")
+                .await
+                .ok()
+                .and_then(|r| r.json().ok())
+                .is_some_and(|j| j["backend"] == "second")
+        }
+    })
+    .await
+    .expect("failover to the next leader");
+    // Re-registering the old leader puts it last: it does not take over.
+    h.instance("db", "first", first.addr).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..10 {
+        assert_eq!(backend_of(&h.get("/", "leader.test").await), "second");
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_pooling_and_disable_keep_alives() {
+    let h = Harness::start(&[]).await;
+    let pooled = Backend::start("pooled").await;
+    let fresh = Backend::start("fresh").await;
+    h.instance("pooled", "i1", pooled.addr).await;
+    h.instance("fresh", "i1", fresh.addr).await;
+    h.route("http-1", "pooled.test", "/", "pooled").await;
+    h.route_with(
+        "http-2",
+        "fresh.test",
+        "/",
+        "fresh",
+        json!({"disable_keep_alives": true}),
+    )
+    .await;
+    h.wait_status("pooled.test", "/", 200).await;
+    h.wait_status("fresh.test", "/", 200).await;
+
+    let pooled_before = pooled.connections();
+    let fresh_before = fresh.connections();
+    for _ in 0..20 {
+        // A new client connection each time: the backend connection is still reused.
+        assert_eq!(h.get("/", "pooled.test").await.status, 200);
+        let response = h.get("/", "fresh.test").await;
+        assert_eq!(response.status, 200);
+        let connection = flynn_testkit::backend::echoed_header(&common::echoed(&response), "connection");
+        assert_eq!(connection, vec!["close".to_owned()]);
+    }
+    assert!(
+        pooled.connections() - pooled_before <= 2,
+        "pooled backend saw {} new connections for 20 requests",
+        pooled.connections() - pooled_before
+    );
+    assert_eq!(
+        fresh.connections() - fresh_before,
+        20,
+        "disable_keep_alives must use a new backend connection per request"
+    );
+}
+
+#[tokio::test]
+async fn backends_that_close_idle_connections_cost_no_error() {
+    let h = Harness::start(&[]).await;
+    let b = Backend::start_with(
+        "closer",
+        Options {
+            idle_timeout: Some(Duration::from_millis(150)),
+            ..Options::default()
+        },
+    )
+    .await;
+    h.instance("web", "i1", b.addr).await;
+    h.route("http-1", "idle.test", "/", "web").await;
+    h.wait_status("idle.test", "/", 200).await;
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    for i in 0..6 {
+        let response = conn.get("/", "idle.test", &[]).await.expect("answer");
+        assert_eq!(response.status, 200, "request {i} after an idle close");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // The backend really did close its idle connections: the router had to reconnect.
+    assert!(b.connections() >= 4, "backend connections: {}", b.connections());
+}
+
+#[tokio::test]
+async fn responses_stream_without_buffering() {
+    let h = Harness::start(&[]).await;
+    let b = Backend::start("stream").await;
+    h.instance("web", "i1", b.addr).await;
+    h.route("http-1", "stream.test", "/", "web").await;
+    h.wait_status("stream.test", "/", 200).await;
+
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    let started = Instant::now();
+    conn.write(b"GET /stream HTTP/1.1\r\nHost: stream.test\r\n\r\n")
+        .await
+        .expect("write");
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("first") {
+        seen.extend(conn.read_some().await.expect("first chunk"));
+    }
+    let first_after = started.elapsed();
+    assert!(
+        first_after < Duration::from_millis(1000),
+        "the first chunk waited for the whole body ({first_after:?})"
+    );
+    while !String::from_utf8_lossy(&seen).contains("last") {
+        seen.extend(conn.read_some().await.expect("last chunk"));
+    }
+    assert!(started.elapsed() >= Duration::from_millis(1400));
+}
