@@ -75,7 +75,8 @@ impl WatchEvent {
 }
 
 /// Events of a watch, in revision order. An `Err` ends the stream: [`StoreError::Compacted`]
-/// when the start revision is gone, anything else when the stream broke.
+/// when the start revision is gone, anything else when the stream broke. An error never comes
+/// between two events of one revision, so a consumer can resume from its last revision + 1.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchEvent, StoreError>> + Send>>;
 
 /// Outcome of [`Store::compare_and_swap`].

@@ -20,7 +20,10 @@ pub enum MirrorEvent {
     /// Every key of the prefix at `listing.revision`: replaces all earlier state.
     Reset(Listing),
     Put(KeyValue),
-    Delete { key: String, mod_revision: Revision },
+    Delete {
+        key: String,
+        mod_revision: Revision,
+    },
     /// The watch is established (again); changes flow live from here.
     Connected,
     /// The store is unreachable or the watch broke; the mirror is retrying.
@@ -110,7 +113,12 @@ pub async fn run(
         }
         delay = backoff.initial;
         let broke = loop {
-            match stream.next().await {
+            let item = tokio::select! {
+                item = stream.next() => item,
+                // Nobody listens any more: stop now rather than at the next change.
+                _ = tx.closed() => return,
+            };
+            match item {
                 Some(Ok(event)) => {
                     resume = Some(event.revision() + 1);
                     if tx.send(event.into()).await.is_err() {

@@ -147,10 +147,10 @@ mod tests {
     fn malformed_values_are_errors() {
         assert!(serde_json::from_str::<Route>(r#"{"type":"udp","id":"x"}"#).is_err());
         assert!(serde_json::from_str::<Instance>(r#"{"id":"i","addr":"nope"}"#).is_err());
-        assert!(
-            serde_json::from_str::<Route>(r#"{"type":"tcp","id":"x","port":70000,"service":"s"}"#)
-                .is_err()
-        );
+        assert!(serde_json::from_str::<Route>(
+            r#"{"type":"tcp","id":"x","port":70000,"service":"s"}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -86,8 +86,13 @@ fn map_error(error: etcd_client::Error) -> StoreError {
         E::GRpcStatus(status) => {
             // gRPC status codes: the ones that mean "this request is wrong", not "try later".
             const REJECTED: [i32; 9] = [3, 5, 6, 7, 9, 11, 12, 15, 16];
+            const RESOURCE_EXHAUSTED: i32 = 8;
+            let code = i32::from(status.code());
             let message = status.message().to_owned();
-            if REJECTED.contains(&i32::from(status.code())) {
+            // Resource exhausted is also etcd's "too many requests", which is worth retrying;
+            // a request over the server's gRPC size limit is not.
+            let too_large = code == RESOURCE_EXHAUSTED && message.contains("larger than max");
+            if too_large || REJECTED.contains(&code) {
                 StoreError::Rejected(message)
             } else {
                 StoreError::Unavailable(message)
@@ -103,13 +108,16 @@ fn map_error(error: etcd_client::Error) -> StoreError {
 /// etcd answers a write bound to a missing lease with this message.
 fn lease_missing(error: StoreError, lease: LeaseId) -> StoreError {
     match error {
-        StoreError::Rejected(m) if m.contains("lease not found") => StoreError::LeaseNotFound(lease),
+        StoreError::Rejected(m) if m.contains("lease not found") => {
+            StoreError::LeaseNotFound(lease)
+        }
         other => other,
     }
 }
 
 fn convert(kv: etcd_client::KeyValue) -> Result<KeyValue, StoreError> {
-    let (create_revision, mod_revision, lease) = (kv.create_revision(), kv.mod_revision(), kv.lease());
+    let (create_revision, mod_revision, lease) =
+        (kv.create_revision(), kv.mod_revision(), kv.lease());
     let (key, value) = kv.into_key_value();
     let key = String::from_utf8(key).map_err(|e| StoreError::NotUtf8(e.to_string()))?;
     Ok(KeyValue {
@@ -136,13 +144,17 @@ impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
         let mut kv = self.kv();
         let mut response = bounded(kv.get(key, None)).await?;
-        response.take_kvs().into_iter().next().map(convert).transpose()
+        response
+            .take_kvs()
+            .into_iter()
+            .next()
+            .map(convert)
+            .transpose()
     }
 
     async fn range(&self, prefix: &str) -> Result<Listing, StoreError> {
         let mut kv = self.kv();
-        let mut response =
-            bounded(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
+        let mut response = bounded(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
         let revision = header_revision(response.header())?;
         let kvs = response
             .take_kvs()
@@ -191,12 +203,10 @@ impl Store for EtcdStore {
             .and_then([TxnOp::put(key, value, put_options(lease))])
             .or_else([TxnOp::get(key, None)]);
         let mut kv = self.kv();
-        let response = bounded(kv.txn(txn))
-            .await
-            .map_err(|e| match lease {
-                Some(id) => lease_missing(e, id),
-                None => e,
-            })?;
+        let response = bounded(kv.txn(txn)).await.map_err(|e| match lease {
+            Some(id) => lease_missing(e, id),
+            None => e,
+        })?;
         let revision = header_revision(response.header())?;
         if response.succeeded() {
             return Ok(Cas::Swapped { revision });

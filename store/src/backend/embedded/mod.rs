@@ -3,7 +3,8 @@
 //! Same semantics as etcd: one revision counter, create/mod revisions per key, leases with a
 //! TTL, compare-and-swap, and prefix watches from a revision. Watches replay a bounded history
 //! (the last [`state::HISTORY_LIMIT`] events) and then follow live writes; a watcher that falls
-//! too far behind gets an [`StoreError::Unavailable`] item and its stream ends.
+//! too far behind gets an [`StoreError::Unavailable`] item, after the last revision it received
+//! in full, and its stream ends.
 //!
 //! Writes are serialised: plan against the state, commit to the file (on a blocking thread),
 //! then apply in memory. Leases expire in a background task on the runtime the store first
@@ -12,6 +13,7 @@
 mod persist;
 mod state;
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -23,12 +25,12 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
-use self::state::{Plan, State};
+use self::state::{Plan, Published, State};
 use crate::{
     Cas, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream,
 };
 
-/// How many live events a watcher may lag behind before its stream breaks.
+/// How many live revisions a watcher may lag behind before its stream breaks.
 const WATCH_BUFFER: usize = 4096;
 /// Pause before the lease reaper retries after a failed write.
 const REAPER_RETRY: Duration = Duration::from_secs(1);
@@ -44,7 +46,7 @@ struct Inner {
     /// Held by one writer at a time, from planning to applying.
     writer: Mutex<()>,
     db: Option<redb::Database>,
-    events: broadcast::Sender<Arc<WatchEvent>>,
+    events: broadcast::Sender<Published>,
     /// Wakes the lease reaper: a new lease, or the store is gone.
     reaper: Arc<Notify>,
     reaper_started: AtomicBool,
@@ -193,6 +195,7 @@ async fn reap(inner: Weak<Inner>, wake: Arc<Notify>) {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
+        check_key(key)?;
         self.ensure_reaper();
         Ok(lock(&self.inner.state).kvs.get(key).map(|e| e.to_kv(key)))
     }
@@ -212,6 +215,7 @@ impl Store for EmbeddedStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Revision, StoreError> {
+        check_key(key)?;
         let key = key.to_owned();
         self.write(move |state| {
             let batch = state.plan_put(key, value, lease)?;
@@ -222,6 +226,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        check_key(key)?;
         let key = key.to_owned();
         self.write(move |state| {
             let batch = state.plan_delete(key);
@@ -238,6 +243,7 @@ impl Store for EmbeddedStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Cas, StoreError> {
+        check_key(key)?;
         let key = key.to_owned();
         self.write(move |state| {
             let current = state.kvs.get(&key);
@@ -253,6 +259,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn compare_and_delete(&self, key: &str, expected: Revision) -> Result<bool, StoreError> {
+        check_key(key)?;
         let key = key.to_owned();
         self.write(move |state| {
             let matches = state
@@ -278,9 +285,15 @@ impl Store for EmbeddedStore {
                 Err(e) => return Ok(Box::pin(futures::stream::iter([Err(e)]))),
             }
         };
-        let live = futures::stream::unfold(Some((live, prefix.to_owned())), move |watcher| {
-            follow(watcher, from)
-        });
+        let live = futures::stream::unfold(
+            Some(Follower {
+                live,
+                prefix: prefix.to_owned(),
+                from,
+                pending: VecDeque::new(),
+            }),
+            follow,
+        );
         Ok(Box::pin(
             futures::stream::iter(replay.into_iter().map(Ok)).chain(live),
         ))
@@ -317,23 +330,50 @@ impl Store for EmbeddedStore {
     }
 }
 
-type Watcher = (broadcast::Receiver<Arc<WatchEvent>>, String);
+/// Single-key operations need a key, as in etcd; the empty prefix is fine for range and watch.
+fn check_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::Rejected("key is not provided".into()));
+    }
+    Ok(())
+}
 
-/// The next live event for a watcher; an error item ends the stream.
-async fn follow(
-    watcher: Option<Watcher>,
+/// A live watch: the published revisions and the matching events not yet handed out.
+struct Follower {
+    live: broadcast::Receiver<Published>,
+    prefix: String,
     from: Revision,
-) -> Option<(Result<WatchEvent, StoreError>, Option<Watcher>)> {
-    let (mut live, prefix) = watcher?;
+    pending: VecDeque<WatchEvent>,
+}
+
+/// The next live event for a watcher; an error item ends the stream. Every event of a
+/// revision is handed out before a lag can end the stream, so resuming after the last event
+/// seen loses nothing.
+async fn follow(
+    watcher: Option<Follower>,
+) -> Option<(Result<WatchEvent, StoreError>, Option<Follower>)> {
+    let mut watcher = watcher?;
     loop {
-        match live.recv().await {
-            Ok(event) => {
-                if event.revision() >= from && event.key().starts_with(&prefix) {
-                    return Some((Ok(WatchEvent::clone(&event)), Some((live, prefix))));
-                }
+        if let Some(event) = watcher.pending.pop_front() {
+            return Some((Ok(event), Some(watcher)));
+        }
+        match watcher.live.recv().await {
+            Ok(published) => {
+                let Follower {
+                    prefix,
+                    from,
+                    pending,
+                    ..
+                } = &mut watcher;
+                pending.extend(
+                    published
+                        .iter()
+                        .filter(|e| e.revision() >= *from && e.key().starts_with(prefix.as_str()))
+                        .map(|e| WatchEvent::clone(e)),
+                );
             }
             Err(RecvError::Lagged(missed)) => {
-                let error = format!("watcher fell behind by {missed} events");
+                let error = format!("watcher fell behind by {missed} revisions");
                 return Some((Err(StoreError::Unavailable(error)), None));
             }
             Err(RecvError::Closed) => {
@@ -365,6 +405,31 @@ mod tests {
         let mut recent = store.watch("/", 3).await.unwrap();
         let got = recent.next().await.unwrap().unwrap();
         assert_eq!(got.revision(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_lagging_watcher_breaks_between_revisions() {
+        let store = EmbeddedStore::in_memory();
+        let lease = store.grant_lease(Duration::from_secs(60)).await.unwrap();
+        store.put("/a", b"a".to_vec(), Some(lease)).await.unwrap();
+        store.put("/b", b"b".to_vec(), Some(lease)).await.unwrap();
+        let mut watch = store.watch("/", 3).await.unwrap();
+        // Revision 3 deletes both keys.
+        store.revoke_lease(lease).await.unwrap();
+        let deleted = |key: &str| WatchEvent::Delete {
+            key: key.into(),
+            mod_revision: 3,
+        };
+        assert_eq!(watch.next().await.unwrap().unwrap(), deleted("/a"));
+        for _ in 0..WATCH_BUFFER + 1 {
+            store.put("/c", b"c".to_vec(), None).await.unwrap();
+        }
+        // A consumer that resumes after the break from revision 4 must have seen all of 3.
+        assert_eq!(watch.next().await.unwrap().unwrap(), deleted("/b"));
+        assert!(matches!(
+            watch.next().await,
+            Some(Err(StoreError::Unavailable(_)))
+        ));
     }
 
     #[tokio::test]

@@ -57,7 +57,12 @@ pub(super) fn open(path: &Path) -> Result<(Database, Loaded), StoreError> {
         .map_or(1, |v| v.value());
 
     let mut kvs = BTreeMap::new();
-    for row in txn.open_table(KVS).map_err(failed)?.iter().map_err(failed)? {
+    for row in txn
+        .open_table(KVS)
+        .map_err(failed)?
+        .iter()
+        .map_err(failed)?
+    {
         let (key, value) = row.map_err(failed)?;
         let key = key.value().to_owned();
         let entry = decode(value.value())
@@ -66,7 +71,12 @@ pub(super) fn open(path: &Path) -> Result<(Database, Loaded), StoreError> {
     }
 
     let mut leases = Vec::new();
-    for row in txn.open_table(LEASES).map_err(failed)?.iter().map_err(failed)? {
+    for row in txn
+        .open_table(LEASES)
+        .map_err(failed)?
+        .iter()
+        .map_err(failed)?
+    {
         let (id, ttl) = row.map_err(failed)?;
         leases.push((id.value(), Duration::from_millis(ttl.value())));
     }

@@ -62,6 +62,10 @@ pub(super) struct Batch {
 /// What a writer's plan decided: an optional change and the caller's answer.
 pub(super) type Plan<T> = Result<(Option<Batch>, T), StoreError>;
 
+/// The events of one revision, published to live watchers as one message so that a watcher
+/// that falls behind breaks between revisions, never inside one.
+pub(super) type Published = Arc<[Arc<WatchEvent>]>;
+
 /// Everything the embedded store knows.
 #[derive(Debug)]
 pub(super) struct State {
@@ -125,7 +129,10 @@ impl State {
     /// The keys under `prefix`, sorted.
     pub fn range(&self, prefix: &str) -> Vec<KeyValue> {
         self.kvs
-            .range::<str, _>((std::ops::Bound::Included(prefix), std::ops::Bound::Unbounded))
+            .range::<str, _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
             .take_while(|(key, _)| key.starts_with(prefix))
             .map(|(key, entry)| entry.to_kv(key))
             .collect()
@@ -225,7 +232,7 @@ impl State {
     }
 
     /// Applies a persisted batch and publishes its events.
-    pub fn apply(&mut self, batch: Batch, events: &broadcast::Sender<Arc<WatchEvent>>) {
+    pub fn apply(&mut self, batch: Batch, events: &broadcast::Sender<Published>) {
         let revision = batch.revision;
         let mut published = Vec::with_capacity(batch.deletes.len() + batch.puts.len());
         for key in batch.deletes {
@@ -262,11 +269,11 @@ impl State {
         }
         self.revision = revision;
         self.next_lease = batch.next_lease;
-        for event in published {
-            let event = Arc::new(event);
-            self.history.push_back(Arc::clone(&event));
+        let published: Published = published.into_iter().map(Arc::new).collect();
+        self.history.extend(published.iter().cloned());
+        if !published.is_empty() {
             // No receiver is not an error: nobody watches right now.
-            let _ = events.send(event);
+            let _ = events.send(published);
         }
         self.trim();
     }
