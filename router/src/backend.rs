@@ -89,9 +89,7 @@ impl Tried {
 
 impl Service {
     pub fn new(mut backends: Vec<Arc<Backend>>) -> Service {
-        backends.sort_by(|a, b| {
-            (a.create_revision, &a.id).cmp(&(b.create_revision, &b.id))
-        });
+        backends.sort_by(|a, b| (a.create_revision, &a.id).cmp(&(b.create_revision, &b.id)));
         Service { backends }
     }
 
@@ -118,7 +116,12 @@ impl Service {
     /// A copy without the backend of that id.
     pub fn without(&self, id: &str) -> Service {
         Service {
-            backends: self.backends.iter().filter(|b| b.id != id).cloned().collect(),
+            backends: self
+                .backends
+                .iter()
+                .filter(|b| b.id != id)
+                .cloned()
+                .collect(),
         }
     }
 
@@ -186,7 +189,10 @@ mod tests {
         let mut tried = Tried::default();
         let leader = s.pick(true, &mut tried).unwrap();
         assert_eq!(leader.id, "i2");
-        assert!(s.pick(true, &mut tried).is_none(), "no second leader to retry on");
+        assert!(
+            s.pick(true, &mut tried).is_none(),
+            "no second leader to retry on"
+        );
     }
 
     #[test]
@@ -231,6 +237,8 @@ mod tests {
 
     #[test]
     fn empty_service_has_no_pick() {
-        assert!(Service::default().pick(false, &mut Tried::default()).is_none());
+        assert!(Service::default()
+            .pick(false, &mut Tried::default())
+            .is_none());
     }
 }

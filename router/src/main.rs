@@ -1,16 +1,34 @@
+use anyhow::Context;
 use clap::Parser;
 use flynn_router::config::Args;
 use flynn_router::proxy::UpstreamTimeouts;
 use flynn_router::server::{self, RouterConfig, StoreSource};
 use flynn_store::Keys;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("flynn-router: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
     args.validate()?;
+    // pingora retries a busy address for a while and then panics in a service thread while the
+    // process lives on; an operator wants a clear error and an exit instead.
+    for addr in args.http_addrs.iter().chain([&args.admin_addr]) {
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    }
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -81,7 +81,7 @@ impl Metrics {
             ),
             connected: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
-            last_contact_ms: AtomicU64::new(0),
+            last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
@@ -96,7 +96,10 @@ impl Metrics {
             Box::new(metrics.store_invalid_entries.clone()),
         ];
         for c in collectors {
-            metrics.registry.register(c).expect("metric registered once");
+            metrics
+                .registry
+                .register(c)
+                .expect("metric registered once");
         }
         metrics
     }
@@ -112,10 +115,14 @@ impl Metrics {
     }
 
     /// The store watch is up and the table reflects it.
+    /// While connected the table is in sync now; once disconnected, it was last in sync when
+    /// the contact was lost, and the age grows from there.
     pub fn store_contact(&self, connected: bool) {
-        self.connected.store(connected, Ordering::Relaxed);
+        let was_connected = self.connected.swap(connected, Ordering::Relaxed);
+        if connected || was_connected {
+            self.last_contact_ms.store(now_ms(), Ordering::Relaxed);
+        }
         self.store_connected.set(i64::from(connected));
-        self.last_contact_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// The whole table has been loaded from the store.

@@ -53,7 +53,9 @@ impl TableWriter {
     /// Makes the edits so far visible to requests.
     pub fn publish(&mut self) {
         self.metrics.routes.set(self.table.route_count() as i64);
-        self.metrics.instances.set(self.table.instance_count() as i64);
+        self.metrics
+            .instances
+            .set(self.table.instance_count() as i64);
         self.metrics.store_revision.set(self.revision);
         self.shared.store(Arc::new(self.table.clone()));
     }
@@ -111,7 +113,11 @@ impl TableWriter {
         };
         let route = match serde_json::from_slice::<Route>(&kv.value) {
             Ok(Route::Http(route)) => route,
-            Ok(Route::Tcp(_)) => return Some(id.to_owned()),
+            Ok(Route::Tcp(_)) => {
+                // TCP routes are not served by the HTTP table (an id that changed type leaves it).
+                self.table.remove_route(id);
+                return Some(id.to_owned());
+            }
             Err(e) => {
                 // Keep the last good version of the route, if any.
                 self.invalid(&kv.key, &e.to_string());
@@ -140,10 +146,9 @@ impl TableWriter {
             return None;
         };
         match serde_json::from_slice::<Instance>(&kv.value) {
-            Ok(instance) => {
-                self.table
-                    .upsert_instance(service, id, &instance, kv.create_revision)
-            }
+            Ok(instance) => self
+                .table
+                .upsert_instance(service, id, &instance, kv.create_revision),
             Err(e) => self.invalid(&kv.key, &e.to_string()),
         }
         Some((service.to_owned(), id.to_owned()))

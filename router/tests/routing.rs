@@ -159,7 +159,10 @@ async fn no_instance_is_503_and_changes_apply_live() {
     for _ in 0..3 {
         let r = conn.get("/", "live.test", &[]).await.expect("503 answer");
         assert_eq!(r.status, 503);
-        let r = conn.get("/", "nowhere.test", &[]).await.expect("404 answer");
+        let r = conn
+            .get("/", "nowhere.test", &[])
+            .await
+            .expect("404 answer");
         assert_eq!(r.status, 404);
         assert_eq!(r.text(), "Not Found\n");
     }

@@ -12,7 +12,7 @@ use flynn_testkit::backend::{Backend, Options};
 use flynn_testkit::client::{self, Conn};
 use flynn_testkit::free_port;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
 
 /// An address where nothing listens: connects are refused.
@@ -60,7 +60,12 @@ async fn connect_failures_are_retried_on_another_instance() {
         assert_eq!(response.status, 200, "a refused connect reached the client");
         assert_eq!(backend_of(&response), "live");
     }
-    assert!(h.router.metric("flynn_router_upstream_connect_errors_total").await > 0.0);
+    assert!(
+        h.router
+            .metric("flynn_router_upstream_connect_errors_total")
+            .await
+            > 0.0
+    );
 
     // Only dead instances: every connect fails → 503 with its body.
     h.remove_instance("web", "live").await;
@@ -97,8 +102,14 @@ async fn an_error_after_the_request_was_sent_is_not_retried() {
     }
     // Every request that reached the bad backend came back as a 502: none was replayed on the
     // good one (a replay would have turned it into a 200).
-    assert!(bad_gateway > 0, "P2C never chose the bad instance in 40 tries");
-    assert_eq!(bad_gateway, bad_accepts.load(Ordering::SeqCst) - accepts_before);
+    assert!(
+        bad_gateway > 0,
+        "P2C never chose the bad instance in 40 tries"
+    );
+    assert_eq!(
+        bad_gateway,
+        bad_accepts.load(Ordering::SeqCst) - accepts_before
+    );
 }
 
 #[tokio::test]
@@ -232,7 +243,8 @@ async fn keep_alive_pooling_and_disable_keep_alives() {
         assert_eq!(h.get("/", "pooled.test").await.status, 200);
         let response = h.get("/", "fresh.test").await;
         assert_eq!(response.status, 200);
-        let connection = flynn_testkit::backend::echoed_header(&common::echoed(&response), "connection");
+        let connection =
+            flynn_testkit::backend::echoed_header(&common::echoed(&response), "connection");
         assert_eq!(connection, vec!["close".to_owned()]);
     }
     assert!(
@@ -268,7 +280,11 @@ async fn backends_that_close_idle_connections_cost_no_error() {
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     // The backend really did close its idle connections: the router had to reconnect.
-    assert!(b.connections() >= 4, "backend connections: {}", b.connections());
+    assert!(
+        b.connections() >= 4,
+        "backend connections: {}",
+        b.connections()
+    );
 }
 
 #[tokio::test]

@@ -173,8 +173,7 @@ async fn answer(name: String, req: Request<Incoming>) -> Result<Response<Body>, 
     Ok(response)
 }
 
-fn futures_stream(
-) -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
+fn futures_stream() -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallible>> + Send {
     futures::stream::unfold(0u8, |step| async move {
         match step {
             0 => Some((Ok(Frame::data(Bytes::from_static(b"first\n"))), 1)),

@@ -108,7 +108,6 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,7 +147,8 @@ mod tests {
     #[test]
     fn response_hop_by_hop_is_stripped_except_on_101() {
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.insert_header("connection", "keep-alive, x-secret").unwrap();
+        resp.insert_header("connection", "keep-alive, x-secret")
+            .unwrap();
         resp.insert_header("keep-alive", "timeout=5").unwrap();
         resp.insert_header("x-secret", "1").unwrap();
         resp.insert_header("x-kept", "1").unwrap();

@@ -252,7 +252,10 @@ fn request_host(req: &RequestHeader) -> &[u8] {
     if let Some(host) = req.headers.get(http::header::HOST) {
         return host.as_bytes();
     }
-    req.uri.authority().map(|a| a.as_str().as_bytes()).unwrap_or(b"")
+    req.uri
+        .authority()
+        .map(|a| a.as_str().as_bytes())
+        .unwrap_or(b"")
 }
 
 /// The request target's path as the client sent it (absolute-form URIs reduced to their path).

@@ -28,8 +28,7 @@ fn canned(status: u16, body: &'static str) -> Canned {
 }
 
 pub static NOT_FOUND: Lazy<Canned> = Lazy::new(|| canned(404, "Not Found\n"));
-pub static SERVICE_UNAVAILABLE: Lazy<Canned> =
-    Lazy::new(|| canned(503, "Service Unavailable\n"));
+pub static SERVICE_UNAVAILABLE: Lazy<Canned> = Lazy::new(|| canned(503, "Service Unavailable\n"));
 
 /// The body the router sends with an error status of its own.
 pub fn body_for(status: u16) -> &'static str {

@@ -50,7 +50,11 @@ pub enum InvalidRoute {
 impl RouteEntry {
     /// Validates and normalises a stored route (`id` is the one in its key).
     pub fn from_stored(id: &str, route: HttpRoute) -> Result<RouteEntry, InvalidRoute> {
-        let domain = route.domain.trim().trim_end_matches('.').to_ascii_lowercase();
+        let domain = route
+            .domain
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
         if domain.is_empty() {
             return Err(InvalidRoute::EmptyDomain);
         }
@@ -219,7 +223,8 @@ impl Table {
         if remaining.is_empty() {
             self.services.remove(service);
         } else {
-            self.services.insert(service.to_owned(), Arc::new(remaining));
+            self.services
+                .insert(service.to_owned(), Arc::new(remaining));
         }
         true
     }

@@ -74,11 +74,17 @@ fn longest_path_prefix_on_slash_boundaries() {
     ]);
     assert_eq!(hit(&t, "example.com", "/api").as_deref(), Some("api"));
     assert_eq!(hit(&t, "example.com", "/api/").as_deref(), Some("api"));
-    assert_eq!(hit(&t, "example.com", "/api/users?x=1").as_deref(), Some("api"));
+    assert_eq!(
+        hit(&t, "example.com", "/api/users?x=1").as_deref(),
+        Some("api")
+    );
     assert_eq!(hit(&t, "example.com", "/api/v2").as_deref(), Some("v2"));
     assert_eq!(hit(&t, "example.com", "/api/v2/x").as_deref(), Some("v2"));
     assert_eq!(hit(&t, "example.com", "/apis").as_deref(), Some("root"));
-    assert_eq!(hit(&t, "example.com", "/api?q=/api/v2/").as_deref(), Some("api"));
+    assert_eq!(
+        hit(&t, "example.com", "/api?q=/api/v2/").as_deref(),
+        Some("api")
+    );
     assert_eq!(hit(&t, "example.com", "/").as_deref(), Some("root"));
 }
 
@@ -127,8 +133,14 @@ fn invalid_routes_are_refused() {
         )
     };
     assert_eq!(stored("", "/", "s"), Err(InvalidRoute::EmptyDomain));
-    assert!(matches!(stored("a.*.com", "/", "s"), Err(InvalidRoute::BadWildcard(_))));
-    assert!(matches!(stored("a.com", "api", "s"), Err(InvalidRoute::BadPath(_))));
+    assert!(matches!(
+        stored("a.*.com", "/", "s"),
+        Err(InvalidRoute::BadWildcard(_))
+    ));
+    assert!(matches!(
+        stored("a.com", "api", "s"),
+        Err(InvalidRoute::BadPath(_))
+    ));
     assert_eq!(stored("a.com", "/", ""), Err(InvalidRoute::EmptyService));
     assert_eq!(stored("A.com", "/api", "s").unwrap().path, "/api/");
 }

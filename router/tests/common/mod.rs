@@ -124,7 +124,15 @@ pub struct Router {
 }
 
 impl Router {
+    /// Starts the router and waits until `/health` says it has synced.
     pub async fn start(store_url: &str, extra: &[&str]) -> Router {
+        let router = Router::spawn(store_url, extra);
+        router.wait_healthy().await;
+        router
+    }
+
+    /// Starts the router without waiting for anything.
+    pub fn spawn(store_url: &str, extra: &[&str]) -> Router {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("router.log");
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -150,14 +158,25 @@ impl Router {
             .kill_on_drop(true)
             .spawn()
             .expect("start flynn-router");
-        let router = Router {
+        Router {
             child,
             http,
             admin,
             log,
             _dir: dir,
-        };
-        let admin_addr = admin.to_string();
+        }
+    }
+
+    /// The admin `/health` status (0 when the admin listener does not answer).
+    pub async fn health(&self) -> u16 {
+        client::get(&self.admin.to_string(), "/health", "admin")
+            .await
+            .map(|r| r.status)
+            .unwrap_or(0)
+    }
+
+    pub async fn wait_healthy(&self) {
+        let admin_addr = self.admin.to_string();
         let healthy = eventually(Duration::from_secs(20), "router /health 200", || {
             let admin_addr = admin_addr.clone();
             async move {
@@ -168,9 +187,8 @@ impl Router {
         })
         .await;
         if let Err(e) = healthy {
-            panic!("{e}\nrouter log:\n{}", router.log());
+            panic!("{e}\nrouter log:\n{}", self.log());
         }
-        router
     }
 
     pub fn log(&self) -> String {
@@ -198,9 +216,13 @@ impl Router {
 }
 
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(sample)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// The JSON the echo backend answered with; panics with the response when it is not JSON.
