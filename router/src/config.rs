@@ -1,6 +1,7 @@
 //! `flynn-router` flags; each is also a `FLYNN_…` environment variable.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -26,6 +27,33 @@ pub struct Args {
         default_value = "0.0.0.0:8080"
     )]
     pub http_addrs: Vec<SocketAddr>,
+
+    /// Address to serve HTTPS on (HTTP/2 and HTTP/1.1 by ALPN); repeatable. The certificate is
+    /// the one of the route matching the SNI name, else the default one.
+    #[arg(
+        long = "https-addr",
+        env = "FLYNN_HTTPS_ADDR",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:8443"
+    )]
+    pub https_addrs: Vec<SocketAddr>,
+
+    /// Certificate chain (PEM) served when no route's certificate matches the SNI name.
+    /// Without it (and --default-key) a self-signed one for localhost is generated at start.
+    #[arg(long, env = "FLYNN_DEFAULT_CERT", requires = "default_key")]
+    pub default_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --default-cert.
+    #[arg(long, env = "FLYNN_DEFAULT_KEY", requires = "default_cert")]
+    pub default_key: Option<PathBuf>,
+
+    /// Serve no default certificate: a handshake for a name without a route certificate fails.
+    #[arg(long, env = "FLYNN_NO_DEFAULT_CERT", conflicts_with = "default_cert")]
+    pub no_default_cert: bool,
+
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain HTTP listeners.
+    #[arg(long, env = "FLYNN_H2C")]
+    pub h2c: bool,
 
     /// Address of the admin listener (/metrics, /health). Keep it on loopback.
     #[arg(long, env = "FLYNN_ADMIN_ADDR", default_value = "127.0.0.1:8082")]

@@ -3,6 +3,7 @@
 //! - [`table`]: the route table: immutable snapshots, incremental edits, host and path matching.
 //! - [`sync`]: keeps the table in step with the store (list, watch, re-list).
 //! - [`proxy`]: where a request is routed: pingora's phases, headers, error answers.
+//! - [`tls`]: certificates from the store, chosen per handshake by SNI.
 //! - [`backend`]: a service's instances and the choice of one (P2C, leader).
 //! - [`admin`], [`metrics`]: `/metrics` and `/health`.
 //! - [`server`]: assembles it all; [`config`]: the binary's flags.
@@ -15,3 +16,4 @@ pub mod proxy;
 pub mod server;
 pub mod sync;
 pub mod table;
+pub mod tls;

@@ -3,6 +3,7 @@ use clap::Parser;
 use flynn_router::config::Args;
 use flynn_router::proxy::UpstreamTimeouts;
 use flynn_router::server::{self, RouterConfig, StoreSource};
+use flynn_router::tls;
 use flynn_store::Keys;
 
 fn main() -> std::process::ExitCode {
@@ -26,7 +27,12 @@ fn run() -> anyhow::Result<()> {
     args.validate()?;
     // pingora retries a busy address for a while and then panics in a service thread while the
     // process lives on; an operator wants a clear error and an exit instead.
-    for addr in args.http_addrs.iter().chain([&args.admin_addr]) {
+    for addr in args
+        .http_addrs
+        .iter()
+        .chain(&args.https_addrs)
+        .chain([&args.admin_addr])
+    {
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
     let threads = args
@@ -39,10 +45,28 @@ fn run() -> anyhow::Result<()> {
         threads,
         "starting flynn-router"
     );
+    let default_cert = match (&args.default_cert, &args.default_key) {
+        _ if args.no_default_cert => None,
+        (Some(cert), Some(key)) => {
+            Some(tls::load_default(cert, key).context("cannot use --default-cert/--default-key")?)
+        }
+        _ if args.https_addrs.is_empty() => None,
+        _ => {
+            let (certified, _, _) = tls::self_signed()?;
+            tracing::warn!(
+                "no --default-cert given: serving a generated self-signed certificate for \
+                 localhost to TLS clients whose server name has no route certificate"
+            );
+            Some(certified)
+        }
+    };
     let server = server::build(RouterConfig {
         store: StoreSource::Url(args.store),
         keys: Keys::new(&args.store_prefix),
         http_addrs: args.http_addrs,
+        https_addrs: args.https_addrs,
+        default_cert,
+        h2c: args.h2c,
         admin_addr: args.admin_addr,
         threads,
         timeouts: UpstreamTimeouts {

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub store_revision: IntGauge,
     store_sync_age: Gauge,
     pub store_invalid_entries: IntCounter,
+    pub certificates: IntGauge,
+    pub tls_no_certificate: IntCounter,
     connected: AtomicBool,
     synced_once: AtomicBool,
     last_contact_ms: AtomicU64,
@@ -79,12 +81,20 @@ impl Metrics {
                 "flynn_router_store_invalid_entries_total",
                 "Store keys or values that could not be parsed and were skipped",
             ),
+            certificates: int_gauge(
+                "flynn_router_certificates",
+                "TLS certificates loaded from the store",
+            ),
+            tls_no_certificate: int_counter(
+                "flynn_router_tls_no_certificate_total",
+                "TLS handshakes refused because no certificate matched the server name",
+            ),
             connected: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
             last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 9] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
             Box::new(requests),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_connect_errors.clone()),
@@ -94,6 +104,8 @@ impl Metrics {
             Box::new(metrics.store_revision.clone()),
             Box::new(metrics.store_sync_age.clone()),
             Box::new(metrics.store_invalid_entries.clone()),
+            Box::new(metrics.certificates.clone()),
+            Box::new(metrics.tls_no_certificate.clone()),
         ];
         for c in collectors {
             metrics

@@ -9,16 +9,20 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use flynn_store::{Keys, Store};
 use pingora::apps::http_app::HttpServer;
+use pingora::apps::HttpServerOptions;
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
+use rustls::sign::CertifiedKey;
 
 use crate::admin::Admin;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamTimeouts};
 use crate::sync::{self, TableWriter};
 use crate::table::Table;
+use crate::tls::SniResolver;
 
 /// Where the router gets its store from.
 pub enum StoreSource {
@@ -33,6 +37,12 @@ pub struct RouterConfig {
     pub store: StoreSource,
     pub keys: Keys,
     pub http_addrs: Vec<SocketAddr>,
+    /// TLS listeners; the certificate comes from the route matching the SNI name.
+    pub https_addrs: Vec<SocketAddr>,
+    /// Served when no route's certificate matches the SNI name; None fails such handshakes.
+    pub default_cert: Option<Arc<CertifiedKey>>,
+    /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
+    pub h2c: bool,
     pub admin_addr: SocketAddr,
     pub threads: usize,
     pub timeouts: UpstreamTimeouts,
@@ -62,6 +72,23 @@ pub fn build(config: RouterConfig) -> Server {
     for addr in &config.http_addrs {
         http.add_tcp(&addr.to_string());
     }
+    if !config.https_addrs.is_empty() {
+        let resolver = Arc::new(SniResolver::new(
+            table.clone(),
+            config.default_cert.clone(),
+            metrics.clone(),
+        ));
+        for addr in &config.https_addrs {
+            http.add_tls_with_settings(&addr.to_string(), None, tls_settings(resolver.clone()));
+        }
+    }
+    if config.h2c {
+        let mut options = HttpServerOptions::default();
+        options.h2c = true;
+        http.app_logic_mut()
+            .expect("the proxy service has its app")
+            .server_options = Some(options);
+    }
     http.threads = Some(config.threads);
 
     let mut admin = Service::new(
@@ -87,6 +114,16 @@ pub fn build(config: RouterConfig) -> Server {
     server.add_service(admin);
     server.add_service(sync);
     server
+}
+
+/// TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1 by ALPN, the certificate chosen per handshake.
+fn tls_settings(resolver: Arc<SniResolver>) -> TlsSettings {
+    // No files: the resolver supplies every certificate.
+    let mut settings =
+        TlsSettings::intermediate("", "").expect("TLS settings without files cannot fail");
+    settings.set_cert_resolver(resolver);
+    settings.enable_h2();
+    settings
 }
 
 struct StoreSync {

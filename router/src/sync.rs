@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use flynn_store::mirror::{self, Backoff, MirrorEvent};
-use flynn_store::types::{Instance, Route};
+use flynn_store::types::{Certificate, Instance, Route};
 use flynn_store::{KeyValue, Keys, Listing, Store};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
 use crate::table::{RouteEntry, Table};
+use crate::tls;
 
 /// Most changes applied before a snapshot is published.
 const MAX_BATCH: usize = 4096;
@@ -23,6 +24,7 @@ const MAX_BATCH: usize = 4096;
 enum Feed {
     Routes,
     Services,
+    Certs,
 }
 
 /// Owns the next table; the only writer of the shared snapshot.
@@ -56,6 +58,9 @@ impl TableWriter {
         self.metrics
             .instances
             .set(self.table.instance_count() as i64);
+        self.metrics
+            .certificates
+            .set(self.table.certificate_count() as i64);
         self.metrics.store_revision.set(self.revision);
         self.shared.store(Arc::new(self.table.clone()));
     }
@@ -161,6 +166,53 @@ impl TableWriter {
         }
     }
 
+    /// Replaces every certificate with those listed.
+    pub fn reset_certs(&mut self, listing: &Listing) {
+        let mut seen = HashSet::with_capacity(listing.kvs.len());
+        for kv in &listing.kvs {
+            if let Some(id) = self.put_cert(kv) {
+                seen.insert(id);
+            }
+        }
+        let gone: Vec<String> = self
+            .table
+            .certificate_ids()
+            .filter(|id| !seen.contains(id.as_str()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.table.remove_certificate(&id);
+        }
+        self.revision = self.revision.max(listing.revision);
+    }
+
+    /// Applies a certificate put: a bad PEM or a key that does not match is skipped (counted),
+    /// and the last good version keeps serving.
+    pub fn put_cert(&mut self, kv: &KeyValue) -> Option<String> {
+        self.revision = self.revision.max(kv.mod_revision);
+        let Some(id) = self.keys.parse_cert(&kv.key) else {
+            self.invalid(&kv.key, "not a certificate key");
+            return None;
+        };
+        let parsed = serde_json::from_slice::<Certificate>(&kv.value)
+            .map_err(|e| e.to_string())
+            .and_then(|c| {
+                tls::parse(c.cert.as_bytes(), c.key.as_bytes()).map_err(|e| e.to_string())
+            });
+        match parsed {
+            Ok(certified) => self.table.upsert_certificate(id, Arc::new(certified)),
+            Err(why) => self.invalid(&kv.key, &why),
+        }
+        Some(id.to_owned())
+    }
+
+    pub fn delete_cert(&mut self, key: &str, revision: i64) {
+        self.revision = self.revision.max(revision);
+        if let Some(id) = self.keys.parse_cert(key) {
+            self.table.remove_certificate(id);
+        }
+    }
+
     fn invalid(&self, key: &str, why: &str) {
         self.metrics.store_invalid_entries.inc();
         tracing::warn!(key, why, "skipped an invalid store entry");
@@ -169,6 +221,13 @@ impl TableWriter {
     fn apply(&mut self, feed: Feed, event: MirrorEvent) {
         match (feed, event) {
             (Feed::Routes, MirrorEvent::Reset(listing)) => self.reset_routes(&listing),
+            (Feed::Certs, MirrorEvent::Reset(listing)) => self.reset_certs(&listing),
+            (Feed::Certs, MirrorEvent::Put(kv)) => {
+                self.put_cert(&kv);
+            }
+            (Feed::Certs, MirrorEvent::Delete { key, mod_revision }) => {
+                self.delete_cert(&key, mod_revision)
+            }
             (Feed::Services, MirrorEvent::Reset(listing)) => self.reset_instances(&listing),
             (Feed::Routes, MirrorEvent::Put(kv)) => {
                 self.put_route(&kv);
@@ -192,38 +251,40 @@ pub async fn run(store: Arc<dyn Store>, writer: TableWriter, metrics: Arc<Metric
     let keys = writer.keys.clone();
     let (routes_tx, routes_rx) = mpsc::channel(MAX_BATCH);
     let (services_tx, services_rx) = mpsc::channel(MAX_BATCH);
+    let (certs_tx, certs_rx) = mpsc::channel(MAX_BATCH);
     let backoff = Backoff::default();
     let _routes = mirror::spawn(store.clone(), keys.routes(), routes_tx, backoff);
-    let _services = mirror::spawn(store, keys.services(), services_tx, backoff);
-    consume(writer, metrics, routes_rx, services_rx).await;
+    let _services = mirror::spawn(store.clone(), keys.services(), services_tx, backoff);
+    let _certs = mirror::spawn(store, keys.certs(), certs_tx, backoff);
+    consume(writer, metrics, [routes_rx, services_rx, certs_rx]).await;
 }
 
 async fn consume(
     mut writer: TableWriter,
     metrics: Arc<Metrics>,
-    mut routes: mpsc::Receiver<MirrorEvent>,
-    mut services: mpsc::Receiver<MirrorEvent>,
+    [mut routes, mut services, mut certs]: [mpsc::Receiver<MirrorEvent>; 3],
 ) {
     // Per feed: has it listed once, is its watch up.
-    let mut listed = [false, false];
-    let mut connected = [false, false];
+    let mut listed = [false; 3];
+    let mut connected = [false; 3];
     loop {
         let (feed, first) = tokio::select! {
             Some(e) = routes.recv() => (Feed::Routes, e),
             Some(e) = services.recv() => (Feed::Services, e),
+            Some(e) = certs.recv() => (Feed::Certs, e),
             else => return,
         };
         let mut batch = vec![(feed, first)];
-        while batch.len() < MAX_BATCH {
-            match routes.try_recv() {
-                Ok(e) => batch.push((Feed::Routes, e)),
-                Err(_) => break,
-            }
-        }
-        while batch.len() < MAX_BATCH {
-            match services.try_recv() {
-                Ok(e) => batch.push((Feed::Services, e)),
-                Err(_) => break,
+        for (feed, rx) in [
+            (Feed::Routes, &mut routes),
+            (Feed::Services, &mut services),
+            (Feed::Certs, &mut certs),
+        ] {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(e) => batch.push((feed, e)),
+                    Err(_) => break,
+                }
             }
         }
         for (feed, event) in batch {

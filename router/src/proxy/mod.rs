@@ -163,7 +163,7 @@ impl ProxyHttp for Proxy {
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| a.ip()),
-            proto: "http",
+            proto: if is_tls(session) { "https" } else { "http" },
             port: session
                 .server_addr()
                 .and_then(|a| a.as_inet())
@@ -245,6 +245,11 @@ async fn answer(session: &mut Session, canned: &Canned) -> Result<()> {
     session
         .write_response_body(Some(canned.body.clone()), true)
         .await
+}
+
+/// Whether the client connection is TLS.
+fn is_tls(session: &Session) -> bool {
+    session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
 /// The Host header, or the authority of an absolute URI or HTTP/2 request.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use flynn_store::types::{HttpRoute, Instance};
 use flynn_store::Revision;
 use imbl::HashMap;
+use rustls::sign::CertifiedKey;
 
 use crate::backend::{Backend, Service};
 use host::{parent_domains, HostBuf};
@@ -28,6 +29,8 @@ pub struct RouteEntry {
     /// Starts and ends with `/`.
     pub path: String,
     pub service: String,
+    /// The certificate served for this route's domain over TLS (by SNI).
+    pub certificate_id: Option<String>,
     pub sticky: bool,
     pub leader: bool,
     pub drain_backends: bool,
@@ -76,6 +79,7 @@ impl RouteEntry {
             domain,
             path,
             service: route.service,
+            certificate_id: route.certificate_id.filter(|c| !c.is_empty()),
             sticky: route.sticky,
             leader: route.leader,
             drain_backends: route.drain_backends,
@@ -122,6 +126,8 @@ pub struct Table {
     routes: HashMap<String, Arc<RouteEntry>>,
     services: HashMap<String, Arc<Service>>,
     instance_count: usize,
+    /// Certificates by id, parsed and checked (`crate::tls::certs`).
+    certs: HashMap<String, Arc<CertifiedKey>>,
 }
 
 impl Table {
@@ -139,6 +145,45 @@ impl Table {
             }
         }
         longest(&self.catch_all, path)
+    }
+
+    /// The certificate for a TLS server name: that of a route on the exact domain, then on the
+    /// most specific wildcard domain; None when no route there names a loaded certificate.
+    pub fn certificate_for(&self, server_name: &str) -> Option<&Arc<CertifiedKey>> {
+        let host = HostBuf::new(server_name.as_bytes())?;
+        let host = host.as_str();
+        let with_cert = |routes: &DomainRoutes| {
+            routes
+                .iter()
+                .filter_map(|r| r.certificate_id.as_deref())
+                .find_map(|id| self.certs.get(id))
+        };
+        if let Some(cert) = self.exact.get(host).and_then(with_cert) {
+            return Some(cert);
+        }
+        let found = parent_domains(host).find_map(|p| self.wildcard.get(p).and_then(with_cert));
+        found
+    }
+
+    pub fn certificate(&self, id: &str) -> Option<&Arc<CertifiedKey>> {
+        self.certs.get(id)
+    }
+
+    pub fn certificate_ids(&self) -> impl Iterator<Item = &String> {
+        self.certs.keys()
+    }
+
+    pub fn certificate_count(&self) -> usize {
+        self.certs.len()
+    }
+
+    /// Adds or replaces a certificate.
+    pub fn upsert_certificate(&mut self, id: &str, cert: Arc<CertifiedKey>) {
+        self.certs.insert(id.to_owned(), cert);
+    }
+
+    pub fn remove_certificate(&mut self, id: &str) -> bool {
+        self.certs.remove(id).is_some()
     }
 
     pub fn service(&self, name: &str) -> Option<&Arc<Service>> {

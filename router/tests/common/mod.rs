@@ -69,6 +69,12 @@ impl Harness {
             .expect("delete route");
     }
 
+    /// Stores a certificate (PEM chain and key) under `id`.
+    pub async fn cert(&self, id: &str, cert_pem: &str, key_pem: &str) {
+        let value = json!({"id": id, "cert": cert_pem, "key": key_pem}).to_string();
+        self.put_raw(&self.keys.cert(id), value).await;
+    }
+
     /// Registers `addr` as instance `id` of `service` (no lease).
     pub async fn instance(&self, service: &str, id: &str, addr: SocketAddr) {
         let value = json!({"id": id, "addr": addr.to_string()}).to_string();
@@ -118,6 +124,7 @@ impl Harness {
 pub struct Router {
     child: Child,
     pub http: SocketAddr,
+    pub https: SocketAddr,
     pub admin: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -136,12 +143,15 @@ impl Router {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("router.log");
         let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_flynn-router"))
             .arg("--store")
             .arg(store_url)
             .arg("--http-addr")
             .arg(http.to_string())
+            .arg("--https-addr")
+            .arg(https.to_string())
             .arg("--admin-addr")
             .arg(admin.to_string())
             .args(["--threads", "2", "--log", "info,flynn_router=debug"])
@@ -161,6 +171,7 @@ impl Router {
         Router {
             child,
             http,
+            https,
             admin,
             log,
             _dir: dir,

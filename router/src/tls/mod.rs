@@ -1,0 +1,58 @@
+//! TLS: certificates from the store checked and parsed (`certs`), and the certificate chosen per
+//! handshake by SNI from the current table (`SniResolver`), else the default keypair.
+
+mod certs;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+pub use certs::{load_default, parse, self_signed, CertError};
+
+use crate::metrics::Metrics;
+use crate::table::Table;
+
+/// Picks the certificate for each TLS handshake without locks: the current table's certificate
+/// for the SNI name, else the default one; with neither, the handshake fails.
+pub struct SniResolver {
+    table: Arc<ArcSwap<Table>>,
+    default: Option<Arc<CertifiedKey>>,
+    metrics: Arc<Metrics>,
+}
+
+impl SniResolver {
+    pub fn new(
+        table: Arc<ArcSwap<Table>>,
+        default: Option<Arc<CertifiedKey>>,
+        metrics: Arc<Metrics>,
+    ) -> SniResolver {
+        SniResolver {
+            table,
+            default,
+            metrics,
+        }
+    }
+}
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SniResolver")
+            .field("default", &self.default.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let found = hello
+            .server_name()
+            .and_then(|name| self.table.load().certificate_for(name).cloned());
+        let chosen = found.or_else(|| self.default.clone());
+        if chosen.is_none() {
+            self.metrics.tls_no_certificate.inc();
+        }
+        chosen
+    }
+}
