@@ -2,7 +2,8 @@
 //! `{"backend", "method", "uri", "headers": [[name, value], ...], "body_len"}`.
 //!
 //! Special paths: `/slow/<ms>` waits before answering, `/status/<code>` answers with that status,
-//! `/stream` sends `first\n`, waits 1.5 s, then `last\n`.
+//! `/stream` sends `first\n`, waits 1.5 s, then `last\n`. Any request with an `Upgrade` header is
+//! switched (`101`) and then echoed byte for byte.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -125,7 +126,10 @@ async fn serve(listener: TcpListener, name: String, options: Options, stats: Arc
     }
 }
 
-async fn answer(name: String, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if let Some(protocol) = req.headers().get(hyper::header::UPGRADE).cloned() {
+        return Ok(upgrade(&name, &mut req, protocol));
+    }
     let path = req.uri().path().to_owned();
     if let Some(ms) = path.strip_prefix("/slow/") {
         let ms = ms.parse().unwrap_or(0);
@@ -184,6 +188,40 @@ fn futures_stream() -> impl futures::Stream<Item = Result<Frame<Bytes>, Infallib
             _ => None,
         }
     })
+}
+
+/// Answers any upgrade request with `101`, then echoes every byte back on the upgraded
+/// connection. The 101 carries `x-backend` and the `connection` header the backend received.
+fn upgrade(
+    name: &str,
+    req: &mut Request<Incoming>,
+    protocol: hyper::header::HeaderValue,
+) -> Response<Body> {
+    let received_connection = req
+        .headers()
+        .get(hyper::header::CONNECTION)
+        .cloned()
+        .unwrap_or(hyper::header::HeaderValue::from_static(""));
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let (mut read, mut write) = tokio::io::split(TokioIo::new(upgraded));
+            let _ = tokio::io::copy(&mut read, &mut write).await;
+        }
+    });
+    let mut response = Response::new(BodyExt::boxed(Full::new(Bytes::new())));
+    *response.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(hyper::header::UPGRADE, protocol);
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    if let Ok(value) = hyper::header::HeaderValue::from_str(name) {
+        headers.insert("x-backend", value);
+    }
+    headers.insert("x-received-connection", received_connection);
+    response
 }
 
 /// The JSON list of `[name, value]` header pairs in a backend answer, as (name, value).

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
+use pingora::upstreams::peer::H1UpgradePolicy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::backend::{InFlight, Service, Tried, MAX_ATTEMPTS};
@@ -129,6 +130,9 @@ impl ProxyHttp for Proxy {
         peer.options.connection_timeout = Some(self.timeouts.connect);
         peer.options.read_timeout = Some(self.timeouts.read);
         peer.options.idle_timeout = Some(self.timeouts.idle);
+        // Any upgrade (not only WebSocket) reaches the backend with its handshake intact.
+        peer.options.http_upstream_request_policy.h1_upgrade = H1UpgradePolicy::Preserve;
+
         ctx.current = Some(InFlight::new(backend));
         Ok(Box::new(peer))
     }
@@ -170,7 +174,8 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.port()),
         };
         headers::add_forwarding(upstream_request, &origin)?;
-        if ctx.route.as_ref().is_some_and(|r| r.disable_keep_alives) {
+        let upgrade = upstream_request.headers.contains_key(http::header::UPGRADE);
+        if !upgrade && ctx.route.as_ref().is_some_and(|r| r.disable_keep_alives) {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
         }
         Ok(())

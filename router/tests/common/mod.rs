@@ -154,7 +154,9 @@ impl Router {
             .arg(https.to_string())
             .arg("--admin-addr")
             .arg(admin.to_string())
-            .args(["--threads", "2", "--log", "info,flynn_router=debug"])
+            .args(["--threads", "2", "--log"])
+            // FLYNN_TEST_ROUTER_LOG=debug shows pingora's own logs when a test needs them.
+            .arg(std::env::var("FLYNN_TEST_ROUTER_LOG").unwrap_or("info,flynn_router=debug".into()))
             .args(extra)
             .env_remove("FLYNN_STORE")
             .stdin(Stdio::null())
