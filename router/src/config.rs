@@ -55,6 +55,14 @@ pub struct Args {
     #[arg(long, env = "FLYNN_H2C")]
     pub h2c: bool,
 
+    /// Address the listeners of TCP routes open on.
+    #[arg(long, env = "FLYNN_TCP_IP", default_value = "0.0.0.0")]
+    pub tcp_ip: std::net::IpAddr,
+
+    /// Ports TCP routes may use, as FIRST-LAST.
+    #[arg(long, env = "FLYNN_TCP_PORTS", default_value = "3000-3500", value_parser = parse_port_range)]
+    pub tcp_ports: std::ops::RangeInclusive<u16>,
+
     /// Address of the admin listener (/metrics, /health). Keep it on loopback.
     #[arg(long, env = "FLYNN_ADMIN_ADDR", default_value = "127.0.0.1:8082")]
     pub admin_addr: SocketAddr,
@@ -101,4 +109,23 @@ impl Args {
         }
         Ok(())
     }
+}
+
+/// `3000-3500` → 3000..=3500.
+fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+    let (first, last) = s
+        .split_once('-')
+        .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .map_err(|_| format!("{p:?} is not a port"))
+    };
+    let (first, last) = (port(first)?, port(last)?);
+    if first == 0 || first > last {
+        return Err(format!(
+            "{s:?}: the first port must be 1 or more and not above the last"
+        ));
+    }
+    Ok(first..=last)
 }

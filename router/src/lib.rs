@@ -4,6 +4,7 @@
 //! - [`sync`]: keeps the table in step with the store (list, watch, re-list).
 //! - [`proxy`]: where a request is routed: pingora's phases, headers, error answers.
 //! - [`tls`]: certificates from the store, chosen per handshake by SNI.
+//! - [`tcp`]: TCP routes, a listener per route port; [`proxy_protocol`]: PROXY v1/v2.
 //! - [`backend`]: a service's instances and the choice of one (P2C, leader).
 //! - [`admin`], [`metrics`]: `/metrics` and `/health`.
 //! - [`server`]: assembles it all; [`config`]: the binary's flags.
@@ -13,7 +14,9 @@ pub mod backend;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod server;
 pub mod sync;
 pub mod table;
+pub mod tcp;
 pub mod tls;

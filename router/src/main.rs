@@ -3,6 +3,7 @@ use clap::Parser;
 use flynn_router::config::Args;
 use flynn_router::proxy::UpstreamTimeouts;
 use flynn_router::server::{self, RouterConfig, StoreSource};
+use flynn_router::tcp::TcpSettings;
 use flynn_router::tls;
 use flynn_store::Keys;
 
@@ -60,6 +61,13 @@ fn run() -> anyhow::Result<()> {
             Some(certified)
         }
     };
+    let reserved = args
+        .http_addrs
+        .iter()
+        .chain(&args.https_addrs)
+        .chain([&args.admin_addr])
+        .map(|a| a.port())
+        .collect();
     let server = server::build(RouterConfig {
         store: StoreSource::Url(args.store),
         keys: Keys::new(&args.store_prefix),
@@ -68,6 +76,12 @@ fn run() -> anyhow::Result<()> {
         default_cert,
         h2c: args.h2c,
         admin_addr: args.admin_addr,
+        tcp: TcpSettings {
+            ip: args.tcp_ip,
+            ports: args.tcp_ports,
+            reserved,
+            connect_timeout: args.connect_timeout,
+        },
         threads,
         timeouts: UpstreamTimeouts {
             connect: args.connect_timeout,

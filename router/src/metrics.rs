@@ -24,6 +24,8 @@ pub struct Metrics {
     pub store_invalid_entries: IntCounter,
     pub certificates: IntGauge,
     pub tls_no_certificate: IntCounter,
+    pub tcp_listeners: IntGauge,
+    pub tcp_connections: IntCounter,
     connected: AtomicBool,
     synced_once: AtomicBool,
     last_contact_ms: AtomicU64,
@@ -62,7 +64,7 @@ impl Metrics {
                 "flynn_router_upstream_connect_errors_total",
                 "Failed connection attempts to backends",
             ),
-            routes: int_gauge("flynn_router_routes", "HTTP routes in the table"),
+            routes: int_gauge("flynn_router_routes", "Routes (HTTP and TCP) in the table"),
             instances: int_gauge("flynn_router_instances", "Service instances in the table"),
             store_connected: int_gauge(
                 "flynn_router_store_connected",
@@ -89,12 +91,20 @@ impl Metrics {
                 "flynn_router_tls_no_certificate_total",
                 "TLS handshakes refused because no certificate matched the server name",
             ),
+            tcp_listeners: int_gauge(
+                "flynn_router_tcp_listeners",
+                "Listeners open for TCP routes",
+            ),
+            tcp_connections: int_counter(
+                "flynn_router_tcp_connections_total",
+                "Connections accepted on TCP route listeners",
+            ),
             connected: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
             last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
             Box::new(requests),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_connect_errors.clone()),
@@ -106,6 +116,8 @@ impl Metrics {
             Box::new(metrics.store_invalid_entries.clone()),
             Box::new(metrics.certificates.clone()),
             Box::new(metrics.tls_no_certificate.clone()),
+            Box::new(metrics.tcp_listeners.clone()),
+            Box::new(metrics.tcp_connections.clone()),
         ];
         for c in collectors {
             metrics

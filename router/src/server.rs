@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamTimeouts};
 use crate::sync::{self, TableWriter};
 use crate::table::Table;
+use crate::tcp::{self, TcpSettings};
 use crate::tls::SniResolver;
 
 /// Where the router gets its store from.
@@ -44,6 +45,8 @@ pub struct RouterConfig {
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
     pub h2c: bool,
     pub admin_addr: SocketAddr,
+    /// Where TCP route listeners open.
+    pub tcp: TcpSettings,
     pub threads: usize,
     pub timeouts: UpstreamTimeouts,
     pub drain_timeout: Duration,
@@ -100,7 +103,16 @@ pub fn build(config: RouterConfig) -> Server {
     admin.add_tcp(&config.admin_addr.to_string());
     admin.threads = Some(1);
 
-    let writer = TableWriter::new(config.keys, table, metrics.clone());
+    let writer = TableWriter::new(config.keys, table.clone(), metrics.clone());
+    let tcp_routes = background_service(
+        "flynn-router tcp routes",
+        TcpRoutes {
+            table,
+            changes: writer.subscribe(),
+            settings: config.tcp,
+            metrics: metrics.clone(),
+        },
+    );
     let sync = background_service(
         "flynn-router store sync",
         StoreSync {
@@ -113,6 +125,7 @@ pub fn build(config: RouterConfig) -> Server {
     server.add_service(http);
     server.add_service(admin);
     server.add_service(sync);
+    server.add_service(tcp_routes);
     server
 }
 
@@ -124,6 +137,27 @@ fn tls_settings(resolver: Arc<SniResolver>) -> TlsSettings {
     settings.set_cert_resolver(resolver);
     settings.enable_h2();
     settings
+}
+
+struct TcpRoutes {
+    table: Arc<ArcSwap<Table>>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    settings: TcpSettings,
+    metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl BackgroundService for TcpRoutes {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        tcp::run(
+            self.table.clone(),
+            self.changes.clone(),
+            self.settings.clone(),
+            self.metrics.clone(),
+            shutdown,
+        )
+        .await;
+    }
 }
 
 struct StoreSync {

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use flynn_store::mirror::{self, Backoff, MirrorEvent};
 use flynn_store::types::{Certificate, Instance, Route};
 use flynn_store::{KeyValue, Keys, Listing, Store};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::table::{RouteEntry, Table};
@@ -34,6 +34,8 @@ pub struct TableWriter {
     shared: Arc<ArcSwap<Table>>,
     metrics: Arc<Metrics>,
     revision: i64,
+    /// Bumped after each publish, for those who react to table changes (TCP listeners).
+    published: watch::Sender<u64>,
 }
 
 impl TableWriter {
@@ -44,7 +46,13 @@ impl TableWriter {
             shared,
             metrics,
             revision: 0,
+            published: watch::Sender::new(0),
         }
+    }
+
+    /// Changes every time a new table is published.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The table as edited so far (published or not).
@@ -63,6 +71,7 @@ impl TableWriter {
             .set(self.table.certificate_count() as i64);
         self.metrics.store_revision.set(self.revision);
         self.shared.store(Arc::new(self.table.clone()));
+        self.published.send_modify(|generation| *generation += 1);
     }
 
     /// Replaces every route with those listed.
@@ -118,9 +127,13 @@ impl TableWriter {
         };
         let route = match serde_json::from_slice::<Route>(&kv.value) {
             Ok(Route::Http(route)) => route,
-            Ok(Route::Tcp(_)) => {
-                // TCP routes are not served by the HTTP table (an id that changed type leaves it).
-                self.table.remove_route(id);
+            Ok(Route::Tcp(mut route)) => {
+                route.id = id.to_owned();
+                if route.port == 0 || route.service.is_empty() {
+                    self.invalid(&kv.key, "a TCP route needs a port and a service");
+                } else {
+                    self.table.upsert_tcp_route(route);
+                }
                 return Some(id.to_owned());
             }
             Err(e) => {

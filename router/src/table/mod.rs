@@ -12,7 +12,7 @@ pub mod host;
 
 use std::sync::Arc;
 
-use flynn_store::types::{HttpRoute, Instance};
+use flynn_store::types::{HttpRoute, Instance, TcpRoute};
 use flynn_store::Revision;
 use imbl::HashMap;
 use rustls::sign::CertifiedKey;
@@ -128,6 +128,8 @@ pub struct Table {
     instance_count: usize,
     /// Certificates by id, parsed and checked (`crate::tls::certs`).
     certs: HashMap<String, Arc<CertifiedKey>>,
+    /// TCP routes by id; `crate::tcp` opens a listener for each.
+    tcp_routes: HashMap<String, Arc<TcpRoute>>,
 }
 
 impl Table {
@@ -195,19 +197,30 @@ impl Table {
     }
 
     pub fn route_count(&self) -> usize {
-        self.routes.len()
+        self.routes.len() + self.tcp_routes.len()
     }
 
     pub fn instance_count(&self) -> usize {
         self.instance_count
     }
 
+    /// The ids of every route, HTTP and TCP.
     pub fn route_ids(&self) -> impl Iterator<Item = &String> {
-        self.routes.keys()
+        self.routes.keys().chain(self.tcp_routes.keys())
     }
 
     pub fn service_names(&self) -> impl Iterator<Item = &String> {
         self.services.keys()
+    }
+
+    pub fn tcp_routes(&self) -> impl Iterator<Item = &Arc<TcpRoute>> {
+        self.tcp_routes.values()
+    }
+
+    /// Adds or replaces a TCP route (and drops an HTTP route that had the same id).
+    pub fn upsert_tcp_route(&mut self, route: TcpRoute) {
+        self.remove_route(&route.id);
+        self.tcp_routes.insert(route.id.clone(), Arc::new(route));
     }
 
     /// Adds a route, or replaces the route with the same id.
@@ -227,6 +240,9 @@ impl Table {
 
     /// Removes the route with that id; false when there was none.
     pub fn remove_route(&mut self, id: &str) -> bool {
+        if self.tcp_routes.remove(id).is_some() {
+            return true;
+        }
         let Some(old) = self.routes.remove(id) else {
             return false;
         };

@@ -1,0 +1,192 @@
+//! TCP routes: listeners opened and closed live, bytes spliced both ways, instance changes for
+//! new connections, the PROXY header to backends, ports that are refused.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{Harness, APPLY};
+use flynn_router::proxy_protocol::{self, Header};
+use flynn_testkit::{eventually, free_port};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A TCP backend: greets with `<name>\n` (after reporting the PROXY header's source when
+/// `expect_proxy` is set, as `from <addr>\n`), then echoes.
+async fn tcp_backend(name: &'static str, expect_proxy: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if expect_proxy {
+                    let line = match proxy_protocol::read_header(&mut stream).await {
+                        Ok(Header::Proxied { source, .. }) => format!("from {source}\n"),
+                        Ok(Header::Local) => "from local\n".to_owned(),
+                        Err(e) => format!("bad header: {e}\n"),
+                    };
+                    let _ = stream.write_all(line.as_bytes()).await;
+                }
+                let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+async fn tcp_harness() -> Harness {
+    Harness::start(&["--tcp-ip", "127.0.0.1", "--tcp-ports", "1024-65535"]).await
+}
+
+async fn tcp_route(h: &Harness, id: &str, port: u16, service: &str, extra: serde_json::Value) {
+    let mut route = json!({"id": id, "type": "tcp", "port": port, "service": service});
+    if let (Some(r), Some(e)) = (route.as_object_mut(), extra.as_object()) {
+        r.extend(e.clone());
+    }
+    h.put_raw(&h.keys.route(id), route.to_string()).await;
+}
+
+/// Reads until `n` lines arrived.
+async fn read_lines(stream: &mut TcpStream, n: usize) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1024];
+    while out.iter().filter(|&&b| b == b'\n').count() < n {
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .expect("backend answered in time")
+            .expect("read");
+        assert!(read > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..read]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn greeting(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+async fn wait_greeting(port: u16, want: &str) {
+    eventually(APPLY, &format!("port {port} greets {want:?}"), || async {
+        greeting(port).await.as_deref() == Some(want)
+    })
+    .await
+    .expect("TCP route applied");
+}
+
+#[tokio::test]
+async fn a_tcp_route_listens_splices_and_closes_with_the_route() {
+    let h = tcp_harness().await;
+    let first = tcp_backend("first", false).await;
+    h.instance("db", "first", first).await;
+    let port = free_port();
+    tcp_route(&h, "tcp-1", port, "db", json!({})).await;
+    wait_greeting(port, "first\n").await;
+
+    // Bytes both ways, many of them.
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    assert_eq!(read_lines(&mut stream, 1).await, "first\n");
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let (mut r, mut w) = stream.into_split();
+    let expected = payload.clone();
+    let writer = tokio::spawn(async move { w.write_all(&payload).await.map(|_| w) });
+    let mut echoed = vec![0u8; expected.len()];
+    r.read_exact(&mut echoed).await.expect("echo");
+    assert!(echoed == expected, "bytes changed on the way");
+    let _w = writer.await.expect("writer").expect("write");
+
+    // A new instance replaces the old one: new connections go to it.
+    let second = tcp_backend("second", false).await;
+    h.instance("db", "second", second).await;
+    h.remove_instance("db", "first").await;
+    wait_greeting(port, "second\n").await;
+
+    // Removing the route closes its listener.
+    h.remove_route("tcp-1").await;
+    eventually(APPLY, "listener closed", || async {
+        TcpStream::connect(("127.0.0.1", port)).await.is_err()
+    })
+    .await
+    .expect("closed");
+    assert_eq!(h.router.metric("flynn_router_tcp_listeners").await, 0.0);
+}
+
+#[tokio::test]
+async fn tcp_routes_send_the_proxy_header_they_ask_for() {
+    let h = tcp_harness().await;
+    let backend = tcp_backend("pp", true).await;
+    h.instance("pp", "i1", backend).await;
+    for (id, version) in [("tcp-v1", "v1"), ("tcp-v2", "v2")] {
+        let port = free_port();
+        tcp_route(&h, id, port, "pp", json!({"proxy_protocol": version})).await;
+        eventually(APPLY, "listener up", || async {
+            TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await
+        .expect("listening");
+        let mut stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let client = stream.local_addr().expect("local addr");
+        let lines = read_lines(&mut stream, 2).await;
+        assert_eq!(lines, format!("from {client}\npp\n"), "{version}");
+    }
+}
+
+#[tokio::test]
+async fn reserved_and_out_of_range_ports_are_refused() {
+    let h = Harness::start(&["--tcp-ip", "127.0.0.1", "--tcp-ports", "40000-40010"]).await;
+    let backend = tcp_backend("x", false).await;
+    h.instance("x", "i1", backend).await;
+    let before = h
+        .router
+        .metric("flynn_router_store_invalid_entries_total")
+        .await;
+    tcp_route(&h, "tcp-http", h.router.http.port(), "x", json!({})).await;
+    tcp_route(&h, "tcp-far", 40011, "x", json!({})).await;
+    eventually(APPLY, "both refused", || async {
+        h.router
+            .metric("flynn_router_store_invalid_entries_total")
+            .await
+            >= before + 2.0
+    })
+    .await
+    .expect("refusals counted");
+    // The HTTP listener is still the router's.
+    h.route("http-1", "still.test", "/", "web").await;
+    h.wait_status("still.test", "/", 503).await;
+    assert_eq!(h.router.metric("flynn_router_tcp_listeners").await, 0.0);
+}
+
+#[tokio::test]
+async fn no_live_instance_closes_the_client_connection() {
+    let h = tcp_harness().await;
+    let port = free_port();
+    let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    h.instance("gone", "i1", dead).await;
+    tcp_route(&h, "tcp-1", port, "gone", json!({})).await;
+    eventually(APPLY, "listener up", || async {
+        TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await
+    .expect("listening");
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
