@@ -55,6 +55,16 @@ pub struct Args {
     #[arg(long, env = "FLYNN_H2C")]
     pub h2c: bool,
 
+    /// Connections to the HTTP and HTTPS listeners from this network (CIDR, repeatable) must
+    /// start with a PROXY protocol header (v1 or v2), whose client address is then used.
+    #[arg(
+        long = "proxy-protocol-from",
+        env = "FLYNN_PROXY_PROTOCOL_FROM",
+        value_delimiter = ',',
+        value_parser = parse_network
+    )]
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
+
     /// Address the listeners of TCP routes open on.
     #[arg(long, env = "FLYNN_TCP_IP", default_value = "0.0.0.0")]
     pub tcp_ip: std::net::IpAddr,
@@ -128,4 +138,14 @@ fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
         ));
     }
     Ok(first..=last)
+}
+
+/// `10.0.0.0/8`, or a bare address for just that host.
+fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
+    if let Ok(net) = s.parse::<ipnet::IpNet>() {
+        return Ok(net);
+    }
+    s.parse::<std::net::IpAddr>()
+        .map(ipnet::IpNet::from)
+        .map_err(|_| format!("{s:?} is not an address or a network like 10.0.0.0/8"))
 }

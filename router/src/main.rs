@@ -75,6 +75,7 @@ fn run() -> anyhow::Result<()> {
         https_addrs: args.https_addrs,
         default_cert,
         h2c: args.h2c,
+        proxy_protocol_from: args.proxy_protocol_from,
         admin_addr: args.admin_addr,
         tcp: TcpSettings {
             ip: args.tcp_ip,

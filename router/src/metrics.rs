@@ -26,6 +26,7 @@ pub struct Metrics {
     pub tls_no_certificate: IntCounter,
     pub tcp_listeners: IntGauge,
     pub tcp_connections: IntCounter,
+    pub proxy_header_refused: IntCounter,
     connected: AtomicBool,
     synced_once: AtomicBool,
     last_contact_ms: AtomicU64,
@@ -99,12 +100,16 @@ impl Metrics {
                 "flynn_router_tcp_connections_total",
                 "Connections accepted on TCP route listeners",
             ),
+            proxy_header_refused: int_counter(
+                "flynn_router_proxy_header_refused_total",
+                "Connections from trusted proxies closed for a missing or malformed PROXY header",
+            ),
             connected: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
             last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(requests),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_connect_errors.clone()),
@@ -118,6 +123,7 @@ impl Metrics {
             Box::new(metrics.tls_no_certificate.clone()),
             Box::new(metrics.tcp_listeners.clone()),
             Box::new(metrics.tcp_connections.clone()),
+            Box::new(metrics.proxy_header_refused.clone()),
         ];
         for c in collectors {
             metrics

@@ -8,8 +8,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use flynn_store::{Keys, Store};
+use ipnet::IpNet;
 use pingora::apps::http_app::HttpServer;
-use pingora::apps::HttpServerOptions;
+use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
@@ -20,6 +21,7 @@ use rustls::sign::CertifiedKey;
 use crate::admin::Admin;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamTimeouts};
+use crate::proxy_protocol::inbound::{Trusted, WithProxyHeader};
 use crate::sync::{self, TableWriter};
 use crate::table::Table;
 use crate::tcp::{self, TcpSettings};
@@ -44,6 +46,8 @@ pub struct RouterConfig {
     pub default_cert: Option<Arc<CertifiedKey>>,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
     pub h2c: bool,
+    /// Connections from these networks must start with a PROXY header (v1 or v2).
+    pub proxy_protocol_from: Vec<IpNet>,
     pub admin_addr: SocketAddr,
     /// Where TCP route listeners open.
     pub tcp: TcpSettings,
@@ -66,33 +70,39 @@ pub fn build(config: RouterConfig) -> Server {
     let table = Arc::new(ArcSwap::from_pointee(Table::default()));
     let metrics = Arc::new(Metrics::new());
 
-    let proxy = Proxy::new(table.clone(), metrics.clone(), config.timeouts);
-    let mut http = pingora::proxy::http_proxy_service_with_name(
+    let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        proxy,
-        "flynn-router http",
+        Proxy::new(table.clone(), metrics.clone(), config.timeouts),
     );
-    for addr in &config.http_addrs {
-        http.add_tcp(&addr.to_string());
-    }
-    if !config.https_addrs.is_empty() {
-        let resolver = Arc::new(SniResolver::new(
-            table.clone(),
-            config.default_cert.clone(),
-            metrics.clone(),
-        ));
-        for addr in &config.https_addrs {
-            http.add_tls_with_settings(&addr.to_string(), None, tls_settings(resolver.clone()));
-        }
-    }
     if config.h2c {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
-        http.app_logic_mut()
-            .expect("the proxy service has its app")
-            .server_options = Some(options);
+        proxy.server_options = Some(options);
     }
-    http.threads = Some(config.threads);
+    let resolver = Arc::new(SniResolver::new(
+        table.clone(),
+        config.default_cert.clone(),
+        metrics.clone(),
+    ));
+    let listeners = Listeners {
+        http: &config.http_addrs,
+        https: &config.https_addrs,
+        resolver,
+        threads: config.threads,
+    };
+    if config.proxy_protocol_from.is_empty() {
+        server.add_service(listeners.service(proxy, None));
+    } else {
+        let trusted = Trusted::new(
+            config.proxy_protocol_from.clone(),
+            metrics.proxy_header_refused.clone(),
+        );
+        let app = WithProxyHeader {
+            inner: Arc::new(proxy),
+            trusted: trusted.clone(),
+        };
+        server.add_service(listeners.service(app, Some(trusted)));
+    }
 
     let mut admin = Service::new(
         "flynn-router admin".to_owned(),
@@ -122,11 +132,43 @@ pub fn build(config: RouterConfig) -> Server {
         },
     );
 
-    server.add_service(http);
     server.add_service(admin);
     server.add_service(sync);
     server.add_service(tcp_routes);
     server
+}
+
+/// The client-facing listeners of the HTTP app.
+struct Listeners<'a> {
+    http: &'a [SocketAddr],
+    https: &'a [SocketAddr],
+    resolver: Arc<SniResolver>,
+    threads: usize,
+}
+
+impl Listeners<'_> {
+    fn service<A: ServerApp + Send + Sync + 'static>(
+        &self,
+        app: A,
+        proxy_header: Option<Trusted>,
+    ) -> Service<A> {
+        let mut service = Service::new("flynn-router http".to_owned(), app);
+        for addr in self.http {
+            service.add_tcp(&addr.to_string());
+        }
+        for addr in self.https {
+            service.add_tls_with_settings(
+                &addr.to_string(),
+                None,
+                tls_settings(self.resolver.clone()),
+            );
+        }
+        if let Some(trusted) = proxy_header {
+            service.endpoints().set_pre_tls_callback(Arc::new(trusted));
+        }
+        service.threads = Some(self.threads);
+        service
+    }
 }
 
 /// TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1 by ALPN, the certificate chosen per handshake.

@@ -51,6 +51,25 @@ impl Conn {
         })
     }
 
+    /// Connects from a chosen local address (e.g. 127.0.0.2), to look like another client.
+    pub async fn open_from(addr: &str, local_ip: std::net::IpAddr) -> anyhow::Result<Conn> {
+        let target: std::net::SocketAddr = addr.parse().context("address")?;
+        let socket = match local_ip {
+            std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(std::net::SocketAddr::new(local_ip, 0))?;
+        let stream = socket
+            .connect(target)
+            .await
+            .with_context(|| format!("connect {addr} from {local_ip}"))?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
     /// Writes raw bytes without reading anything.
     pub async fn write(&mut self, raw: &[u8]) -> anyhow::Result<()> {
         self.stream.write_all(raw).await?;

@@ -5,6 +5,8 @@
 //! says how many bytes it needs when a header is incomplete, so that [`read_header`] reads
 //! exactly the header and not one byte of what follows.
 
+pub mod inbound;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -183,7 +185,9 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, HeaderError> {
 }
 
 /// Reads exactly one header from `stream`, never a byte past it.
-pub async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Header, HeaderError> {
+pub async fn read_header<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+) -> Result<Header, HeaderError> {
     let mut buf = Vec::with_capacity(64);
     let mut needed = 8;
     loop {
