@@ -9,5 +9,7 @@ struct Cli {}
 
 fn main() -> anyhow::Result<()> {
     Cli::parse();
-    anyhow::bail!("the flynn controller is not built yet: run the router with `flynn-router --help`")
+    anyhow::bail!(
+        "the flynn controller is not built yet: run the router with `flynn-router --help`"
+    )
 }

@@ -1,0 +1,4 @@
+//! Flynn's control plane.
+//!
+//! - [`api`]: the controller API (axum), over the store that the router watches.
+pub mod api;
