@@ -4,13 +4,18 @@
 //! in flight wins. Leader routes use only the instance registered first (lowest create revision).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use flynn_store::Revision;
 
 /// Connect attempts per request (the first one plus retries on other instances).
 pub const MAX_ATTEMPTS: usize = 3;
+
+/// How long an instance that refused a connection is avoided, doubling per failure in a row.
+const EJECT_FIRST: Duration = Duration::from_millis(500);
+const EJECT_MAX: Duration = Duration::from_secs(30);
 
 /// One instance of a service.
 #[derive(Debug)]
@@ -19,6 +24,10 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub create_revision: Revision,
     in_flight: AtomicUsize,
+    /// Connect failures in a row; 0 when healthy.
+    failures: AtomicU32,
+    /// Until when (ms since `EPOCH`) the instance is avoided after a failed connect.
+    ejected_until_ms: AtomicU64,
 }
 
 impl Backend {
@@ -28,12 +37,42 @@ impl Backend {
             addr,
             create_revision,
             in_flight: AtomicUsize::new(0),
+            failures: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
         }
     }
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
+
+    /// Passive health: a refused or timed-out connect ejects the instance for a while (500 ms,
+    /// doubling per failure in a row up to 30 s); it is tried again once that has passed.
+    pub fn connect_failed(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
+        let backoff = EJECT_FIRST.saturating_mul(1 << failures).min(EJECT_MAX);
+        let until = now_ms() + backoff.as_millis() as u64;
+        self.ejected_until_ms.store(until, Ordering::Relaxed);
+    }
+
+    /// A connect worked: the instance is healthy again.
+    pub fn connect_succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+            self.ejected_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+}
+
+/// Milliseconds on a monotonic clock shared by every backend.
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
 /// Counts a request in flight on a backend for as long as it lives.
@@ -138,14 +177,15 @@ impl Service {
             0 => return None,
             1 => (0..candidates.len()).find(|&i| !tried.contains(i))?,
             _ => {
-                let a = random_untried(candidates.len(), tried)?;
-                let b = loop {
-                    let b = random_untried(candidates.len(), tried)?;
-                    if b != a {
-                        break b;
-                    }
-                };
-                if candidates[b].in_flight() < candidates[a].in_flight() {
+                // Two distinct untried instances, healthy ones first; the less busy wins, and
+                // an ejected one only when nothing healthy is left.
+                let healthy = |i: usize| !candidates[i].is_ejected();
+                let a = random_untried(candidates.len(), tried, None, healthy)
+                    .or_else(|| random_untried(candidates.len(), tried, None, |_| true))?;
+                let b = random_untried(candidates.len(), tried, Some(a), healthy)
+                    .or_else(|| random_untried(candidates.len(), tried, Some(a), |_| true))?;
+                let score = |i: usize| (candidates[i].is_ejected(), candidates[i].in_flight());
+                if score(b) < score(a) {
                     b
                 } else {
                     a
@@ -157,12 +197,18 @@ impl Service {
     }
 }
 
-/// A random index in `0..len` that has not been tried (probing forward from a random start).
-fn random_untried(len: usize, tried: &Tried) -> Option<usize> {
+/// A random index in `0..len`, not tried, not `except`, that passes `keep` (probing forward
+/// from a random start).
+fn random_untried(
+    len: usize,
+    tried: &Tried,
+    except: Option<usize>,
+    keep: impl Fn(usize) -> bool,
+) -> Option<usize> {
     let start = fastrand::usize(..len);
     (0..len)
         .map(|step| (start + step) % len)
-        .find(|&i| !tried.contains(i))
+        .find(|&i| !tried.contains(i) && Some(i) != except && keep(i))
 }
 
 #[cfg(test)]
@@ -233,6 +279,26 @@ mod tests {
         }
         assert_eq!(counts.len(), 4);
         assert!(counts.values().all(|&c| c > 600), "{counts:?}");
+    }
+
+    #[test]
+    fn ejected_instances_are_avoided_until_nothing_else_is_left() {
+        let s = service(3);
+        s.backends()[0].connect_failed();
+        s.backends()[1].connect_failed();
+        for _ in 0..200 {
+            let picked = s.pick(false, &mut Tried::default()).unwrap();
+            assert_eq!(picked.id, s.backends()[2].id);
+        }
+        // The retry after a failed connect still reaches the ejected ones.
+        let mut tried = Tried::default();
+        let ids: Vec<_> = (0..3)
+            .map(|_| s.pick(false, &mut tried).unwrap().id.clone())
+            .collect();
+        assert_eq!(ids[0], s.backends()[2].id);
+        s.backends()[0].connect_succeeded();
+        assert!(!s.backends()[0].is_ejected());
+        assert!(s.backends()[1].is_ejected());
     }
 
     #[test]

@@ -194,9 +194,14 @@ async fn splice(
         };
         let in_flight = InFlight::new(backend.clone());
         match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(stream)) => break (stream, in_flight),
-            _ if tried.count() < MAX_ATTEMPTS => continue,
-            _ => return Err("every connect failed"),
+            Ok(Ok(stream)) => {
+                backend.connect_succeeded();
+                break (stream, in_flight);
+            }
+            _ => backend.connect_failed(),
+        }
+        if tried.count() >= MAX_ATTEMPTS {
+            return Err("every connect failed");
         }
     };
     let _ = upstream.set_nodelay(true);

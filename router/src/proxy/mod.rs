@@ -145,7 +145,9 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.metrics.upstream_connect_errors.inc();
-        ctx.current = None;
+        if let Some(current) = ctx.current.take() {
+            current.backend().connect_failed();
+        }
         let instances = match (&ctx.route, &ctx.service) {
             (Some(route), _) if route.leader => 1,
             (_, Some(service)) => service.backends().len(),
@@ -154,6 +156,22 @@ impl ProxyHttp for Proxy {
         let attempts = ctx.tried.count();
         e.set_retry(attempts < MAX_ATTEMPTS && attempts < instances);
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(current) = &ctx.current {
+            current.backend().connect_succeeded();
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(
