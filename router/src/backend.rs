@@ -164,6 +164,17 @@ impl Service {
         }
     }
 
+    /// The instance with that id (a sticky pin), recorded as tried; None when it is gone,
+    /// ejected or already tried for this request.
+    pub fn pick_by_id(&self, id: &str, tried: &mut Tried) -> Option<Arc<Backend>> {
+        let index = self.backends.iter().position(|b| b.id == id)?;
+        if tried.contains(index) || self.backends[index].is_ejected() {
+            return None;
+        }
+        tried.add(index);
+        Some(self.backends[index].clone())
+    }
+
     /// Chooses an instance not tried yet for this request, and records it as tried.
     pub fn pick(&self, leader_only: bool, tried: &mut Tried) -> Option<Arc<Backend>> {
         let candidates = if leader_only {

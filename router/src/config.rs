@@ -65,6 +65,11 @@ pub struct Args {
     )]
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
 
+    /// Key sealing sticky-session cookies: 32 bytes as 64 hex digits or URL-safe base64.
+    /// Without it, every router shares one kept in the store (created on first use).
+    #[arg(long, env = "FLYNN_COOKIE_KEY", value_parser = parse_cookie_key, hide_env_values = true)]
+    pub cookie_key: Option<[u8; 32]>,
+
     /// Address the listeners of TCP routes open on.
     #[arg(long, env = "FLYNN_TCP_IP", default_value = "0.0.0.0")]
     pub tcp_ip: std::net::IpAddr,
@@ -148,4 +153,8 @@ fn parse_network(s: &str) -> Result<ipnet::IpNet, String> {
     s.parse::<std::net::IpAddr>()
         .map(ipnet::IpNet::from)
         .map_err(|_| format!("{s:?} is not an address or a network like 10.0.0.0/8"))
+}
+
+fn parse_cookie_key(s: &str) -> Result<[u8; 32], String> {
+    crate::proxy::sticky::parse_key(s).map_err(|e| e.to_string())
 }

@@ -76,6 +76,7 @@ fn run() -> anyhow::Result<()> {
         default_cert,
         h2c: args.h2c,
         proxy_protocol_from: args.proxy_protocol_from,
+        cookie_key: args.cookie_key,
         admin_addr: args.admin_addr,
         tcp: TcpSettings {
             ip: args.tcp_ip,

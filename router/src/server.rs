@@ -20,6 +20,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::admin::Admin;
 use crate::metrics::Metrics;
+use crate::proxy::sticky::StickyKey;
 use crate::proxy::{Proxy, UpstreamTimeouts};
 use crate::proxy_protocol::inbound::{Trusted, WithProxyHeader};
 use crate::sync::{self, TableWriter};
@@ -48,6 +49,8 @@ pub struct RouterConfig {
     pub h2c: bool,
     /// Connections from these networks must start with a PROXY header (v1 or v2).
     pub proxy_protocol_from: Vec<IpNet>,
+    /// The key sealing sticky cookies; None: the one shared through the store.
+    pub cookie_key: Option<[u8; 32]>,
     pub admin_addr: SocketAddr,
     /// Where TCP route listeners open.
     pub tcp: TcpSettings,
@@ -70,9 +73,19 @@ pub fn build(config: RouterConfig) -> Server {
     let table = Arc::new(ArcSwap::from_pointee(Table::default()));
     let metrics = Arc::new(Metrics::new());
 
+    let sticky = Arc::new(match &config.cookie_key {
+        Some(key) => StickyKey::from_bytes(key).expect("a 32-byte key"),
+        // Replaced by the store's shared key as soon as the store answers.
+        None => StickyKey::random(),
+    });
     let mut proxy = pingora::proxy::http_proxy(
         &server.configuration,
-        Proxy::new(table.clone(), metrics.clone(), config.timeouts),
+        Proxy::new(
+            table.clone(),
+            metrics.clone(),
+            config.timeouts,
+            sticky.clone(),
+        ),
     );
     if config.h2c {
         let mut options = HttpServerOptions::default();
@@ -128,6 +141,7 @@ pub fn build(config: RouterConfig) -> Server {
         StoreSync {
             source: config.store,
             writer: std::sync::Mutex::new(Some(writer)),
+            sticky: config.cookie_key.is_none().then_some(sticky),
             metrics,
         },
     );
@@ -206,6 +220,8 @@ struct StoreSync {
     source: StoreSource,
     /// Taken once by `start`.
     writer: std::sync::Mutex<Option<TableWriter>>,
+    /// Set when the sticky-cookie key is to come from the store.
+    sticky: Option<Arc<StickyKey>>,
     metrics: Arc<Metrics>,
 }
 
@@ -224,6 +240,17 @@ impl BackgroundService for StoreSync {
                 StoreSource::Url(url) => sync::open_with_retry(url).await,
                 StoreSource::Shared(store) => store.clone(),
             };
+            if let Some(sticky) = &self.sticky {
+                let (store, keys, sticky) = (store.clone(), writer.keys().clone(), sticky.clone());
+                tokio::spawn(async move {
+                    let key = sync::shared_cookie_key(store.as_ref(), &keys).await;
+                    if sticky.replace(&key).is_ok() {
+                        tracing::info!(
+                            "sticky cookies sealed with the key shared through the store"
+                        );
+                    }
+                });
+            }
             sync::run(store, writer, self.metrics.clone()).await;
         };
         tokio::select! {

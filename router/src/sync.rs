@@ -13,6 +13,7 @@ use flynn_store::{KeyValue, Keys, Listing, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
+use crate::proxy::sticky;
 use crate::table::{RouteEntry, Table};
 use crate::tls;
 
@@ -53,6 +54,10 @@ impl TableWriter {
     /// Changes every time a new table is published.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.published.subscribe()
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.keys
     }
 
     /// The table as edited so far (published or not).
@@ -314,6 +319,43 @@ async fn consume(
         metrics.store_contact(connected.iter().all(|c| *c));
         if listed.iter().all(|l| *l) {
             metrics.mark_synced();
+        }
+    }
+}
+
+/// The sticky-cookie key every router shares, created by whichever router asks first
+/// (compare-and-swap, so two routers starting together agree). Retries until the store answers.
+pub async fn shared_cookie_key(store: &dyn Store, keys: &Keys) -> [u8; 32] {
+    let key = keys.cookie_key();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match fetch_or_create(store, &key).await {
+            Ok(bytes) => return bytes,
+            Err(error) => {
+                tracing::warn!(%error, key, retry_in = ?delay, "cannot read the cookie key");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+async fn fetch_or_create(store: &dyn Store, key: &str) -> Result<[u8; 32], String> {
+    loop {
+        if let Some(kv) = store.get(key).await.map_err(|e| e.to_string())? {
+            let text = String::from_utf8_lossy(&kv.value);
+            return sticky::parse_key(&text).map_err(|e| format!("{key}: {e}"));
+        }
+        let fresh = sticky::random_key();
+        let hex: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+        match store
+            .compare_and_swap(key, 0, hex.into_bytes(), None)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            flynn_store::Cas::Swapped { .. } => return Ok(fresh),
+            // Another router wrote one first: use theirs.
+            flynn_store::Cas::Conflict { .. } => continue,
         }
     }
 }

@@ -33,6 +33,11 @@ impl Keys {
         &self.prefix
     }
 
+    /// The key sealing routers' sticky-session cookies (64 hex digits), shared by every router.
+    pub fn cookie_key(&self) -> String {
+        format!("{}/router/cookie-key", self.prefix)
+    }
+
     pub fn routes(&self) -> String {
         format!("{}/routes/", self.prefix)
     }

@@ -10,6 +10,7 @@
 
 pub mod headers;
 pub mod responses;
+pub mod sticky;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,7 @@ use crate::metrics::Metrics;
 use crate::table::{RouteEntry, Table};
 use headers::Origin;
 use responses::Canned;
+use sticky::StickyKey;
 
 /// Timeouts towards backends.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +56,7 @@ pub struct Proxy {
     table: Arc<ArcSwap<Table>>,
     metrics: Arc<Metrics>,
     timeouts: UpstreamTimeouts,
+    sticky: Arc<StickyKey>,
 }
 
 impl Proxy {
@@ -61,11 +64,13 @@ impl Proxy {
         table: Arc<ArcSwap<Table>>,
         metrics: Arc<Metrics>,
         timeouts: UpstreamTimeouts,
+        sticky: Arc<StickyKey>,
     ) -> Proxy {
         Proxy {
             table,
             metrics,
             timeouts,
+            sticky,
         }
     }
 }
@@ -78,6 +83,10 @@ pub struct RequestCtx {
     tried: Tried,
     /// The instance of the current attempt, counted in flight while this lives.
     current: Option<InFlight>,
+    /// Sticky routes: the instance the client's cookie pins, and the cookie to set when the
+    /// chosen instance differs.
+    pinned: Option<String>,
+    set_cookie: Option<String>,
 }
 
 #[async_trait]
@@ -91,6 +100,8 @@ impl ProxyHttp for Proxy {
             service: None,
             tried: Tried::default(),
             current: None,
+            pinned: None,
+            set_cookie: None,
         }
     }
 
@@ -107,6 +118,9 @@ impl ProxyHttp for Proxy {
             answer(session, &responses::SERVICE_UNAVAILABLE).await?;
             return Ok(true);
         };
+        if route.sticky {
+            ctx.pinned = sticky::cookie_value(req).and_then(|v| self.sticky.open(v));
+        }
         ctx.route = Some(route.clone());
         ctx.service = Some(service.clone());
         Ok(false)
@@ -120,12 +134,22 @@ impl ProxyHttp for Proxy {
         let (Some(route), Some(service)) = (&ctx.route, &ctx.service) else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
-        let Some(backend) = service.pick(route.leader, &mut ctx.tried) else {
+        let pinned = match (&ctx.pinned, route.leader) {
+            (Some(id), false) => service.pick_by_id(id, &mut ctx.tried),
+            _ => None,
+        };
+        let Some(backend) = pinned.or_else(|| service.pick(route.leader, &mut ctx.tried)) else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no instance left to try",
             ));
         };
+        if route.sticky {
+            ctx.set_cookie = match &ctx.pinned {
+                Some(id) if *id == backend.id => None,
+                _ => self.sticky.seal(&backend.id),
+            };
+        }
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
         peer.options.connection_timeout = Some(self.timeouts.connect);
         peer.options.read_timeout = Some(self.timeouts.read);
@@ -192,6 +216,9 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.port()),
         };
         headers::add_forwarding(upstream_request, &origin)?;
+        if ctx.route.as_ref().is_some_and(|r| r.sticky) {
+            sticky::strip_cookie(upstream_request)?;
+        }
         let upgrade = upstream_request.headers.contains_key(http::header::UPGRADE);
         if !upgrade && ctx.route.as_ref().is_some_and(|r| r.disable_keep_alives) {
             upstream_request.insert_header(http::header::CONNECTION, "close")?;
@@ -201,11 +228,15 @@ impl ProxyHttp for Proxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream_response);
+        if let Some(sealed) = ctx.set_cookie.take() {
+            let cookie = sticky::set_cookie(&sealed, is_tls(session));
+            upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
+        }
         Ok(())
     }
 
