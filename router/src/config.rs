@@ -98,6 +98,19 @@ pub struct Args {
     #[arg(long, env = "FLYNN_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
 
+    /// Start by taking the listening sockets over from the running router (graceful binary
+    /// upgrade): start the new binary with this flag, then send SIGQUIT to the old one.
+    #[arg(long, env = "FLYNN_UPGRADE")]
+    pub upgrade: bool,
+
+    /// Unix socket through which a running router hands its listeners to its successor.
+    #[arg(
+        long,
+        env = "FLYNN_UPGRADE_SOCK",
+        default_value = "/tmp/flynn-router-upgrade.sock"
+    )]
+    pub upgrade_sock: String,
+
     /// Log filter (tracing's env-filter syntax), e.g. `info` or `flynn_router=debug`.
     #[arg(long, env = "FLYNN_LOG", default_value = "info")]
     pub log: String,

@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod backend;
 pub mod config;
+pub mod drain;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;

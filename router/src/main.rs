@@ -28,11 +28,13 @@ fn run() -> anyhow::Result<()> {
     args.validate()?;
     // pingora retries a busy address for a while and then panics in a service thread while the
     // process lives on; an operator wants a clear error and an exit instead.
+    // (When upgrading, the running router still holds the addresses and hands them over.)
     for addr in args
         .http_addrs
         .iter()
         .chain(&args.https_addrs)
         .chain([&args.admin_addr])
+        .filter(|_| !args.upgrade)
     {
         std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
     }
@@ -91,6 +93,8 @@ fn run() -> anyhow::Result<()> {
             ..UpstreamTimeouts::default()
         },
         drain_timeout: args.drain_timeout,
+        upgrade: args.upgrade,
+        upgrade_sock: args.upgrade_sock,
     });
     server.run_forever()
 }

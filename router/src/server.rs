@@ -12,13 +12,14 @@ use ipnet::IpNet;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::tls::TlsSettings;
-use pingora::server::configuration::ServerConf;
+use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::Service;
 use rustls::sign::CertifiedKey;
 
 use crate::admin::Admin;
+use crate::drain::{self, Drain};
 use crate::metrics::Metrics;
 use crate::proxy::sticky::StickyKey;
 use crate::proxy::{Proxy, UpstreamTimeouts};
@@ -57,17 +58,29 @@ pub struct RouterConfig {
     pub threads: usize,
     pub timeouts: UpstreamTimeouts,
     pub drain_timeout: Duration,
+    /// Take the listening sockets over from a running router (graceful binary upgrade).
+    pub upgrade: bool,
+    /// Where the running router hands its sockets over on SIGQUIT.
+    pub upgrade_sock: String,
 }
 
 /// A ready-to-run pingora server with the router's services added.
 pub fn build(config: RouterConfig) -> Server {
     let conf = ServerConf {
         threads: config.threads,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.drain_timeout.as_secs()),
+        // The `Drain` service ends the process as soon as nothing is in flight; pingora's
+        // grace period is only the upper bound.
+        grace_period_seconds: Some(config.drain_timeout.as_secs() + 1),
+        graceful_shutdown_timeout_seconds: Some(1),
+        upgrade_sock: config.upgrade_sock.clone(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = Opt {
+        upgrade: config.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    let in_flight = Arc::new(drain::InFlight::default());
     server.bootstrap();
 
     let table = Arc::new(ArcSwap::from_pointee(Table::default()));
@@ -85,6 +98,7 @@ pub fn build(config: RouterConfig) -> Server {
             metrics.clone(),
             config.timeouts,
             sticky.clone(),
+            in_flight.clone(),
         ),
     );
     if config.h2c {
@@ -134,6 +148,14 @@ pub fn build(config: RouterConfig) -> Server {
             changes: writer.subscribe(),
             settings: config.tcp,
             metrics: metrics.clone(),
+            in_flight: in_flight.clone(),
+        },
+    );
+    let drain = background_service(
+        "flynn-router drain",
+        Drain {
+            in_flight,
+            timeout: config.drain_timeout,
         },
     );
     let sync = background_service(
@@ -149,6 +171,7 @@ pub fn build(config: RouterConfig) -> Server {
     server.add_service(admin);
     server.add_service(sync);
     server.add_service(tcp_routes);
+    server.add_service(drain);
     server
 }
 
@@ -200,6 +223,7 @@ struct TcpRoutes {
     changes: tokio::sync::watch::Receiver<u64>,
     settings: TcpSettings,
     metrics: Arc<Metrics>,
+    in_flight: Arc<drain::InFlight>,
 }
 
 #[async_trait]
@@ -210,6 +234,7 @@ impl BackgroundService for TcpRoutes {
             self.changes.clone(),
             self.settings.clone(),
             self.metrics.clone(),
+            self.in_flight.clone(),
             shutdown,
         )
         .await;

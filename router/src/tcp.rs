@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::backend::{InFlight, Tried, MAX_ATTEMPTS};
+use crate::drain;
 use crate::metrics::Metrics;
 use crate::proxy_protocol;
 use crate::table::Table;
@@ -53,12 +54,20 @@ pub async fn run(
     mut changes: watch::Receiver<u64>,
     settings: TcpSettings,
     metrics: Arc<Metrics>,
+    in_flight: Arc<drain::InFlight>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut open: HashMap<u16, Open> = HashMap::new();
     let mut refused: HashSet<String> = HashSet::new();
     loop {
-        reconcile(&table, &settings, &metrics, &mut open, &mut refused);
+        reconcile(
+            &table,
+            &settings,
+            &metrics,
+            &in_flight,
+            &mut open,
+            &mut refused,
+        );
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,
@@ -72,6 +81,7 @@ fn reconcile(
     table: &Arc<ArcSwap<Table>>,
     settings: &TcpSettings,
     metrics: &Arc<Metrics>,
+    in_flight: &Arc<drain::InFlight>,
     open: &mut HashMap<u16, Open>,
     refused: &mut HashSet<String>,
 ) {
@@ -106,6 +116,7 @@ fn reconcile(
                     table.clone(),
                     settings.connect_timeout,
                     metrics.clone(),
+                    in_flight.clone(),
                 ));
                 let route_id = route.id.clone();
                 open.insert(port, Open { route_id, accept });
@@ -134,6 +145,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
+    // A new binary taking over (graceful upgrade) binds while the old one still listens.
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
 }
@@ -144,6 +157,7 @@ async fn accept_loop(
     table: Arc<ArcSwap<Table>>,
     connect_timeout: Duration,
     metrics: Arc<Metrics>,
+    in_flight: Arc<drain::InFlight>,
 ) {
     loop {
         let (client, peer) = match listener.accept().await {
@@ -155,12 +169,14 @@ async fn accept_loop(
             }
         };
         metrics.tcp_connections.inc();
+        let guard = in_flight.enter();
         let table = table.clone();
         let route_id = route_id.clone();
         tokio::spawn(async move {
             if let Err(why) = splice(client, peer, &route_id, &table, connect_timeout).await {
                 tracing::debug!(route = %route_id, %peer, why, "TCP connection ended early");
             }
+            drop(guard);
         });
     }
 }

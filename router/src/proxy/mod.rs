@@ -24,6 +24,7 @@ use pingora::upstreams::peer::H1UpgradePolicy;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::backend::{InFlight, Service, Tried, MAX_ATTEMPTS};
+use crate::drain;
 use crate::metrics::Metrics;
 use crate::table::{RouteEntry, Table};
 use headers::Origin;
@@ -57,6 +58,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     timeouts: UpstreamTimeouts,
     sticky: Arc<StickyKey>,
+    in_flight: Arc<drain::InFlight>,
 }
 
 impl Proxy {
@@ -65,12 +67,14 @@ impl Proxy {
         metrics: Arc<Metrics>,
         timeouts: UpstreamTimeouts,
         sticky: Arc<StickyKey>,
+        in_flight: Arc<drain::InFlight>,
     ) -> Proxy {
         Proxy {
             table,
             metrics,
             timeouts,
             sticky,
+            in_flight,
         }
     }
 }
@@ -87,6 +91,8 @@ pub struct RequestCtx {
     /// chosen instance differs.
     pinned: Option<String>,
     set_cookie: Option<String>,
+    /// Counts the request for draining.
+    _in_flight: drain::Guard,
 }
 
 #[async_trait]
@@ -102,6 +108,7 @@ impl ProxyHttp for Proxy {
             current: None,
             pinned: None,
             set_cookie: None,
+            _in_flight: self.in_flight.enter(),
         }
     }
 

@@ -61,7 +61,8 @@ impl RouteEntry {
         if domain.is_empty() {
             return Err(InvalidRoute::EmptyDomain);
         }
-        if domain != "*" && domain.trim_start_matches("*.").contains('*') {
+        // One leading `*.` at most: `*.*.example.com` is refused, not keyed by `*.example.com`.
+        if domain != "*" && domain.strip_prefix("*.").unwrap_or(&domain).contains('*') {
             return Err(InvalidRoute::BadWildcard(domain));
         }
         if !route.path.starts_with('/') {

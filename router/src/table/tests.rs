@@ -138,6 +138,10 @@ fn invalid_routes_are_refused() {
         Err(InvalidRoute::BadWildcard(_))
     ));
     assert!(matches!(
+        stored("*.*.a.com", "/", "s"),
+        Err(InvalidRoute::BadWildcard(_))
+    ));
+    assert!(matches!(
         stored("a.com", "api", "s"),
         Err(InvalidRoute::BadPath(_))
     ));

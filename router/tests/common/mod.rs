@@ -140,11 +140,18 @@ impl Router {
 
     /// Starts the router without waiting for anything.
     pub fn spawn(store_url: &str, extra: &[&str]) -> Router {
+        let port = || SocketAddr::from(([127, 0, 0, 1], free_port()));
+        Router::spawn_at(store_url, [port(), port(), port()], extra)
+    }
+
+    /// Starts the router on given HTTP, HTTPS and admin addresses (as a successor does).
+    pub fn spawn_at(
+        store_url: &str,
+        [http, https, admin]: [SocketAddr; 3],
+        extra: &[&str],
+    ) -> Router {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("router.log");
-        let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let https = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let child = Command::new(env!("CARGO_BIN_EXE_flynn-router"))
             .arg("--store")
             .arg(store_url)
@@ -210,6 +217,24 @@ impl Router {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `QUIT`, ...) to the router process.
+    pub fn signal(&self, name: &str) {
+        let pid = self.pid().expect("router still running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name} {pid}");
+    }
+
+    /// Waits for the process to end; None when it is still running after `within`.
+    pub async fn exited_within(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        tokio::time::timeout(within, self.child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
     }
 
     /// The admin `/metrics` text.
