@@ -112,6 +112,16 @@ pub async fn claim_port(state: &Shared, owner: &str, wanted: Option<u16>) -> Api
     let config = &state.config;
     let route_key = |id: &str| db.keys.route(id);
     if let Some(port) = wanted {
+        if !config.tcp_ports.contains(&port) {
+            return Err(ApiError::invalid(
+                "port",
+                format!(
+                    "port {port} is outside the TCP route range {}-{}",
+                    config.tcp_ports.start(),
+                    config.tcp_ports.end()
+                ),
+            ));
+        }
         if config.reserved_ports.contains(&port) {
             return Err(ApiError::invalid(
                 "port",

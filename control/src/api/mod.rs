@@ -34,6 +34,7 @@ use flynn_store::{Keys, Store};
 
 use self::db::Db;
 pub use self::error::{ApiError, ApiResult, ErrorBody};
+pub use self::services::id_for as id_for_addr;
 
 /// How the controller behaves.
 #[derive(Clone, Debug)]

@@ -219,17 +219,32 @@ async fn tcp_ports_are_allocated_checked_and_exhausted() {
         message.contains("no free TCP port") && message.contains("4000-4002"),
         "{message}"
     );
-    // Explicit: outside the range is fine, taken and reserved are not.
-    let explicit = api.route("db", json!({"type": "tcp", "port": 5432})).await;
-    assert_eq!(explicit["port"], 5432);
-    api.refused(
-        Method::POST,
-        "/apps/db/routes",
-        json!({"type": "tcp", "port": 5432}),
-        "conflict",
-    )
-    .await;
-    for port in [4001, 8080, 8443] {
+    // Explicit: a taken port conflicts; reserved and out-of-range ones are refused.
+    let body = api
+        .refused(
+            Method::POST,
+            "/apps/db/routes",
+            json!({"type": "tcp", "port": 4002}),
+            "conflict",
+        )
+        .await;
+    assert!(body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("taken"));
+    let body = api
+        .refused(
+            Method::POST,
+            "/apps/db/routes",
+            json!({"type": "tcp", "port": 4001}),
+            "validation_error",
+        )
+        .await;
+    assert!(body["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("reserved"));
+    for port in [22, 5432, 8080] {
         let body = api
             .refused(
                 Method::POST,
@@ -241,7 +256,7 @@ async fn tcp_ports_are_allocated_checked_and_exhausted() {
         assert!(body["message"]
             .as_str()
             .unwrap_or_default()
-            .contains("reserved"));
+            .contains("outside"));
     }
     // A freed port is reusable.
     let (status, _) = api

@@ -64,6 +64,7 @@ async fn create_http(
             leader: new.leader,
             drain_backends: new.drain_backends.unwrap_or(true),
             disable_keep_alives: new.disable_keep_alives,
+            backend_protocol: Default::default(),
             app_id: Some(app.id.clone()),
         }),
         created_at: Some(now.clone()),
