@@ -54,19 +54,18 @@ async fn create_http(
     let id = format!("http-{}", uuid::Uuid::new_v4());
     let now = db::now();
     let stored = StoredRoute {
-        route: Route::Http(HttpRoute {
-            id: id.clone(),
-            domain: domain.clone(),
-            path: path.clone(),
-            service,
-            certificate_id: cert.as_ref().map(|c| c.id().to_owned()),
-            sticky: new.sticky,
-            leader: new.leader,
-            drain_backends: new.drain_backends.unwrap_or(true),
-            disable_keep_alives: new.disable_keep_alives,
-            backend_protocol: Default::default(),
-            app_id: Some(app.id.clone()),
-        }),
+        route: Route::Http(http_route(serde_json::json!({
+            "id": id,
+            "domain": domain,
+            "path": path,
+            "service": service,
+            "certificate_id": cert.as_ref().map(|c| c.id()),
+            "sticky": new.sticky,
+            "leader": new.leader,
+            "drain_backends": new.drain_backends.unwrap_or(true),
+            "disable_keep_alives": new.disable_keep_alives,
+            "app_id": app.id,
+        }))?),
         created_at: Some(now.clone()),
         updated_at: Some(now),
     };
@@ -139,14 +138,14 @@ async fn create_tcp(
     let port = claims::claim_port(state, &id, wanted).await?;
     let now = db::now();
     let stored = StoredRoute {
-        route: Route::Tcp(TcpRoute {
-            id: id.clone(),
-            port,
-            service,
-            leader: new.leader,
-            proxy_protocol: new.proxy_protocol,
-            app_id: Some(app.id.clone()),
-        }),
+        route: Route::Tcp(tcp_route(serde_json::json!({
+            "id": id,
+            "port": port,
+            "service": service,
+            "leader": new.leader,
+            "proxy_protocol": new.proxy_protocol,
+            "app_id": app.id,
+        }))?),
         created_at: Some(now.clone()),
         updated_at: Some(now),
     };
@@ -166,6 +165,16 @@ async fn create_tcp(
     }
     events::record(state, Some(&app.id), "route", &id, &stored).await;
     Ok(stored)
+}
+
+// Routes are built from JSON so that fields the store's types gain later (with their
+// defaults) need no change here, as for any other writer of the store.
+fn http_route(value: serde_json::Value) -> ApiResult<HttpRoute> {
+    serde_json::from_value(value).map_err(|e| ApiError::Internal(format!("route JSON: {e}")))
+}
+
+fn tcp_route(value: serde_json::Value) -> ApiResult<TcpRoute> {
+    serde_json::from_value(value).map_err(|e| ApiError::Internal(format!("route JSON: {e}")))
 }
 
 /// Takes back a half-made route: its key (if written) and its claim. Best effort.
