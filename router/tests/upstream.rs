@@ -343,3 +343,69 @@ async fn responses_stream_without_buffering() {
     }
     assert!(started.elapsed() >= Duration::from_millis(1400));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_backends_get_http_2_whatever_the_client_speaks() {
+    let h = Harness::start(&["--h2c"]).await;
+    let grpc = Backend::start_with(
+        "grpc",
+        Options {
+            h2c: true,
+            ..Options::default()
+        },
+    )
+    .await;
+    h.instance("grpc", "i1", grpc.addr).await;
+    h.route_with(
+        "http-1",
+        "grpc.test",
+        "/",
+        "grpc",
+        json!({"backend_protocol": "h2c"}),
+    )
+    .await;
+    h.wait_status("grpc.test", "/", 200).await;
+
+    // HTTP/1.1 in, HTTP/2 out; the backend keeps one connection for many requests.
+    for _ in 0..5 {
+        let response = h.get("/svc.Echo/Say?x=1", "grpc.test").await;
+        let json = common::echoed(&response);
+        assert_eq!(json["version"], "HTTP/2.0");
+        assert!(json["uri"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/svc.Echo/Say?x=1")));
+    }
+    assert_eq!(
+        grpc.connections(),
+        1,
+        "requests multiplexed on one h2 connection"
+    );
+
+    // HTTP/2 in (h2c prior knowledge, as gRPC clients do), HTTP/2 out, with a body.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: grpc.test",
+            "-d",
+            "hello",
+        ])
+        .arg(format!("http://{}/svc.Echo/Say", h.router.http))
+        .output()
+        .expect("curl");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("echo JSON");
+    assert_eq!(json["version"], "HTTP/2.0");
+    assert_eq!(json["method"], "POST");
+    assert_eq!(json["body_len"], 5);
+
+    // Plain routes stay HTTP/1.1.
+    let plain = Backend::start("plain").await;
+    h.instance("plain", "i1", plain.addr).await;
+    h.route("http-2", "plain.test", "/", "plain").await;
+    h.wait_status("plain.test", "/", 200).await;
+    assert_eq!(
+        common::echoed(&h.get("/", "plain.test").await)["version"],
+        "HTTP/1.1"
+    );
+}

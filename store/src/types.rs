@@ -57,8 +57,21 @@ pub struct HttpRoute {
     pub drain_backends: bool,
     #[serde(default)]
     pub disable_keep_alives: bool,
+    /// How the router talks to the backends: `http1` (default), or `h2c` for gRPC.
+    #[serde(default)]
+    pub backend_protocol: BackendProtocol,
     #[serde(default)]
     pub app_id: Option<String>,
+}
+
+/// The protocol between the router and an HTTP route's backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendProtocol {
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge, in clear text (gRPC servers inside the platform).
+    H2c,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
-//! A real HTTP/1.1 backend on 127.0.0.1 that answers with JSON describing the request it got:
-//! `{"backend", "method", "uri", "headers": [[name, value], ...], "body_len"}`.
+//! A real HTTP/1.1 (or h2c) backend on 127.0.0.1 that answers with JSON describing the request
+//! it got: `{"backend", "method", "version", "uri", "headers": [[name, value], ...], "body_len"}`.
 //!
 //! Special paths: `/slow/<ms>` waits before answering, `/status/<code>` answers with that status,
 //! `/stream` sends `first\n`, waits 1.5 s, then `last\n`. Any request with an `Upgrade` header is
@@ -30,6 +30,8 @@ pub struct Options {
     pub addr: Option<SocketAddr>,
     /// Wait this long before answering any request (a slow instance).
     pub delay: Option<Duration>,
+    /// Speak HTTP/2 with prior knowledge (h2c) instead of HTTP/1.1, as gRPC servers do.
+    pub h2c: bool,
 }
 
 /// A running backend; it stops (closing every connection) when dropped.
@@ -101,6 +103,7 @@ async fn serve(listener: TcpListener, name: String, options: Options, stats: Arc
         let stats = stats.clone();
         let idle = options.idle_timeout;
         let delay = options.delay;
+        let h2c = options.h2c;
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 stats.requests.fetch_add(1, Ordering::SeqCst);
@@ -112,6 +115,14 @@ async fn serve(listener: TcpListener, name: String, options: Options, stats: Arc
                     answer(name, req).await
                 }
             });
+            if h2c {
+                let builder =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+                return;
+            }
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder.timer(TokioTimer::new());
             if let Some(idle) = idle {
@@ -144,6 +155,7 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
         .and_then(|c| c.parse::<u16>().ok())
         .unwrap_or(200);
     let method = req.method().to_string();
+    let version = format!("{:?}", req.version());
     let uri = req.uri().to_string();
     let headers: Vec<(String, String)> = req
         .headers()
@@ -164,6 +176,7 @@ async fn answer(name: String, mut req: Request<Incoming>) -> Result<Response<Bod
     let json = serde_json::json!({
         "backend": name,
         "method": method,
+        "version": version,
         "uri": uri,
         "headers": headers,
         "body_len": body_len,

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use flynn_store::types::BackendProtocol;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
@@ -158,6 +159,9 @@ impl ProxyHttp for Proxy {
             };
         }
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        if route.backend_protocol == BackendProtocol::H2c {
+            peer.options.set_http_version(2, 2);
+        }
         peer.options.connection_timeout = Some(self.timeouts.connect);
         peer.options.read_timeout = Some(self.timeouts.read);
         peer.options.idle_timeout = Some(self.timeouts.idle);

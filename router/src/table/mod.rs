@@ -12,7 +12,7 @@ pub mod host;
 
 use std::sync::Arc;
 
-use flynn_store::types::{HttpRoute, Instance, TcpRoute};
+use flynn_store::types::{BackendProtocol, HttpRoute, Instance, TcpRoute};
 use flynn_store::Revision;
 use imbl::HashMap;
 use rustls::sign::CertifiedKey;
@@ -35,6 +35,7 @@ pub struct RouteEntry {
     pub leader: bool,
     pub drain_backends: bool,
     pub disable_keep_alives: bool,
+    pub backend_protocol: BackendProtocol,
 }
 
 /// Why a route from the store was not taken into the table.
@@ -85,6 +86,7 @@ impl RouteEntry {
             leader: route.leader,
             drain_backends: route.drain_backends,
             disable_keep_alives: route.disable_keep_alives,
+            backend_protocol: route.backend_protocol,
         })
     }
 

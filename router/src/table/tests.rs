@@ -15,6 +15,7 @@ fn route(id: &str, domain: &str, path: &str, service: &str) -> RouteEntry {
             leader: false,
             drain_backends: true,
             disable_keep_alives: false,
+            backend_protocol: Default::default(),
             app_id: None,
         },
     )
@@ -128,6 +129,7 @@ fn invalid_routes_are_refused() {
                 leader: false,
                 drain_backends: true,
                 disable_keep_alives: false,
+                backend_protocol: Default::default(),
                 app_id: None,
             },
         )
