@@ -128,18 +128,27 @@ pub async fn delete(
     State(state): State<ApiState>,
     Path(app): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let app = find(&state, &app).await?.value;
-    let removed = routes::delete_app_routes(&state, &app).await?;
-    for formation in state
-        .db
-        .store
-        .range(&state.db.formations(&app.id))
-        .await?
-        .kvs
-    {
-        state.db.delete(&formation.key).await?;
+    let mut removed = Vec::new();
+    let mut deleted = None;
+    // A route created meanwhile bumps the app's revision: delete what appeared, then retry.
+    for _ in 0..10 {
+        let current = find(&state, &app).await?;
+        removed.extend(routes::delete_app_routes(&state, &current.value).await?);
+        let formations = state.db.formations(&current.value.id);
+        for formation in state.db.store.range(&formations).await?.kvs {
+            state.db.delete(&formation.key).await?;
+        }
+        let key = state.db.app(&current.value.id);
+        if state.db.delete_if(&key, current.mod_revision).await? {
+            deleted = Some(current.value);
+            break;
+        }
     }
-    state.db.delete(&state.db.app(&app.id)).await?;
+    let Some(app) = deleted else {
+        return Err(ApiError::conflict(format!(
+            "app {app:?} keeps changing; try again"
+        )));
+    };
     claims::release(&state.db, &state.db.app_name_claim(&app.name), &app.id).await?;
     events::record(
         &state,

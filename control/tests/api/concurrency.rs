@@ -173,3 +173,48 @@ async fn a_path_route_never_outlives_its_root() {
         }
     }
 }
+
+/// Routes created while their app is being deleted: none survives the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_route_outlives_its_app() {
+    let api = Api::new();
+    for round in 0..20 {
+        let name = format!("doomed{round}");
+        api.app(&name).await;
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let api = api.clone();
+            let path = format!("/apps/{name}/routes");
+            let domain = format!("r{round}-{i}.example.com");
+            tasks.push(tokio::spawn(async move {
+                api.post(&path, json!({ "domain": domain })).await
+            }));
+        }
+        let deleted = {
+            let api = api.clone();
+            let path = format!("/apps/{name}");
+            tokio::spawn(async move { api.delete(&path).await })
+        };
+        for task in tasks {
+            let (status, body) = task.await.expect("task");
+            assert!(
+                matches!(status, StatusCode::CREATED | StatusCode::NOT_FOUND),
+                "{status} {body}"
+            );
+        }
+        let (status, body) = deleted.await.expect("task");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, apps) = api.get("/apps").await;
+        let ids: BTreeSet<&str> = apps
+            .as_array()
+            .expect("apps")
+            .iter()
+            .filter_map(|a| a["id"].as_str())
+            .collect();
+        let (_, routes) = api.get("/routes").await;
+        for route in routes.as_array().expect("routes") {
+            let app = route["app_id"].as_str().unwrap_or_default();
+            assert!(ids.contains(app), "round {round}: {route} outlived its app");
+        }
+    }
+}

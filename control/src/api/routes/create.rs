@@ -95,7 +95,7 @@ async fn create_http(
                 return Err(cert_gone(cert.id()));
             }
         }
-        Ok(())
+        hold_app(state, app).await
     }
     .await;
     if let Err(e) = written {
@@ -152,16 +152,14 @@ async fn create_tcp(
     let db = &state.db;
     let route_key = db.keys.route(&id);
     let claim_key = db.tcp_claim(port);
-    match db.create(&route_key, &stored, None).await {
-        Ok(true) => {}
-        Ok(false) => {
-            undo(state, &route_key, &claim_key, &id).await;
-            return Err(ApiError::Internal(format!("route id {id} exists already")));
-        }
-        Err(e) => {
-            undo(state, &route_key, &claim_key, &id).await;
-            return Err(e);
-        }
+    let written = match db.create(&route_key, &stored, None).await {
+        Ok(true) => hold_app(state, app).await,
+        Ok(false) => Err(ApiError::Internal(format!("route id {id} exists already"))),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = written {
+        undo(state, &route_key, &claim_key, &id).await;
+        return Err(e);
     }
     events::record(state, Some(&app.id), "route", &id, &stored).await;
     Ok(stored)
@@ -175,6 +173,16 @@ fn http_route(value: serde_json::Value) -> ApiResult<HttpRoute> {
 
 fn tcp_route(value: serde_json::Value) -> ApiResult<TcpRoute> {
     serde_json::from_value(value).map_err(|e| ApiError::Internal(format!("route JSON: {e}")))
+}
+
+/// After a route of `app` is written: an app deleted meanwhile either saw the route, or
+/// this fails (see [`claims`]).
+async fn hold_app(state: &Shared, app: &App) -> ApiResult<()> {
+    if claims::bump(&state.db, &state.db.app(&app.id)).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("app {:?} not found", app.name)))
+    }
 }
 
 /// Takes back a half-made route: its key (if written) and its claim. Best effort.
