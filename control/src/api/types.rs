@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use flynn_store::types::{ProxyProtocol, Route};
+use flynn_store::types::{BackendProtocol, ProxyProtocol, Route};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// An application.
@@ -195,6 +195,9 @@ pub struct NewRoute {
     pub certificate_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// HTTP routes: the protocol to the backends (http1 by default, h2c for gRPC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<BackendProtocol>,
 }
 
 /// `PUT /apps/:app/routes/:id`: absent fields keep their value; `domain`, `path`, `port` and
@@ -226,6 +229,8 @@ pub struct RouteUpdate {
         skip_serializing_if = "Option::is_none"
     )]
     pub proxy_protocol: Option<Option<ProxyProtocol>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_protocol: Option<BackendProtocol>,
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<RouteKind>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -4,7 +4,7 @@ use std::io::Read;
 
 use anyhow::Context;
 use clap::{ArgAction, Args, Subcommand, ValueEnum};
-use flynn_store::types::{ProxyProtocol, Route};
+use flynn_store::types::{BackendProtocol, ProxyProtocol, Route};
 
 use super::client::segment;
 use super::output::say;
@@ -68,6 +68,9 @@ struct AddHttp {
     /// Close backend connections after each request
     #[arg(long = "disable-keep-alives")]
     disable_keep_alives: bool,
+    /// Protocol to the backends: http1 (default) or h2c (HTTP/2 in clear text, e.g. gRPC)
+    #[arg(long = "backend-protocol", value_parser = parse_backend_protocol)]
+    backend_protocol: Option<BackendProtocol>,
     /// example.com, *.example.com or example.com/path
     target: String,
 }
@@ -135,6 +138,14 @@ struct UpdateArgs {
     /// v1, v2, or none (TCP routes)
     #[arg(long = "proxy-protocol", value_enum)]
     proxy_protocol: Option<Proxy>,
+    /// Protocol to the backends: http1 or h2c (HTTP routes)
+    #[arg(long = "backend-protocol", value_parser = parse_backend_protocol)]
+    backend_protocol: Option<BackendProtocol>,
+}
+
+fn parse_backend_protocol(raw: &str) -> Result<BackendProtocol, String> {
+    serde_json::from_value(serde_json::Value::String(raw.to_ascii_lowercase()))
+        .map_err(|e| format!("{raw:?}: {e}"))
 }
 
 pub async fn run(ctx: &Ctx, args: RouteArgs) -> anyhow::Result<()> {
@@ -261,6 +272,7 @@ async fn add_http(ctx: &Ctx, add: AddHttp) -> anyhow::Result<()> {
         leader: add.leader,
         drain_backends: add.no_drain_backends.then_some(false),
         disable_keep_alives: add.disable_keep_alives,
+        backend_protocol: add.backend_protocol,
         certificate,
         ..NewRoute::default()
     };
@@ -310,6 +322,7 @@ async fn update(ctx: &Ctx, args: UpdateArgs) -> anyhow::Result<()> {
         disable_keep_alives: flag(args.disable_keep_alives, args.enable_keep_alives),
         certificate,
         proxy_protocol: args.proxy_protocol.map(Proxy::protocol),
+        backend_protocol: args.backend_protocol,
         ..RouteUpdate::default()
     };
     let path = format!("{}/{}", routes_path(&app), segment(&args.id));

@@ -26,6 +26,7 @@ async fn http_route_fields_and_defaults() {
     assert_eq!(route["drain_backends"], true);
     assert_eq!(route["disable_keep_alives"], false);
     assert_eq!(route["certificate_id"], Value::Null);
+    assert_eq!(route["backend_protocol"], "http1");
     let (_, app) = api.get("/apps/shop").await;
     assert_eq!(route["app_id"], app["id"]);
 
@@ -44,7 +45,8 @@ async fn http_route_fields_and_defaults() {
         .route(
             "shop",
             json!({"domain": "*.shop.example.com", "service": "other", "sticky": true,
-                   "leader": true, "drain_backends": false, "disable_keep_alives": true}),
+                   "leader": true, "drain_backends": false, "disable_keep_alives": true,
+                   "backend_protocol": "h2c"}),
         )
         .await;
     assert_eq!(other["domain"], "*.shop.example.com");
@@ -53,6 +55,7 @@ async fn http_route_fields_and_defaults() {
     assert_eq!(other["leader"], true);
     assert_eq!(other["drain_backends"], false);
     assert_eq!(other["disable_keep_alives"], true);
+    assert_eq!(other["backend_protocol"], "h2c");
 
     let (_, mine) = api.get("/apps/shop/routes").await;
     assert_eq!(mine.as_array().map(Vec::len), Some(2));
@@ -281,6 +284,8 @@ async fn fields_that_do_not_fit_the_type_are_refused() {
         json!({"type": "http", "domain": "x.com", "proxy_protocol": "v1"}),
         json!({"type": "udp", "port": 3000}),
         json!({"type": "tcp", "proxy_protocol": "v3"}),
+        json!({"type": "tcp", "backend_protocol": "h2c"}),
+        json!({"domain": "x.com", "backend_protocol": "h3"}),
         json!({"domain": "x.com", "service": "a/b"}),
         json!({"domain": "x.com", "certificate_id": "missing"}),
     ] {
@@ -301,13 +306,15 @@ async fn update_changes_what_may_change() {
         .put(
             &path,
             json!({"service": "shop-api", "sticky": true, "leader": true,
-                   "drain_backends": false, "disable_keep_alives": true}),
+                   "drain_backends": false, "disable_keep_alives": true,
+                   "backend_protocol": "h2c"}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["service"], "shop-api");
     assert_eq!(updated["sticky"], true);
     assert_eq!(updated["drain_backends"], false);
+    assert_eq!(updated["backend_protocol"], "h2c");
     assert_eq!(updated["id"], route["id"]);
     assert_eq!(updated["created_at"], route["created_at"]);
     // The whole route sent back is accepted (Flynn's CLI does that).

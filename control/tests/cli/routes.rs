@@ -61,6 +61,8 @@ async fn route_commands_and_their_failures() {
         "--leader",
         "--no-drain-backends",
         "--disable-keep-alives",
+        "--backend-protocol",
+        "h2c",
         "-s",
         "other",
         "Flags.Example.com",
@@ -80,6 +82,7 @@ async fn route_commands_and_their_failures() {
     assert_eq!(route["leader"], true);
     assert_eq!(route["drain_backends"], false);
     assert_eq!(route["disable_keep_alives"], true);
+    assert_eq!(route["backend_protocol"], "h2c");
 
     // Update.
     let updated = client

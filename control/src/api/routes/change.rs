@@ -56,6 +56,7 @@ pub(super) async fn apply_update(
             r.leader = update.leader.unwrap_or(r.leader);
             r.drain_backends = update.drain_backends.unwrap_or(r.drain_backends);
             r.disable_keep_alives = update.disable_keep_alives.unwrap_or(r.disable_keep_alives);
+            r.backend_protocol = update.backend_protocol.unwrap_or(r.backend_protocol);
             match (update.certificate, update.certificate_id) {
                 (Some(_), Some(Some(_))) => {
                     return Err(ApiError::invalid(
@@ -93,6 +94,12 @@ pub(super) async fn apply_update(
                 return Err(ApiError::invalid(
                     "certificate",
                     "a TCP route has no certificate (TLS is for HTTP routes)",
+                ));
+            }
+            if update.backend_protocol.is_some() {
+                return Err(ApiError::invalid(
+                    "backend_protocol",
+                    "a TCP route has no backend protocol (it is for HTTP routes)",
                 ));
             }
             if update.sticky == Some(true) || update.disable_keep_alives == Some(true) {

@@ -52,6 +52,7 @@ async fn create_http(
     let cert = certs::choose(state, new.certificate, new.certificate_id).await?;
     let db = &state.db;
     let id = format!("http-{}", uuid::Uuid::new_v4());
+    let backend_protocol = new.backend_protocol.unwrap_or_default();
     let now = db::now();
     let stored = StoredRoute {
         route: Route::Http(http_route(serde_json::json!({
@@ -64,6 +65,7 @@ async fn create_http(
             "leader": new.leader,
             "drain_backends": new.drain_backends.unwrap_or(true),
             "disable_keep_alives": new.disable_keep_alives,
+            "backend_protocol": backend_protocol,
             "app_id": app.id,
         }))?),
         created_at: Some(now.clone()),
@@ -132,6 +134,12 @@ async fn create_tcp(
     }
     if new.disable_keep_alives {
         return refuse("disable_keep_alives", "HTTP keep-alives");
+    }
+    if new.backend_protocol.is_some() {
+        return refuse(
+            "backend_protocol",
+            "backend protocol (it is for HTTP routes)",
+        );
     }
     let id = format!("tcp-{}", uuid::Uuid::new_v4());
     let wanted = new.port.filter(|p| *p != 0);
