@@ -44,17 +44,22 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
             },
         )
         .await?;
+    let mut remote = None;
     if !args.remote.is_empty() && git::in_work_tree() {
         let base = cluster
             .git_url
             .clone()
             .unwrap_or_else(|| format!("{}/git", cluster.controller_url.trim_end_matches('/')));
         let url = format!("{}/{}.git", base.trim_end_matches('/'), app.name);
-        if let Err(e) = git::set_remote(&args.remote, &url) {
-            eprintln!("flynn: warning: {e:#}");
+        match git::set_remote(&args.remote, &url) {
+            Ok(()) => remote = Some(url),
+            Err(e) => eprintln!("flynn: warning: {e:#}"),
         }
     }
     say!("Created {}", app.name);
+    if let Some(url) = remote {
+        say!("Added git remote {} ({url})", args.remote);
+    }
     Ok(())
 }
 

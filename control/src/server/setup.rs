@@ -107,8 +107,16 @@ pub fn write_client_config(
         tls_pin: None,
         router_url,
     };
-    if config.find(name) == Some(&cluster) && !config.default.is_empty() {
-        return Ok(());
+    match config.find(name) {
+        Some(existing) if existing == &cluster && !config.default.is_empty() => return Ok(()),
+        // Another cluster of that name (not an earlier run of this server): keep it.
+        Some(existing) if existing.key != key && existing.controller_url != controller_url => {
+            tracing::warn!(path = %path.display(), cluster = name, url = %existing.controller_url,
+                "the client config already has another cluster of this name; not replacing it \
+                 (use --cluster-name, or `flynn cluster add`)");
+            return Ok(());
+        }
+        _ => {}
     }
     config.add(cluster, true)?;
     let default_missing = config.default.is_empty() || config.find(&config.default).is_none();

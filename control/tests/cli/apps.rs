@@ -155,3 +155,21 @@ async fn errors_are_one_line_even_with_rust_backtrace() {
         .await;
     run.fails_with("app \"ghost\" not found");
 }
+
+#[tokio::test]
+async fn another_cluster_named_default_is_kept() {
+    let client = Client::new();
+    let theirs = "default = \"default\"\n\n[[cluster]]\nName = \"default\"\n\
+                  ControllerURL = \"http://10.9.9.9:8081\"\nKey = \"theirs\"\n";
+    std::fs::write(client.flynnrc(), theirs).expect("write flynnrc");
+    let server = Server::embedded(&client).await;
+    assert_eq!(
+        std::fs::read_to_string(client.flynnrc()).expect("flynnrc"),
+        theirs
+    );
+    assert!(
+        server.log().contains("not replacing it"),
+        "{}",
+        server.log()
+    );
+}
