@@ -1,10 +1,19 @@
-//! `flynn-router` flags; each is also a `FLYNN_…` environment variable.
+//! The router's flags, each also a `FLYNN_…` environment variable: [`RouterArgs`] holds the
+//! data-plane ones that `flynn-router` and `flynn server` share; [`Args`] adds the router
+//! binary's store and log flags.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use anyhow::Context;
 use clap::Parser;
+use flynn_store::Keys;
+
+use crate::proxy::UpstreamTimeouts;
+use crate::server::{RouterConfig, StoreSource};
+use crate::tcp::TcpSettings;
+use crate::tls;
 
 /// Flynn's edge router: serves HTTP for the routes and service instances in the store, applying
 /// every change within milliseconds, with no reload.
@@ -19,6 +28,34 @@ pub struct Args {
     #[arg(long, env = "FLYNN_STORE_PREFIX", default_value = flynn_store::schema::DEFAULT_PREFIX)]
     pub store_prefix: String,
 
+    /// Log filter (tracing's env-filter syntax), e.g. `info` or `flynn_router=debug`.
+    #[arg(long, env = "FLYNN_LOG", default_value = "info")]
+    pub log: String,
+
+    #[command(flatten)]
+    pub router: RouterArgs,
+}
+
+impl Args {
+    /// Checks what clap cannot: the store URL's scheme, and the data-plane flags.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let Some(hosts) = self.store.strip_prefix("etcd://") else {
+            anyhow::bail!(
+                "--store {:?}: the router reads etcd (etcd://host:port[,host:port...]); \
+                 the embedded store runs inside `flynn server`",
+                self.store
+            );
+        };
+        if hosts.split(',').all(|h| h.trim().is_empty()) {
+            anyhow::bail!("--store {:?} names no etcd host", self.store);
+        }
+        self.router.validate()
+    }
+}
+
+/// The data plane's flags: listeners, TLS, TCP routes, PROXY protocol, timeouts, drain.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RouterArgs {
     /// Address to serve plain HTTP on; repeat the flag (or separate with commas) for several.
     #[arg(
         long = "http-addr",
@@ -37,6 +74,10 @@ pub struct Args {
         default_value = "0.0.0.0:8443"
     )]
     pub https_addrs: Vec<SocketAddr>,
+
+    /// No HTTPS listener at all.
+    #[arg(long = "no-https", env = "FLYNN_NO_HTTPS")]
+    pub no_https: bool,
 
     /// Certificate chain (PEM) served when no route's certificate matches the SNI name.
     /// Without it (and --default-key) a self-signed one for localhost is generated at start.
@@ -103,32 +144,14 @@ pub struct Args {
     #[arg(long, env = "FLYNN_UPGRADE")]
     pub upgrade: bool,
 
-    /// Unix socket through which a running router hands its listeners to its successor.
-    #[arg(
-        long,
-        env = "FLYNN_UPGRADE_SOCK",
-        default_value = "/tmp/flynn-router-upgrade.sock"
-    )]
-    pub upgrade_sock: String,
-
-    /// Log filter (tracing's env-filter syntax), e.g. `info` or `flynn_router=debug`.
-    #[arg(long, env = "FLYNN_LOG", default_value = "info")]
-    pub log: String,
+    /// Unix socket through which a running router hands its listeners to its successor
+    /// [default: /tmp/flynn-router-upgrade.sock; `flynn server`: <data>/upgrade.sock]
+    #[arg(long, env = "FLYNN_UPGRADE_SOCK")]
+    pub upgrade_sock: Option<String>,
 }
 
-impl Args {
-    /// Checks what clap cannot: the store URL's scheme and the listeners.
+impl RouterArgs {
     pub fn validate(&self) -> anyhow::Result<()> {
-        let Some(hosts) = self.store.strip_prefix("etcd://") else {
-            anyhow::bail!(
-                "--store {:?}: the router reads etcd (etcd://host:port[,host:port...]); \
-                 the embedded store runs inside `flynn server`",
-                self.store
-            );
-        };
-        if hosts.split(',').all(|h| h.trim().is_empty()) {
-            anyhow::bail!("--store {:?} names no etcd host", self.store);
-        }
         if self.http_addrs.is_empty() {
             anyhow::bail!("at least one --http-addr is needed");
         }
@@ -137,10 +160,102 @@ impl Args {
         }
         Ok(())
     }
+
+    /// The HTTPS listeners (none with `--no-https`).
+    pub fn https(&self) -> &[SocketAddr] {
+        if self.no_https {
+            &[]
+        } else {
+            &self.https_addrs
+        }
+    }
+
+    /// Every address the router listens on itself.
+    pub fn own_addrs(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.http_addrs
+            .iter()
+            .chain(self.https())
+            .chain([&self.admin_addr])
+    }
+
+    /// Fails clearly when a listener address is taken: pingora retries a busy address for a
+    /// while and then panics in a service thread while the process lives on. (When upgrading,
+    /// the running router holds the addresses and hands them over.)
+    pub fn check_free(&self) -> anyhow::Result<()> {
+        if self.upgrade {
+            return Ok(());
+        }
+        for addr in self.own_addrs() {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?;
+        }
+        Ok(())
+    }
+
+    /// The router's configuration. `reserved` adds ports that TCP routes may not take (besides
+    /// the router's own); `upgrade_sock` is the default socket for graceful upgrades.
+    pub fn into_config(
+        self,
+        store: StoreSource,
+        keys: Keys,
+        reserved: &[u16],
+        upgrade_sock: &str,
+    ) -> anyhow::Result<RouterConfig> {
+        let https_addrs = self.https().to_vec();
+        let reserved = self
+            .own_addrs()
+            .map(|a| a.port())
+            .chain(reserved.iter().copied())
+            .collect();
+        let default_cert = match (&self.default_cert, &self.default_key) {
+            _ if self.no_default_cert => None,
+            (Some(cert), Some(key)) => Some(
+                tls::load_default(cert, key).context("cannot use --default-cert/--default-key")?,
+            ),
+            _ if https_addrs.is_empty() => None,
+            _ => {
+                let (certified, _, _) = tls::self_signed()?;
+                tracing::warn!(
+                    "no --default-cert given: serving a generated self-signed certificate for \
+                     localhost to TLS clients whose server name has no route certificate"
+                );
+                Some(certified)
+            }
+        };
+        let threads = self
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        Ok(RouterConfig {
+            store,
+            keys,
+            http_addrs: self.http_addrs,
+            https_addrs,
+            default_cert,
+            h2c: self.h2c,
+            proxy_protocol_from: self.proxy_protocol_from,
+            cookie_key: self.cookie_key,
+            admin_addr: self.admin_addr,
+            tcp: TcpSettings {
+                ip: self.tcp_ip,
+                ports: self.tcp_ports,
+                reserved,
+                connect_timeout: self.connect_timeout,
+            },
+            threads,
+            timeouts: UpstreamTimeouts {
+                connect: self.connect_timeout,
+                read: self.upstream_timeout,
+                ..UpstreamTimeouts::default()
+            },
+            drain_timeout: self.drain_timeout,
+            upgrade: self.upgrade,
+            upgrade_sock: self.upgrade_sock.unwrap_or_else(|| upgrade_sock.to_owned()),
+        })
+    }
 }
 
 /// `3000-3500` → 3000..=3500.
-fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
+pub fn parse_port_range(s: &str) -> Result<std::ops::RangeInclusive<u16>, String> {
     let (first, last) = s
         .split_once('-')
         .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;

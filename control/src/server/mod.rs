@@ -7,16 +7,13 @@
 
 mod setup;
 
-use std::net::{IpAddr, SocketAddr};
-use std::ops::RangeInclusive;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use flynn_router::proxy::UpstreamTimeouts;
-use flynn_router::server::{RouterConfig, StoreSource};
-use flynn_router::tcp::TcpSettings;
+use flynn_router::config::RouterArgs;
+use flynn_router::server::StoreSource;
 use flynn_store::{Keys, Store};
 
 use crate::api::{self, ApiConfig};
@@ -38,45 +35,6 @@ pub struct Args {
     #[arg(long = "data", env = "FLYNN_DATA")]
     pub data: Option<PathBuf>,
 
-    /// Plain HTTP listeners (repeat, or separate with commas).
-    #[arg(
-        long = "http-addr",
-        env = "FLYNN_HTTP_ADDR",
-        value_delimiter = ',',
-        default_value = "0.0.0.0:8080"
-    )]
-    pub http_addrs: Vec<SocketAddr>,
-
-    /// HTTPS listeners; certificates come from the routes, by SNI.
-    #[arg(
-        long = "https-addr",
-        env = "FLYNN_HTTPS_ADDR",
-        value_delimiter = ',',
-        default_value = "0.0.0.0:8443"
-    )]
-    pub https_addrs: Vec<SocketAddr>,
-
-    /// No HTTPS listener.
-    #[arg(long = "no-https", env = "FLYNN_NO_HTTPS")]
-    pub no_https: bool,
-
-    /// PEM certificate for TLS clients whose name has no route certificate
-    /// [default: a generated self-signed one for localhost]
-    #[arg(long, env = "FLYNN_DEFAULT_CERT", requires = "default_key")]
-    pub default_cert: Option<PathBuf>,
-
-    /// The private key of --default-cert.
-    #[arg(long, env = "FLYNN_DEFAULT_KEY", requires = "default_cert")]
-    pub default_key: Option<PathBuf>,
-
-    /// Ports TCP routes may use (and get allocated from).
-    #[arg(long = "tcp-ports", env = "FLYNN_TCP_PORTS", default_value = "3000-3500", value_parser = parse_port_range)]
-    pub tcp_ports: RangeInclusive<u16>,
-
-    /// The address TCP route listeners open on.
-    #[arg(long = "tcp-ip", env = "FLYNN_TCP_IP", default_value = "0.0.0.0")]
-    pub tcp_ip: IpAddr,
-
     /// The controller API's listener.
     #[arg(
         long = "controller-addr",
@@ -84,14 +42,6 @@ pub struct Args {
         default_value = "127.0.0.1:8081"
     )]
     pub controller_addr: SocketAddr,
-
-    /// The router's admin listener (/metrics, /health).
-    #[arg(
-        long = "admin-addr",
-        env = "FLYNN_ADMIN_ADDR",
-        default_value = "127.0.0.1:8082"
-    )]
-    pub admin_addr: SocketAddr,
 
     /// New apps get the route <app>.<domain> ("" for none).
     #[arg(
@@ -121,78 +71,31 @@ pub struct Args {
     #[arg(long = "no-client-config", env = "FLYNN_NO_CLIENT_CONFIG")]
     pub no_client_config: bool,
 
-    /// Worker threads for the proxy [default: one per CPU]
-    #[arg(long, env = "FLYNN_THREADS")]
-    pub threads: Option<usize>,
-
-    /// How long one connection attempt to a backend may take.
-    #[arg(long, env = "FLYNN_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// How long a backend may stay silent while answering before the client gets a 504.
-    #[arg(long, env = "FLYNN_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub upstream_timeout: Duration,
-
-    /// On SIGTERM, how long in-flight requests may take to finish.
-    #[arg(long, env = "FLYNN_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub drain_timeout: Duration,
-
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FLYNN_LOG", default_value = "info")]
     pub log: String,
-}
 
-/// `3000-3500` → 3000..=3500.
-fn parse_port_range(s: &str) -> Result<RangeInclusive<u16>, String> {
-    let (first, last) = s
-        .split_once('-')
-        .ok_or_else(|| format!("{s:?} is not FIRST-LAST"))?;
-    let port = |p: &str| {
-        p.trim()
-            .parse::<u16>()
-            .map_err(|_| format!("{p:?} is not a port"))
-    };
-    let (first, last) = (port(first)?, port(last)?);
-    if first == 0 || first > last {
-        return Err(format!(
-            "{s:?}: the first port must be 1 or more and not above the last"
-        ));
-    }
-    Ok(first..=last)
+    /// The router's flags (the same as `flynn-router`'s).
+    #[command(flatten)]
+    pub router: RouterArgs,
 }
 
 /// Runs until SIGTERM or SIGINT (pingora's graceful shutdown); returns only on a start-up error.
-pub fn run(mut args: Args) -> anyhow::Result<()> {
+pub fn run(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
-    if args.http_addrs.is_empty() {
-        anyhow::bail!("at least one --http-addr is needed");
-    }
-    if args.threads == Some(0) {
-        anyhow::bail!("--threads must be at least 1");
-    }
-    if args.no_https {
-        args.https_addrs.clear();
-    }
+    args.router.validate()?;
     let data = setup::data_dir(args.data.as_deref())?;
     let store_url = setup::store_url(&args.store, &data);
     let key = match &args.controller_key {
         Some(key) if !key.trim().is_empty() => key.trim().to_owned(),
         _ => setup::controller_key(&data)?,
     };
-    // pingora retries a busy address and then panics in a service thread; fail clearly first.
-    for addr in args
-        .http_addrs
-        .iter()
-        .chain(&args.https_addrs)
-        .chain([&args.admin_addr])
-    {
-        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    }
+    args.router.check_free()?;
     let controller_listener =
         std::net::TcpListener::bind(args.controller_addr).with_context(|| {
             format!(
@@ -215,16 +118,16 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the store {store_url}"))?;
     let keys = Keys::new(&args.store_prefix);
 
+    // TCP routes may not take the router's own ports nor the controller's.
     let reserved: Vec<u16> = args
-        .http_addrs
-        .iter()
-        .chain(&args.https_addrs)
-        .chain([&args.admin_addr, &args.controller_addr])
+        .router
+        .own_addrs()
+        .chain([&args.controller_addr])
         .map(|a| a.port())
         .collect();
     let mut config = ApiConfig::new(key.clone());
     config.keys = keys.clone();
-    config.tcp_ports = args.tcp_ports.clone();
+    config.tcp_ports = args.router.tcp_ports.clone();
     config.reserved_ports = reserved.iter().copied().collect();
     config.default_domain = Some(args.default_domain.trim().to_owned()).filter(|d| !d.is_empty());
     let app = api::app(store.clone(), config);
@@ -246,43 +149,22 @@ pub fn run(mut args: Args) -> anyhow::Result<()> {
 
     if !args.no_client_config {
         let router_url = args
+            .router
             .http_addrs
             .first()
             .map(|a| format!("http://localhost:{}", a.port()));
         setup::write_client_config(&args.cluster_name, &controller_url, &key, router_url)?;
     }
 
-    let default_cert = setup::default_cert(&args)?;
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    tracing::info!(http = ?args.http_addrs, https = ?args.https_addrs, admin = %args.admin_addr,
-        tcp = ?args.tcp_ports, "starting the router");
-    let server = flynn_router::server::build(RouterConfig {
-        store: StoreSource::Shared(store),
+    tracing::info!(http = ?args.router.http_addrs, https = ?args.router.https(),
+        admin = %args.router.admin_addr, tcp = ?args.router.tcp_ports, "starting the router");
+    let upgrade_sock = data.join("upgrade.sock").display().to_string();
+    let config = args.router.into_config(
+        StoreSource::Shared(store),
         keys,
-        http_addrs: args.http_addrs,
-        https_addrs: args.https_addrs,
-        default_cert,
-        h2c: false,
-        proxy_protocol_from: Vec::new(),
-        cookie_key: None,
-        admin_addr: args.admin_addr,
-        tcp: TcpSettings {
-            ip: args.tcp_ip,
-            ports: args.tcp_ports,
-            reserved,
-            connect_timeout: args.connect_timeout,
-        },
-        threads,
-        timeouts: UpstreamTimeouts {
-            connect: args.connect_timeout,
-            read: args.upstream_timeout,
-            ..UpstreamTimeouts::default()
-        },
-        drain_timeout: args.drain_timeout,
-        upgrade: false,
-        upgrade_sock: data.join("upgrade.sock").display().to_string(),
-    });
+        &[args.controller_addr.port()],
+        &upgrade_sock,
+    )?;
+    let server = flynn_router::server::build(config);
     server.run_forever()
 }

@@ -3,12 +3,9 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
-use rustls::sign::CertifiedKey;
 
-use super::Args;
 use crate::cli::config::{self, Cluster, Config};
 
 /// `--data`, else `$XDG_DATA_HOME/flynn`, else `~/.local/share/flynn`; created if missing.
@@ -131,20 +128,4 @@ pub fn write_client_config(
             "added this server to the client config; use `flynn -c {name}` or `flynn cluster default {name}`");
     }
     Ok(())
-}
-
-/// `--default-cert`/`--default-key`, else a self-signed one when there is an HTTPS listener.
-pub fn default_cert(args: &Args) -> anyhow::Result<Option<Arc<CertifiedKey>>> {
-    match (&args.default_cert, &args.default_key) {
-        (Some(cert), Some(key)) => Ok(Some(
-            flynn_router::tls::load_default(cert, key)
-                .context("cannot use --default-cert/--default-key")?,
-        )),
-        _ if args.https_addrs.is_empty() => Ok(None),
-        _ => {
-            let (certified, _, _) = flynn_router::tls::self_signed()
-                .context("cannot generate a self-signed certificate")?;
-            Ok(Some(certified))
-        }
-    }
 }
