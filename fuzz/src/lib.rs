@@ -1,0 +1,215 @@
+//! The bodies of the fuzz targets, as plain functions. The cargo-fuzz binaries in
+//! `fuzz_targets/` call them with generated inputs; `router/tests/fuzz_corpus.rs` includes this
+//! file and calls them with the committed corpus (`fuzz/corpus/<target>/*`) in the normal test
+//! run, on stable Rust.
+//!
+//! They panic only when an invariant breaks. A value that does not parse, or a route the table
+//! refuses, is a normal outcome.
+
+use std::collections::BTreeMap;
+
+use flynn_router::table::host::HostBuf;
+use flynn_router::table::{RouteEntry, Table};
+use flynn_store::types::{Certificate, HttpRoute, Instance, Route};
+
+/// Serialises a parsed value and parses it back as the same type.
+macro_rules! round_trip {
+    ($value:expr, $ty:ty) => {{
+        let json = serde_json::to_vec(&$value).expect("a parsed value serialises");
+        serde_json::from_slice::<$ty>(&json).expect("a serialised value parses back")
+    }};
+}
+
+/// `route_json`: bytes as the store value of a route, a certificate and an instance. Whatever
+/// parses survives a round trip; an HTTP route the table accepts is normalised as documented
+/// on [`RouteEntry`].
+pub fn route_json(data: &[u8]) {
+    if let Ok(route) = serde_json::from_slice::<Route>(data) {
+        assert_eq!(round_trip!(route, Route), route);
+        if let Route::Http(http) = route {
+            if let Ok(entry) = RouteEntry::from_stored(&http.id, http.clone()) {
+                check_entry(&entry, &http);
+            }
+        }
+    }
+    if let Ok(cert) = serde_json::from_slice::<Certificate>(data) {
+        assert!(round_trip!(cert, Certificate) == cert);
+    }
+    if let Ok(instance) = serde_json::from_slice::<Instance>(data) {
+        assert_eq!(round_trip!(instance, Instance), instance);
+    }
+}
+
+fn check_entry(entry: &RouteEntry, stored: &HttpRoute) {
+    assert_eq!(entry.id, stored.id);
+    assert_eq!(entry.service, stored.service);
+    assert!(!entry.service.is_empty());
+    assert!(!entry.domain.is_empty());
+    assert_eq!(entry.domain, entry.domain.to_ascii_lowercase());
+    let bare = entry.domain.strip_prefix("*.").unwrap_or(&entry.domain);
+    assert!(
+        entry.domain == "*" || !bare.contains('*'),
+        "domain {:?}: a `*` other than a leading `*.` or the catch-all",
+        entry.domain
+    );
+    assert!(entry.path.starts_with('/') && entry.path.ends_with('/'));
+    assert!(entry.path == stored.path || entry.path == format!("{}/", stored.path));
+    assert_eq!(
+        (entry.sticky, entry.leader, entry.drain_backends),
+        (stored.sticky, stored.leader, stored.drain_backends)
+    );
+    assert_eq!(entry.backend_protocol, stored.backend_protocol);
+}
+
+/// `host_match`: a script of table edits and lookups, one per line:
+///
+/// ```text
+/// +I DOMAIN PATH   upsert route I (one byte) with that domain and path (default `/`)
+/// -I               remove route I
+/// ?HOST PATH       look up a raw Host header value and request target
+/// ```
+///
+/// Every lookup must agree with a naive model of the documented matching rules (exact host,
+/// then wildcards from the most specific parent, then the catch-all; the longest path prefix
+/// on a `/` boundary within a domain, ties to the smallest id), and ignore ASCII case, a port
+/// and one trailing dot in the host.
+pub fn host_match(data: &[u8]) {
+    let mut table = Table::default();
+    let mut model: BTreeMap<String, RouteEntry> = BTreeMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        match line.split_first() {
+            Some((b'+', rest)) => {
+                let Some((&id, rest)) = rest.split_first() else {
+                    continue;
+                };
+                let id = format!("{id:02x}");
+                let (domain, path) = split_once(rest.strip_prefix(b" ").unwrap_or(rest));
+                let route: HttpRoute = serde_json::from_value(serde_json::json!({
+                    "id": id,
+                    "domain": String::from_utf8_lossy(domain),
+                    "path": if path.is_empty() { "/".into() } else { String::from_utf8_lossy(path) },
+                    "service": "s",
+                }))
+                .expect("a route built from strings");
+                match RouteEntry::from_stored(&id, route) {
+                    Ok(entry) => {
+                        model.insert(id, entry.clone());
+                        table.upsert_route(entry);
+                    }
+                    // The router keeps the last good version; so does the model.
+                    Err(_) => continue,
+                }
+            }
+            Some((b'-', rest)) => {
+                let Some(&id) = rest.first() else {
+                    continue;
+                };
+                let id = format!("{id:02x}");
+                assert_eq!(table.remove_route(&id), model.remove(&id).is_some());
+            }
+            Some((b'?', rest)) => {
+                let (host, path) = split_once(rest);
+                check_lookup(&table, &model, host, path);
+            }
+            _ => {}
+        }
+    }
+
+    assert_eq!(table.route_count(), model.len());
+    for (id, entry) in &model {
+        assert_eq!(table.route(id).map(|r| r.as_ref()), Some(entry));
+        // A route answers for its own domain and path, when a Host header can name that
+        // domain (no port in it, short enough) and the path has no query or fragment in it.
+        let host = match entry.domain.strip_prefix("*.") {
+            Some(parent) => format!("x.{parent}"),
+            None if entry.domain == "*" => "catch-all.test".to_owned(),
+            None => entry.domain.clone(),
+        };
+        let nameable = HostBuf::new(host.as_bytes()).is_some_and(|h| h.as_str() == host);
+        if nameable && !entry.path.contains(['?', '#']) {
+            let found = check_lookup(&table, &model, host.as_bytes(), entry.path.as_bytes());
+            assert!(found.is_some(), "route {id} is unreachable: {entry:?}");
+        }
+    }
+}
+
+fn split_once(line: &[u8]) -> (&[u8], &[u8]) {
+    match line.iter().position(|&b| b == b' ') {
+        Some(space) => (&line[..space], &line[space + 1..]),
+        None => (line, &[]),
+    }
+}
+
+/// Looks `host` and `path` up, checks the answer against the model and against variants of the
+/// host that must not change it; returns the route id found.
+fn check_lookup(
+    table: &Table,
+    model: &BTreeMap<String, RouteEntry>,
+    host: &[u8],
+    path: &[u8],
+) -> Option<String> {
+    let lookup = |host: &[u8]| table.lookup(host, path).map(|r| r.id.clone());
+    let found = lookup(host);
+    assert_eq!(
+        found,
+        expected(model, host, path),
+        "host {:?} path {:?}",
+        String::from_utf8_lossy(host),
+        String::from_utf8_lossy(path)
+    );
+    assert_eq!(
+        lookup(&host.to_ascii_uppercase()),
+        found,
+        "upper-cased host"
+    );
+    assert_eq!(
+        lookup(&host.to_ascii_lowercase()),
+        found,
+        "lower-cased host"
+    );
+    if !host.contains(&b':') && !host.starts_with(b"[") {
+        assert_eq!(
+            lookup(&[host, b":8080"].concat()),
+            found,
+            "host with a port"
+        );
+        if !host.ends_with(b".") {
+            assert_eq!(lookup(&[host, b"."].concat()), found, "host with a dot");
+        }
+    }
+    found
+}
+
+/// The documented matching rules, the slow and obvious way.
+fn expected(model: &BTreeMap<String, RouteEntry>, host: &[u8], target: &[u8]) -> Option<String> {
+    let host = HostBuf::new(host)?;
+    let host = host.as_str();
+    let path = match target.iter().position(|&b| b == b'?' || b == b'#') {
+        Some(end) => &target[..end],
+        None => target,
+    };
+    let best_in = |domain: &str| {
+        model
+            .values()
+            .filter(|r| r.domain == domain)
+            .filter(|r| {
+                let prefix = r.path.as_bytes();
+                path.starts_with(prefix) || [path, b"/"].concat() == prefix
+            })
+            // Longest path; among equals, the smallest id.
+            .max_by(|a, b| a.path.len().cmp(&b.path.len()).then(b.id.cmp(&a.id)))
+            .map(|r| r.id.clone())
+    };
+    let is_wildcard = host == "*" || host.starts_with("*.");
+    if !is_wildcard {
+        if let Some(id) = best_in(host) {
+            return Some(id);
+        }
+    }
+    for (i, _) in host.match_indices('.') {
+        if let Some(id) = best_in(&format!("*.{}", &host[i + 1..])) {
+            return Some(id);
+        }
+    }
+    best_in("*")
+}
