@@ -213,3 +213,40 @@ fn expected(model: &BTreeMap<String, RouteEntry>, host: &[u8], target: &[u8]) ->
     }
     best_in("*")
 }
+
+/// `proxy_header`: bytes as the start of a connection from a trusted load balancer. The parser
+/// never panics, a complete header never claims more bytes than it was given, an incomplete one
+/// always asks for more, the answer does not depend on what follows the header, and a header
+/// the router writes for the addresses it parsed parses back to the same addresses.
+pub fn proxy_header(data: &[u8]) {
+    use flynn_router::proxy_protocol::{encode_v1, encode_v2, parse, Header, Parsed};
+    match parse(data) {
+        Ok(Parsed::Complete { header, len }) => {
+            assert!(len <= data.len(), "claimed {len} of {} bytes", data.len());
+            assert_eq!(parse(&data[..len]), Ok(Parsed::Complete { header, len }));
+            let mut longer = data[..len].to_vec();
+            longer.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            assert_eq!(parse(&longer), Ok(Parsed::Complete { header, len }));
+            if let Header::Proxied { source, destination } = header {
+                for encoded in [encode_v1(source, destination), encode_v2(source, destination)] {
+                    match parse(&encoded) {
+                        Ok(Parsed::Complete {
+                            header: Header::Proxied { source: s, destination: d },
+                            len,
+                        }) => {
+                            assert_eq!(len, encoded.len());
+                            assert_eq!(s.port(), source.port());
+                            assert_eq!(d.port(), destination.port());
+                        }
+                        other => panic!("our own header did not parse: {other:?}"),
+                    }
+                }
+            }
+        }
+        Ok(Parsed::Incomplete { needed }) => {
+            assert!(needed > data.len(), "asked for {needed} with {} bytes", data.len());
+            assert!(needed <= 16 + 2048, "asked for {needed} bytes");
+        }
+        Err(_) => {}
+    }
+}

@@ -35,3 +35,8 @@ fn route_json_corpus() {
 fn host_match_corpus() {
     replay("host_match", targets::host_match);
 }
+
+#[test]
+fn proxy_header_corpus() {
+    replay("proxy_header", targets::proxy_header);
+}
