@@ -1,0 +1,466 @@
+#!/usr/bin/env bash
+# Load benchmark: flynn-router against nginx and HAProxy, all proxying to the same backend.
+#
+#   benches/load.sh                         # from the repo root (or anywhere)
+#   DURATION=30s CONNS=100 ROUNDS=3 benches/load.sh
+#
+# What runs (all on loopback, each on its own 127.0.0.x address and a free port, state in a
+# temporary dir, everything killed on exit):
+#   backend  127.0.0.2  nginx, 1 worker, `return 200 "ok\n"`: the fastest simple backend there is
+#                       (no upstream, no file I/O, a 3-byte body), so the proxies are what is measured
+#   nginx    127.0.0.3  reverse proxy, 1 worker, upstream keepalive
+#   haproxy  127.0.0.4  nbthread 1, http-reuse always
+#   ours     127.0.0.5  flynn-router --threads 1, reading a real etcd (127.0.0.6) that holds one
+#                       route (Host bench.test) and one instance (the backend), written with etcdctl
+# The proxies are configured to do the header work ours does on every request: X-Forwarded-For,
+# -Proto, -Port, X-Request-Start and a fresh X-Request-Id.
+#
+# Then wrk hits direct (the backend itself), nginx, haproxy and ours in rotation, ROUNDS times, with
+# a short warm-up before each measured run, and prints req/s, p50, p99 per target and our ratio to
+# nginx.
+#
+# CPU pinning (2-core machine): every proxy is pinned to core PROXY_CPU (0) and the load side (wrk
+# and the backend) to core CLIENT_CPU (1). Only one proxy is under load at a time, so each gets a
+# whole core to itself and none of them competes with the load generator: the comparison is
+# "what one core of proxy does". The columns proxy% (CPU used by the proxy's processes, 100 = one
+# core) and core0%/core1% (busy share of each core) show which side was the limit: a proxy near
+# 100% with core1 below 100% means the proxy was measured, not wrk. `direct` runs wrk and the
+# backend on the same core, so it is only a rough ceiling, not comparable with the proxied rows.
+# PIN=0 turns pinning off.
+#
+# Env: DURATION (10s), WARMUP (2s), CONNS (50), WRK_THREADS (1), ROUNDS (2),
+#      TARGETS ("direct nginx haproxy ours"), PROXY_CPU (0), CLIENT_CPU (1), PIN (1),
+#      CARGO_TARGET_DIR (target), NO_BUILD (0), ROUTER_BIN (a router binary or wrapper to run
+#      instead of building one; a wrapper must `exec` the router), PERF (0: 1 records a perf profile of ours during
+#      its last measured run and prints the top symbols; needs `perf`), WAIT_IDLE (0: seconds to
+#      wait before each run for both cores to be under IDLE_BUSY (10) % busy with other work),
+#      OTHERS_MAX (15) and RETRIES (2): a run during which processes that are not part of the
+#      benchmark took more than OTHERS_MAX % of a core (the `others %` column) is done again, at
+#      most RETRIES times. A build or test suite running beside the benchmark halves every number.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-50}
+WRK_THREADS=${WRK_THREADS:-1}
+ROUNDS=${ROUNDS:-2}
+TARGETS=${TARGETS:-"direct nginx haproxy ours"}
+PROXY_CPU=${PROXY_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+PIN=${PIN:-1}
+PERF=${PERF:-0}
+WAIT_IDLE=${WAIT_IDLE:-0}
+IDLE_BUSY=${IDLE_BUSY:-10}
+OTHERS_MAX=${OTHERS_MAX:-15}
+RETRIES=${RETRIES:-2}
+HOST_HEADER=bench.test
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+for tool in nginx haproxy etcd etcdctl wrk curl taskset ss; do
+    command -v "$tool" >/dev/null || { echo "load.sh: $tool is not installed" >&2; exit 1; }
+done
+
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+if [[ -n ${ROUTER_BIN:-} ]]; then
+    NO_BUILD=1
+else
+    ROUTER_BIN="$TARGET_DIR/release/flynn-router"
+fi
+if [[ ${NO_BUILD:-0} != 1 ]]; then
+    echo "building the router (cargo build --release -p flynn-router) ..." >&2
+    cargo build --release -p flynn-router >&2
+fi
+[[ -x $ROUTER_BIN ]] || { echo "load.sh: no router binary at $ROUTER_BIN" >&2; exit 1; }
+
+WORK=$(mktemp -d -t flynn-load.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+pin() { # pin CPU cmd...
+    local cpu=$1
+    shift
+    if [[ $PIN == 1 ]]; then
+        exec taskset -c "$cpu" "$@"
+    else
+        exec "$@"
+    fi
+}
+
+# A TCP port nothing listens on (on any address) right now.
+free_port() {
+    local port
+    while :; do
+        port=$((20000 + RANDOM % 40000))
+        if [[ -z $(ss -Hltn "sport = :$port") ]]; then
+            echo "$port"
+            return
+        fi
+    done
+}
+
+# wait_200 URL [HOST]: until URL answers 200 (20 s at most).
+wait_200() {
+    local url=$1 host=${2:-localhost}
+    for _ in $(seq 200); do
+        if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Host: $host" "$url" || true) == 200 ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    echo "load.sh: $url (Host: $host) never answered 200" >&2
+    return 1
+}
+
+BACKEND=127.0.0.2:$(free_port)
+NGINX=127.0.0.3:$(free_port)
+HAPROXY=127.0.0.4:$(free_port)
+OURS=127.0.0.5:$(free_port)
+OURS_ADMIN=127.0.0.5:$(free_port)
+OURS_HTTPS=127.0.0.5:$(free_port)
+ETCD=127.0.0.6:$(free_port)
+ETCD_PEER=127.0.0.6:$(free_port)
+
+nginx_conf() { # nginx_conf DIR SERVER-BLOCK [HTTP-EXTRA]
+    local dir=$1
+    mkdir -p "$dir"
+    cat >"$dir/nginx.conf" <<EOF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $dir/body;
+    proxy_temp_path $dir/proxy;
+    fastcgi_temp_path $dir/fastcgi;
+    uwsgi_temp_path $dir/uwsgi;
+    scgi_temp_path $dir/scgi;
+    ${3:-}
+    $2
+}
+EOF
+}
+
+# --- backend ---------------------------------------------------------------------------------
+nginx_conf "$WORK/backend" "server {
+        listen $BACKEND;
+        location / { default_type text/plain; return 200 \"ok\n\"; }
+    }"
+(pin "$CLIENT_CPU" nginx -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf") &
+BACKEND_PID=$!
+PIDS+=("$BACKEND_PID")
+
+# --- nginx as a reverse proxy ----------------------------------------------------------------
+nginx_conf "$WORK/nginx" "server {
+        listen $NGINX;
+        server_name $HOST_HEADER;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Port \$server_port;
+            proxy_set_header X-Request-Start \"t=\${msec}\";
+            proxy_set_header X-Request-Id \$request_id;
+        }
+    }" "upstream backend {
+        server $BACKEND;
+        keepalive 128;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }"
+(pin "$PROXY_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf") &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+
+# --- HAProxy -----------------------------------------------------------------------------------
+mkdir -p "$WORK/haproxy"
+cat >"$WORK/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+    option forwardfor
+    http-reuse always
+
+frontend fe
+    bind $HAPROXY
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Request-Start t=%[date(0,ms)]
+    http-request set-header X-Request-Id %[uuid()]
+    default_backend be
+
+backend be
+    server s1 $BACKEND
+EOF
+(pin "$PROXY_CPU" haproxy -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/log" 2>&1) &
+HAPROXY_PID=$!
+PIDS+=("$HAPROXY_PID")
+
+# --- etcd and our router ---------------------------------------------------------------------
+# etcd is idle while wrk runs; it sits with the load side, away from the proxies.
+(pin "$CLIENT_CPU" etcd --name bench --data-dir "$WORK/etcd" \
+    --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \
+    --listen-peer-urls "http://$ETCD_PEER" --initial-advertise-peer-urls "http://$ETCD_PEER" \
+    --initial-cluster "bench=http://$ETCD_PEER" --log-level error >"$WORK/etcd.log" 2>&1) &
+PIDS+=("$!")
+wait_200 "http://$ETCD/health"
+export ETCDCTL_API=3
+etcdctl --endpoints "http://$ETCD" put /flynn/routes/http-bench \
+    "{\"id\":\"http-bench\",\"type\":\"http\",\"domain\":\"$HOST_HEADER\",\"path\":\"/\",\"service\":\"bench-web\"}" >/dev/null
+etcdctl --endpoints "http://$ETCD" put /flynn/services/bench-web/i1 \
+    "{\"id\":\"i1\",\"addr\":\"$BACKEND\"}" >/dev/null
+
+# Listeners other than plain HTTP go to our own address too (by env, which older binaries ignore).
+(
+    export FLYNN_HTTPS_ADDR=$OURS_HTTPS FLYNN_TCP_IP=127.0.0.5 FLYNN_UPGRADE_SOCK=$WORK/upgrade.sock
+    pin "$PROXY_CPU" "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$OURS" \
+        --admin-addr "$OURS_ADMIN" --threads 1 --log warn >"$WORK/router.log" 2>&1
+) &
+OURS_PID=$!
+PIDS+=("$OURS_PID")
+
+wait_200 "http://$BACKEND/"
+wait_200 "http://$NGINX/" "$HOST_HEADER"
+wait_200 "http://$HAPROXY/" "$HOST_HEADER"
+wait_200 "http://$OURS_ADMIN/health" || { tail -20 "$WORK/router.log" >&2; exit 1; }
+wait_200 "http://$OURS/" "$HOST_HEADER"
+for addr in "$BACKEND" "$NGINX" "$HAPROXY" "$OURS"; do
+    body=$(curl -s -H "Host: $HOST_HEADER" "http://$addr/")
+    [[ $body == ok ]] || { echo "load.sh: $addr answered '$body', not ok" >&2; exit 1; }
+done
+
+target_addr() {
+    case $1 in
+        direct) echo "$BACKEND" ;;
+        nginx) echo "$NGINX" ;;
+        haproxy) echo "$HAPROXY" ;;
+        ours) echo "$OURS" ;;
+        *) echo "load.sh: unknown target $1" >&2; exit 1 ;;
+    esac
+}
+
+target_pid() {
+    case $1 in
+        nginx) echo "$NGINX_PID" ;;
+        haproxy) echo "$HAPROXY_PID" ;;
+        ours) echo "$OURS_PID" ;;
+        *) echo "" ;;
+    esac
+}
+
+# CPU ticks (user + system) used so far by a process and its children (nginx's workers).
+cpu_ticks() {
+    local pid=$1 total=0 p
+    [[ -z $pid ]] && { echo 0; return; }
+    for p in "$pid" $(pgrep -P "$pid" || true); do
+        # Fields after the `(comm)`: utime and stime are the 12th and 13th.
+        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
+    done
+    echo "$total"
+}
+
+# "busy total" jiffies of one core from /proc/stat.
+core_jiffies() {
+    awk -v cpu="cpu$1" '$1 == cpu { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+}
+
+# wrk latency like 412.00us, 1.20ms, 1.01s → microseconds.
+to_us() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) print n
+        else if (v ~ /ms$/) print n * 1000
+        else if (v ~ /s$/) print n * 1000000
+        else print n
+    }'
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+RESULTS="$WORK/results"
+: >"$RESULTS"
+
+run_wrk() { # run_wrk TARGET DURATION OUTFILE
+    local addr
+    addr=$(target_addr "$1")
+    if [[ $PIN == 1 ]]; then
+        taskset -c "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$CONNS" -d"$2" --latency \
+            -H "Host: $HOST_HEADER" "http://$addr/" >"$3"
+    else
+        wrk -t"$WRK_THREADS" -c"$CONNS" -d"$2" --latency -H "Host: $HOST_HEADER" "http://$addr/" >"$3"
+    fi
+}
+
+# Busy share (%) of the busier core over one second while nothing of ours is loaded: anything
+# above a few percent is someone else's work (a build, tests) that skews the numbers.
+background_busy() {
+    local a0 a1 b0 b1
+    read -r a0 a1 < <(core_jiffies "$PROXY_CPU")
+    read -r b0 b1 < <(core_jiffies "$CLIENT_CPU")
+    sleep 1
+    {
+        core_jiffies "$PROXY_CPU" | awk -v b="$a0" -v t="$a1" '{ print 100 * ($1 - b) / ($2 - t) }'
+        core_jiffies "$CLIENT_CPU" | awk -v b="$b0" -v t="$b1" '{ print 100 * ($1 - b) / ($2 - t) }'
+    } | sort -n | tail -1 | awk '{ printf "%.0f", $1 }'
+}
+
+# Waits (WAIT_IDLE seconds at most) for the machine to be quiet; prints the last busy share.
+quiet_machine() {
+    local busy deadline=$((SECONDS + WAIT_IDLE))
+    while :; do
+        busy=$(background_busy)
+        if ((busy <= IDLE_BUSY || SECONDS >= deadline)); then
+            echo "$busy"
+            return
+        fi
+    done
+}
+
+# CPU seconds (user + system) of the children this shell has waited for (wrk's, after a run),
+# from `times` run in this shell (not in a $(...) subshell, which has children of its own).
+children_cpu() {
+    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); n += p[1] * 60 + p[2] } print n }' "$1"
+}
+
+# One measured run; sets rps p50 p99 errors proxy_cpu core0 core1 others.
+measure_once() { # measure_once ROUND TARGET
+    local round=$1 target=$2 out="$WORK/wrk-$1-$2.txt" pid t0 t1 c0 c1 d0 d1 w0 w1 a0 a1 b0 b1 perf_pid=""
+    run_wrk "$target" "$WARMUP" /dev/null
+    pid=$(target_pid "$target")
+    if [[ $PERF == 1 && $target == ours && $round == "$ROUNDS" ]]; then
+        perf record -F 999 -g -p "$OURS_PID" -o "$WORK/perf.data" >"$WORK/perf.log" 2>&1 &
+        perf_pid=$!
+        sleep 0.5
+    fi
+    c0=$(cpu_ticks "$pid")
+    d0=$(cpu_ticks "$BACKEND_PID")
+    times >"$WORK/times0"
+    read -r a0 a1 < <(core_jiffies "$PROXY_CPU")
+    read -r b0 b1 < <(core_jiffies "$CLIENT_CPU")
+    t0=$(date +%s.%N)
+    run_wrk "$target" "$DURATION" "$out"
+    t1=$(date +%s.%N)
+    c1=$(cpu_ticks "$pid")
+    d1=$(cpu_ticks "$BACKEND_PID")
+    times >"$WORK/times1"
+    core0=$(core_jiffies "$PROXY_CPU" | awk -v b="$a0" -v t="$a1" '{ printf "%.0f", 100 * ($1 - b) / ($2 - t) }')
+    core1=$(core_jiffies "$CLIENT_CPU" | awk -v b="$b0" -v t="$b1" '{ printf "%.0f", 100 * ($1 - b) / ($2 - t) }')
+    if [[ -n $perf_pid ]]; then
+        kill -INT "$perf_pid" 2>/dev/null || true
+        wait "$perf_pid" 2>/dev/null || true
+    fi
+    local non2xx
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p50=$(to_us "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
+    errors=$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $5 }' "$out")
+    errors=$((${errors:-0} + ${non2xx:-0}))
+    # Percent of one core over the run: the proxy, and everything that is not ours (the cores'
+    # busy time less proxy, backend and wrk).
+    w0=$(children_cpu "$WORK/times0")
+    w1=$(children_cpu "$WORK/times1")
+    read -r proxy_cpu others < <(awk -v c="$((c1 - c0))" -v d="$((d1 - d0))" -v w="$w0" -v x="$w1" \
+        -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" -v k0="$core0" -v k1="$core1" 'BEGIN {
+            s = b - a; p = 100 * c / hz / s
+            o = k0 + k1 - p - 100 * d / hz / s - 100 * (x - w) / s
+            printf "%.0f %.0f\n", p, o < 0 ? 0 : o
+        }')
+    [[ -n $pid ]] || proxy_cpu=-
+}
+
+# A measured run, repeated (RETRIES times at most) while other work took more than OTHERS_MAX %
+# of a core during it.
+measure() { # measure ROUND TARGET
+    local round=$1 target=$2 bg attempt rps p50 p99 errors proxy_cpu core0 core1 others
+    for attempt in $(seq 0 "$RETRIES"); do
+        bg=$(quiet_machine)
+        if ((bg > IDLE_BUSY)); then
+            echo "load.sh: warning: a core was ${bg}% busy with other work before this run" >&2
+        fi
+        measure_once "$round" "$target"
+        ((others > OTHERS_MAX)) || break
+        echo "load.sh: warning: other work took ${others}% of a core during the $target run (attempt $((attempt + 1)))" >&2
+    done
+    echo "$round $target $rps $p50 $p99 $proxy_cpu $core0 $core1 $errors $others" >>"$RESULTS"
+    printf '  round %s %-8s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  proxy %4s%%  others %3s%%  errors %s\n' \
+        "$round" "$target" "$rps" "$p50" "$p99" "$proxy_cpu" "$others" "$errors" >&2
+}
+
+echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION (warm-up $WARMUP), $ROUNDS round(s); pinning: PIN=$PIN proxies→core $PROXY_CPU, wrk+backend→core $CLIENT_CPU" >&2
+for round in $(seq "$ROUNDS"); do
+    for target in $TARGETS; do
+        measure "$round" "$target"
+    done
+done
+
+echo
+echo "## Load: wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency, Host: $HOST_HEADER, response \"ok\\n\" ($(date -u +%Y-%m-%d), $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))"
+echo
+echo "| round | target  |    req/s | p50 (ms) | p99 (ms) | proxy CPU % | proxy CPU us/req | core$PROXY_CPU busy % | core$CLIENT_CPU busy % | errors | others % |"
+echo "|------:|---------|---------:|---------:|---------:|------------:|-----------------:|------------:|------------:|-------:|---------:|"
+awk '{
+    per = $6 == "-" ? "-" : sprintf("%.1f", $6 / 100 / $3 * 1e6)
+    printf "| %5s | %-7s | %8.0f | %8.3f | %8.3f | %11s | %16s | %11s | %11s | %6s | %8s |\n", $1, $2, $3, $4 / 1000, $5 / 1000, $6, per, $7, $8, $9, $10
+}' "$RESULTS"
+echo
+echo "Mean over $ROUNDS round(s):"
+echo
+echo "| target  |    req/s | p50 (ms) | p99 (ms) | proxy CPU us/req | req/s vs nginx | p99 vs nginx |"
+echo "|---------|---------:|---------:|---------:|-----------------:|---------------:|-------------:|"
+awk -v order="$TARGETS" '
+    { n[$2]++; rps[$2] += $3; p50[$2] += $4; p99[$2] += $5; if ($6 != "-") cpu[$2] += $6 / 100 / $3 * 1e6 }
+    END {
+        split(order, t, " ")
+        base_rps = ("nginx" in n) ? rps["nginx"] / n["nginx"] : 0
+        base_p99 = ("nginx" in n) ? p99["nginx"] / n["nginx"] : 0
+        for (i = 1; i in t; i++) {
+            k = t[i]
+            if (!(k in n)) continue
+            r = rps[k] / n[k]; q = p99[k] / n[k]
+            ratio = base_rps > 0 ? sprintf("%.2f", r / base_rps) : "-"
+            pr = base_p99 > 0 ? sprintf("%.2f", q / base_p99) : "-"
+            per = (k in cpu) ? sprintf("%.1f", cpu[k] / n[k]) : "-"
+            printf "| %-7s | %8.0f | %8.3f | %8.3f | %16s | %14s | %12s |\n", k, r, p50[k] / n[k] / 1000, q / 1000, per, ratio, pr
+        }
+    }' "$RESULTS"
+
+if [[ $PERF == 1 && -s $WORK/perf.data ]]; then
+    echo
+    echo "## perf: flynn-router during its last measured run (top symbols, self time)"
+    echo
+    perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
+        grep -v '^#' | grep '%' | head -40
+fi
