@@ -58,77 +58,13 @@ HOST_HEADER=bench.test
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-for tool in nginx haproxy etcd etcdctl wrk curl taskset ss; do
-    command -v "$tool" >/dev/null || { echo "load.sh: $tool is not installed" >&2; exit 1; }
-done
+BENCH=load.sh
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
 
-TARGET_DIR=${CARGO_TARGET_DIR:-target}
-if [[ -n ${ROUTER_BIN:-} ]]; then
-    NO_BUILD=1
-else
-    ROUTER_BIN="$TARGET_DIR/release/flynn-router"
-fi
-if [[ ${NO_BUILD:-0} != 1 ]]; then
-    echo "building the router (cargo build --release -p flynn-router) ..." >&2
-    cargo build --release -p flynn-router >&2
-fi
-[[ -x $ROUTER_BIN ]] || { echo "load.sh: no router binary at $ROUTER_BIN" >&2; exit 1; }
-
-WORK=$(mktemp -d -t flynn-load.XXXXXX)
-PIDS=()
-
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2>/dev/null || true
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-pin() { # pin CPU cmd...
-    local cpu=$1
-    shift
-    if [[ $PIN == 1 ]]; then
-        exec taskset -c "$cpu" "$@"
-    else
-        exec "$@"
-    fi
-}
-
-# A TCP port nothing listens on (on any address) right now.
-free_port() {
-    local port
-    while :; do
-        port=$((20000 + RANDOM % 40000))
-        if [[ -z $(ss -Hltn "sport = :$port") ]]; then
-            echo "$port"
-            return
-        fi
-    done
-}
-
-# wait_200 URL [HOST]: until URL answers 200 (20 s at most).
-wait_200() {
-    local url=$1 host=${2:-localhost}
-    for _ in $(seq 200); do
-        if [[ $(curl -s -o /dev/null -w '%{http_code}' -H "Host: $host" "$url" || true) == 200 ]]; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "load.sh: $url (Host: $host) never answered 200" >&2
-    return 1
-}
+need_tools nginx haproxy etcd etcdctl wrk curl taskset ss
+router_bin
+bench_workdir flynn-load.XXXXXX
 
 BACKEND=127.0.0.2:$(free_port)
 NGINX=127.0.0.3:$(free_port)
@@ -138,30 +74,6 @@ OURS_ADMIN=127.0.0.5:$(free_port)
 OURS_HTTPS=127.0.0.5:$(free_port)
 ETCD=127.0.0.6:$(free_port)
 ETCD_PEER=127.0.0.6:$(free_port)
-
-nginx_conf() { # nginx_conf DIR SERVER-BLOCK [HTTP-EXTRA]
-    local dir=$1
-    mkdir -p "$dir"
-    cat >"$dir/nginx.conf" <<EOF
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $dir/body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    ${3:-}
-    $2
-}
-EOF
-}
 
 # --- backend ---------------------------------------------------------------------------------
 nginx_conf "$WORK/backend" "server {
@@ -231,12 +143,7 @@ PIDS+=("$HAPROXY_PID")
 
 # --- etcd and our router ---------------------------------------------------------------------
 # etcd is idle while wrk runs; it sits with the load side, away from the proxies.
-(pin "$CLIENT_CPU" etcd --name bench --data-dir "$WORK/etcd" \
-    --listen-client-urls "http://$ETCD" --advertise-client-urls "http://$ETCD" \
-    --listen-peer-urls "http://$ETCD_PEER" --initial-advertise-peer-urls "http://$ETCD_PEER" \
-    --initial-cluster "bench=http://$ETCD_PEER" --log-level error >"$WORK/etcd.log" 2>&1) &
-PIDS+=("$!")
-wait_200 "http://$ETCD/health"
+start_etcd "$ETCD" "$ETCD_PEER"
 export ETCDCTL_API=3
 etcdctl --endpoints "http://$ETCD" put /flynn/routes/http-bench \
     "{\"id\":\"http-bench\",\"type\":\"http\",\"domain\":\"$HOST_HEADER\",\"path\":\"/\",\"service\":\"bench-web\"}" >/dev/null
@@ -281,34 +188,6 @@ target_pid() {
     esac
 }
 
-# CPU ticks (user + system) used so far by a process and its children (nginx's workers).
-cpu_ticks() {
-    local pid=$1 total=0 p
-    [[ -z $pid ]] && { echo 0; return; }
-    for p in "$pid" $(pgrep -P "$pid" || true); do
-        # Fields after the `(comm)`: utime and stime are the 12th and 13th.
-        total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
-    done
-    echo "$total"
-}
-
-# "busy total" jiffies of one core from /proc/stat.
-core_jiffies() {
-    awk -v cpu="cpu$1" '$1 == cpu { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
-}
-
-# wrk latency like 412.00us, 1.20ms, 1.01s → microseconds.
-to_us() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0
-        if (v ~ /us$/) print n
-        else if (v ~ /ms$/) print n * 1000
-        else if (v ~ /s$/) print n * 1000000
-        else print n
-    }'
-}
-
-CLK_TCK=$(getconf CLK_TCK)
 RESULTS="$WORK/results"
 : >"$RESULTS"
 
@@ -323,40 +202,9 @@ run_wrk() { # run_wrk TARGET DURATION OUTFILE
     fi
 }
 
-# Busy share (%) of the busier core over one second while nothing of ours is loaded: anything
-# above a few percent is someone else's work (a build, tests) that skews the numbers.
-background_busy() {
-    local a0 a1 b0 b1
-    read -r a0 a1 < <(core_jiffies "$PROXY_CPU")
-    read -r b0 b1 < <(core_jiffies "$CLIENT_CPU")
-    sleep 1
-    {
-        core_jiffies "$PROXY_CPU" | awk -v b="$a0" -v t="$a1" '{ print 100 * ($1 - b) / ($2 - t) }'
-        core_jiffies "$CLIENT_CPU" | awk -v b="$b0" -v t="$b1" '{ print 100 * ($1 - b) / ($2 - t) }'
-    } | sort -n | tail -1 | awk '{ printf "%.0f", $1 }'
-}
-
-# Waits (WAIT_IDLE seconds at most) for the machine to be quiet; prints the last busy share.
-quiet_machine() {
-    local busy deadline=$((SECONDS + WAIT_IDLE))
-    while :; do
-        busy=$(background_busy)
-        if ((busy <= IDLE_BUSY || SECONDS >= deadline)); then
-            echo "$busy"
-            return
-        fi
-    done
-}
-
-# CPU seconds (user + system) of the children this shell has waited for (wrk's, after a run),
-# from `times` run in this shell (not in a $(...) subshell, which has children of its own).
-children_cpu() {
-    awk 'NR == 2 { n = 0; for (i = 1; i <= 2; i++) { split($i, p, "m"); n += p[1] * 60 + p[2] } print n }' "$1"
-}
-
 # One measured run; sets rps p50 p99 errors proxy_cpu core0 core1 others.
 measure_once() { # measure_once ROUND TARGET
-    local round=$1 target=$2 out="$WORK/wrk-$1-$2.txt" pid t0 t1 c0 c1 d0 d1 w0 w1 a0 a1 b0 b1 perf_pid=""
+    local round=$1 target=$2 out="$WORK/wrk-$1-$2.txt" pid perf_pid=""
     run_wrk "$target" "$WARMUP" /dev/null
     pid=$(target_pid "$target")
     if [[ $PERF == 1 && $target == ours && $round == "$ROUNDS" ]]; then
@@ -364,19 +212,9 @@ measure_once() { # measure_once ROUND TARGET
         perf_pid=$!
         sleep 0.5
     fi
-    c0=$(cpu_ticks "$pid")
-    d0=$(cpu_ticks "$BACKEND_PID")
-    times >"$WORK/times0"
-    read -r a0 a1 < <(core_jiffies "$PROXY_CPU")
-    read -r b0 b1 < <(core_jiffies "$CLIENT_CPU")
-    t0=$(date +%s.%N)
+    sample_begin "$pid" "$BACKEND_PID"
     run_wrk "$target" "$DURATION" "$out"
-    t1=$(date +%s.%N)
-    c1=$(cpu_ticks "$pid")
-    d1=$(cpu_ticks "$BACKEND_PID")
-    times >"$WORK/times1"
-    core0=$(core_jiffies "$PROXY_CPU" | awk -v b="$a0" -v t="$a1" '{ printf "%.0f", 100 * ($1 - b) / ($2 - t) }')
-    core1=$(core_jiffies "$CLIENT_CPU" | awk -v b="$b0" -v t="$b1" '{ printf "%.0f", 100 * ($1 - b) / ($2 - t) }')
+    sample_end
     if [[ -n $perf_pid ]]; then
         kill -INT "$perf_pid" 2>/dev/null || true
         wait "$perf_pid" 2>/dev/null || true
@@ -388,17 +226,6 @@ measure_once() { # measure_once ROUND TARGET
     errors=$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$out")
     non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $5 }' "$out")
     errors=$((${errors:-0} + ${non2xx:-0}))
-    # Percent of one core over the run: the proxy, and everything that is not ours (the cores'
-    # busy time less proxy, backend and wrk).
-    w0=$(children_cpu "$WORK/times0")
-    w1=$(children_cpu "$WORK/times1")
-    read -r proxy_cpu others < <(awk -v c="$((c1 - c0))" -v d="$((d1 - d0))" -v w="$w0" -v x="$w1" \
-        -v hz="$CLK_TCK" -v a="$t0" -v b="$t1" -v k0="$core0" -v k1="$core1" 'BEGIN {
-            s = b - a; p = 100 * c / hz / s
-            o = k0 + k1 - p - 100 * d / hz / s - 100 * (x - w) / s
-            printf "%.0f %.0f\n", p, o < 0 ? 0 : o
-        }')
-    [[ -n $pid ]] || proxy_cpu=-
 }
 
 # A measured run, repeated (RETRIES times at most) while other work took more than OTHERS_MAX %

@@ -227,11 +227,22 @@ pub fn proxy_header(data: &[u8]) {
             let mut longer = data[..len].to_vec();
             longer.extend_from_slice(b"GET / HTTP/1.1\r\n");
             assert_eq!(parse(&longer), Ok(Parsed::Complete { header, len }));
-            if let Header::Proxied { source, destination } = header {
-                for encoded in [encode_v1(source, destination), encode_v2(source, destination)] {
+            if let Header::Proxied {
+                source,
+                destination,
+            } = header
+            {
+                for encoded in [
+                    encode_v1(source, destination),
+                    encode_v2(source, destination),
+                ] {
                     match parse(&encoded) {
                         Ok(Parsed::Complete {
-                            header: Header::Proxied { source: s, destination: d },
+                            header:
+                                Header::Proxied {
+                                    source: s,
+                                    destination: d,
+                                },
                             len,
                         }) => {
                             assert_eq!(len, encoded.len());
@@ -244,7 +255,11 @@ pub fn proxy_header(data: &[u8]) {
             }
         }
         Ok(Parsed::Incomplete { needed }) => {
-            assert!(needed > data.len(), "asked for {needed} with {} bytes", data.len());
+            assert!(
+                needed > data.len(),
+                "asked for {needed} with {} bytes",
+                data.len()
+            );
             assert!(needed <= 16 + 2048, "asked for {needed} bytes");
         }
         Err(_) => {}

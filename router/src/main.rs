@@ -3,6 +3,11 @@ use flynn_router::config::Args;
 use flynn_router::server::{self, StoreSource};
 use flynn_store::Keys;
 
+/// mimalloc: the request path allocates and frees many small buffers; glibc's malloc cost
+/// about a tenth of the router's CPU under load (benches/README.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,

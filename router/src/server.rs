@@ -68,6 +68,9 @@ pub struct RouterConfig {
 pub fn build(config: RouterConfig) -> Server {
     let conf = ServerConf {
         threads: config.threads,
+        // One single-threaded runtime per thread: a connection stays on the thread that
+        // accepted it, with no cross-thread wake-ups or task stealing on the request path.
+        work_stealing: false,
         // The `Drain` service ends the process as soon as nothing is in flight; pingora's
         // grace period is only the upper bound.
         grace_period_seconds: Some(config.drain_timeout.as_secs() + 1),

@@ -6,6 +6,7 @@
 //! Responses: hop-by-hop headers (and those the `Connection` header names) are stripped, except
 //! on a `101 Switching Protocols`.
 
+use std::io::Write;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,19 +39,40 @@ pub struct Origin {
 }
 
 /// Adds the forwarding headers to a request about to go upstream.
+///
+/// Names are given as static title-case strings and values built on the stack where possible:
+/// this runs on every request.
 pub fn add_forwarding(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
     if let Some(ip) = origin.client_ip {
-        append(req, X_FORWARDED_FOR, &ip.to_string())?;
+        let mut buf = [0u8; 64];
+        let len = {
+            let mut cursor = std::io::Cursor::new(&mut buf[..]);
+            // An IPv6 address is at most 45 characters: it always fits.
+            let _ = write!(cursor, "{ip}");
+            cursor.position() as usize
+        };
+        append(req, "X-Forwarded-For", &X_FORWARDED_FOR, &buf[..len])?;
     }
-    append(req, X_FORWARDED_PROTO, origin.proto)?;
+    append(
+        req,
+        "X-Forwarded-Proto",
+        &X_FORWARDED_PROTO,
+        origin.proto.as_bytes(),
+    )?;
     if let Some(port) = origin.port {
-        append(req, X_FORWARDED_PORT, itoa::Buffer::new().format(port))?;
+        let mut port_buf = itoa::Buffer::new();
+        append(
+            req,
+            "X-Forwarded-Port",
+            &X_FORWARDED_PORT,
+            port_buf.format(port).as_bytes(),
+        )?;
     }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    req.insert_header(X_REQUEST_START, itoa::Buffer::new().format(now_ms))?;
+    req.insert_header("X-Request-Start", itoa::Buffer::new().format(now_ms))?;
     let keep = req
         .headers
         .get(&X_REQUEST_ID)
@@ -58,7 +80,7 @@ pub fn add_forwarding(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
     if !keep {
         let mut buf = uuid::Uuid::encode_buffer();
         let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        req.insert_header(X_REQUEST_ID, &*id)?;
+        req.insert_header("X-Request-Id", &*id)?;
     }
     Ok(())
 }
@@ -71,25 +93,30 @@ pub fn valid_request_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-'))
 }
 
-/// Appends `value` to the comma-separated list in `name` (joining repeated header lines).
-fn append(req: &mut RequestHeader, name: HeaderName, value: &str) -> Result<()> {
-    let mut joined = String::new();
-    for existing in req.headers.get_all(&name) {
-        if let Ok(s) = existing.to_str() {
-            joined.push_str(s);
-            joined.push_str(", ");
-        }
+/// Appends `value` to the comma-separated list in a header (joining repeated header lines).
+/// `wire` is the name as sent, `name` the same name for lookups.
+fn append(
+    req: &mut RequestHeader,
+    wire: &'static str,
+    name: &HeaderName,
+    value: &[u8],
+) -> Result<()> {
+    if !req.headers.contains_key(name) {
+        return req.insert_header(wire, value);
     }
-    if joined.is_empty() {
-        return req.insert_header(name, value);
+    let mut joined = Vec::with_capacity(64);
+    for existing in req.headers.get_all(name) {
+        joined.extend_from_slice(existing.as_bytes());
+        joined.extend_from_slice(b", ");
     }
-    joined.push_str(value);
-    req.insert_header(name, joined)
+    joined.extend_from_slice(value);
+    req.insert_header(wire, joined)
 }
 
 /// Strips hop-by-hop headers from a backend's response, unless it switches protocols.
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
-    if resp.status.as_u16() == 101 {
+    // Most responses carry none of them: look before removing (each removal touches two maps).
+    if resp.status.as_u16() == 101 || !resp.headers.keys().any(is_hop_by_hop) {
         return;
     }
     let nominated: Vec<HeaderName> = resp
@@ -106,6 +133,10 @@ pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     for name in HOP_BY_HOP {
         resp.remove_header(name);
     }
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 #[cfg(test)]

@@ -1,0 +1,608 @@
+#!/usr/bin/env bash
+# Edge benchmark: TLS handshakes, HTTPS keep-alive, HTTP/2 and TCP proxying of flynn-router
+# against nginx and HAProxy (and against no proxy at all for TCP), in one run.
+#
+#   benches/edge.sh                         # from the repo root (or anywhere)
+#   DURATION=30s ROUNDS=3 BENCHES="tls-handshake h2" benches/edge.sh
+#
+# What runs (all on loopback, each on its own 127.0.0.x address and a free port, state in a
+# temporary dir, everything killed on exit):
+#   backend  127.0.0.2  nginx, 1 worker, `return 200 "ok\n"` (as in load.sh), for the HTTP benches;
+#                       an iperf3 server for the TCP bench; and a TLS listener that logs whether each
+#                       handshake was resumed, to check the handshake client (below) before measuring
+#   nginx    127.0.0.3  1 worker: `listen ssl http2` proxying to the backend with upstream keepalive,
+#                       and the `stream` module (libnginx-mod-stream) proxying TCP to iperf3
+#   haproxy  127.0.0.4  nbthread 1: a `mode http` frontend, `ssl crt ... alpn h2,http/1.1`,
+#                       http-reuse always, and a `mode tcp` frontend to iperf3
+#   ours     127.0.0.5  flynn-router --threads 1, reading a real etcd (127.0.0.6) that holds an HTTP
+#                       route (bench.test → the backend) and a TCP route (a port of --tcp-ports on
+#                       127.0.0.5 → iperf3), written with etcdctl; HTTPS with --default-cert/-key
+# All three serve the same certificate and key, made here with openssl: RSA 2048 by default
+# (KEY=p256 for ECDSA P-256), for bench.test. Clients negotiate TLS 1.3 (X25519), and send SNI
+# bench.test. The HTTP proxies add the request headers ours does, as in load.sh.
+#
+# The benches (BENCHES), each against nginx, haproxy and ours in rotation, ROUNDS times, with a
+# warm-up before each measured run:
+#   tls-handshake  ab (apache2-utils), CONNS concurrent, HTTP/1.0: one new connection and one full
+#                  TLS handshake per request. Not wrk: with `Connection: close` wrk reuses its TLS
+#                  session on every reconnect (resumed handshakes, no certificate signature). ab
+#                  never offers a session; that is checked before measuring against the backend's
+#                  logging listener (every handshake full, one request per connection), and every
+#                  run shows TCP connections accepted per request (≈ 1.00).
+#   https          wrk over TLS, keep-alive: req/s, p50, p99 (a wrk script connects to the target's
+#                  address while the URL keeps bench.test for SNI and Host).
+#   h2             h2load -c H2_CONNS -m H2_STREAMS: HTTP/2 negotiated by ALPN (checked in every
+#                  run); req/s, mean and max request time (h2load gives no percentiles).
+#   tcp            iperf3, one stream, client → server, direct and through each proxy's TCP
+#                  proxying (no splicing: each proxy's defaults): MB/s (10^6 bytes) and the
+#                  proxy's CPU.
+#
+# CPU pinning as in load.sh: proxies on core PROXY_CPU (0), the load generator and the backend
+# (nginx, iperf3) and etcd on CLIENT_CPU (1); PIN=0 turns it off. proxy CPU % comes from
+# /proc/PID/stat (100 = one core), core busy % from /proc/stat; `others %` is the CPU of what is
+# not part of the benchmark (a run with more than OTHERS_MAX % is done again, RETRIES times at
+# most). `direct` (TCP only) runs iperf3's two ends on one core: a rough ceiling.
+#
+# Env: DURATION (10s), WARMUP (2s) (whole seconds: ab and iperf3 take seconds), CONNS (50),
+#      H2_CONNS (CONNS), H2_STREAMS (10), WRK_THREADS (1), ROUNDS (2),
+#      BENCHES ("tls-handshake https h2 tcp"), TARGETS ("direct nginx haproxy ours"), KEY (rsa2048),
+#      PROXY_CPU (0), CLIENT_CPU (1), PIN (1), WAIT_IDLE (0), IDLE_BUSY (10), OTHERS_MAX (15),
+#      RETRIES (2), CARGO_TARGET_DIR (target), NO_BUILD (0), ROUTER_BIN (as in load.sh).
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-2s}
+CONNS=${CONNS:-50}
+H2_CONNS=${H2_CONNS:-$CONNS}
+H2_STREAMS=${H2_STREAMS:-10}
+WRK_THREADS=${WRK_THREADS:-1}
+ROUNDS=${ROUNDS:-2}
+BENCHES=${BENCHES:-"tls-handshake https h2 tcp"}
+TARGETS=${TARGETS:-"direct nginx haproxy ours"}
+KEY=${KEY:-rsa2048}
+PROXY_CPU=${PROXY_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+PIN=${PIN:-1}
+WAIT_IDLE=${WAIT_IDLE:-0}
+IDLE_BUSY=${IDLE_BUSY:-10}
+OTHERS_MAX=${OTHERS_MAX:-15}
+RETRIES=${RETRIES:-2}
+SNI=bench.test
+STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+BENCH=edge.sh
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+
+# "10s", "10" or "1m" → whole seconds.
+secs() {
+    case $1 in
+        *[0-9]s) echo "${1%s}" ;;
+        *[0-9]m) echo $((${1%m} * 60)) ;;
+        *[0-9]) echo "$1" ;;
+        *) bench_die "durations are whole seconds (10s, 1m), not '$1'" ;;
+    esac
+}
+DUR_S=$(secs "$DURATION")
+WARMUP_S=$(secs "$WARMUP")
+for bench in $BENCHES; do
+    case $bench in
+        tls-handshake) need_tools ab ;;
+        https) need_tools wrk ;;
+        h2) need_tools h2load ;;
+        tcp)
+            need_tools iperf3
+            [[ -f $STREAM_MODULE ]] || bench_die "no $STREAM_MODULE (Debian: libnginx-mod-stream)"
+            ;;
+        *) bench_die "unknown bench '$bench' (tls-handshake https h2 tcp)" ;;
+    esac
+done
+need_tools nginx haproxy etcd etcdctl openssl curl taskset ss
+router_bin
+bench_workdir flynn-edge.XXXXXX
+
+BACKEND=127.0.0.2:$(free_port)
+PROBE=127.0.0.2:$(free_port)
+IPERF_PORT=$(free_port)
+IPERF=127.0.0.2:$IPERF_PORT
+NGINX_TLS=127.0.0.3:$(free_port)
+NGINX_TCP=127.0.0.3:$(free_port)
+HAPROXY_TLS=127.0.0.4:$(free_port)
+HAPROXY_TCP=127.0.0.4:$(free_port)
+OURS_HTTP=127.0.0.5:$(free_port)
+OURS_TLS=127.0.0.5:$(free_port)
+OURS_ADMIN=127.0.0.5:$(free_port)
+OURS_TCP_PORT=$(free_port)
+OURS_TCP=127.0.0.5:$OURS_TCP_PORT
+ETCD=127.0.0.6:$(free_port)
+ETCD_PEER=127.0.0.6:$(free_port)
+
+# --- certificate -----------------------------------------------------------------------------
+mkdir -p "$WORK/tls"
+CERT=$WORK/tls/cert.pem
+CERT_KEY=$WORK/tls/key.pem
+case $KEY in
+    rsa2048) newkey=(-newkey rsa:2048) ;;
+    p256) newkey=(-newkey ec -pkeyopt ec_paramgen_curve:P-256) ;;
+    *) bench_die "KEY is rsa2048 or p256, not '$KEY'" ;;
+esac
+openssl req -x509 "${newkey[@]}" -nodes -keyout "$CERT_KEY" -out "$CERT" -days 30 \
+    -subj "/CN=$SNI" -addext "subjectAltName=DNS:$SNI" >"$WORK/tls/openssl.log" 2>&1 ||
+    { cat "$WORK/tls/openssl.log" >&2; exit 1; }
+cat "$CERT" "$CERT_KEY" >"$WORK/tls/haproxy.pem"
+
+# --- backend: nginx (HTTP, and the TLS probe) and iperf3 ----------------------------------------
+nginx_conf "$WORK/backend" "server {
+        listen $BACKEND;
+        location / { default_type text/plain; return 200 \"ok\n\"; }
+    }
+    server {
+        listen $PROBE ssl;
+        ssl_certificate $CERT;
+        ssl_certificate_key $CERT_KEY;
+        access_log $WORK/backend/probe.log probe;
+        location / { default_type text/plain; return 200 \"ok\n\"; }
+    }" "log_format probe '\$ssl_session_reused \$ssl_protocol \$ssl_server_name \$connection_requests';"
+(pin "$CLIENT_CPU" nginx -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf") &
+BACKEND_PID=$!
+PIDS+=("$BACKEND_PID")
+
+if [[ " $BENCHES " == *" tcp "* ]]; then
+    (pin "$CLIENT_CPU" iperf3 -s -B 127.0.0.2 -p "$IPERF_PORT" >"$WORK/iperf3.log" 2>&1) &
+    IPERF_PID=$!
+    PIDS+=("$IPERF_PID")
+fi
+
+# --- nginx: HTTPS + HTTP/2 reverse proxy, and stream (TCP) --------------------------------------
+stream_conf=""
+if [[ " $BENCHES " == *" tcp "* ]]; then
+    stream_conf="load_module $STREAM_MODULE;
+stream {
+    server { listen $NGINX_TCP; proxy_pass $IPERF; }
+}"
+fi
+nginx_conf "$WORK/nginx" "server {
+        listen $NGINX_TLS ssl http2;
+        server_name $SNI;
+        ssl_certificate $CERT;
+        ssl_certificate_key $CERT_KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host \$http_host;
+            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto \$scheme;
+            proxy_set_header X-Forwarded-Port \$server_port;
+            proxy_set_header X-Request-Start \"t=\${msec}\";
+            proxy_set_header X-Request-Id \$request_id;
+        }
+    }" "upstream backend {
+        server $BACKEND;
+        keepalive 128;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }" "$stream_conf"
+(pin "$PROXY_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf") &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+
+# --- HAProxy -----------------------------------------------------------------------------------
+mkdir -p "$WORK/haproxy"
+cat >"$WORK/haproxy/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 20000
+
+defaults
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+
+frontend fe_tls
+    mode http
+    bind $HAPROXY_TLS ssl crt $WORK/tls/haproxy.pem alpn h2,http/1.1
+    timeout http-keep-alive 60s
+    option http-keep-alive
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Request-Start t=%[date(0,ms)]
+    http-request set-header X-Request-Id %[uuid()]
+    default_backend be_http
+
+backend be_http
+    mode http
+    http-reuse always
+    server s1 $BACKEND
+
+frontend fe_tcp
+    mode tcp
+    bind $HAPROXY_TCP
+    default_backend be_tcp
+
+backend be_tcp
+    mode tcp
+    server s1 $IPERF
+EOF
+(pin "$PROXY_CPU" haproxy -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/log" 2>&1) &
+HAPROXY_PID=$!
+PIDS+=("$HAPROXY_PID")
+
+# --- etcd and our router ---------------------------------------------------------------------
+start_etcd "$ETCD" "$ETCD_PEER"
+export ETCDCTL_API=3
+put() { etcdctl --endpoints "http://$ETCD" put "$1" "$2" >/dev/null; }
+put /flynn/routes/http-bench \
+    "{\"id\":\"http-bench\",\"type\":\"http\",\"domain\":\"$SNI\",\"path\":\"/\",\"service\":\"bench-web\"}"
+put /flynn/services/bench-web/i1 "{\"id\":\"i1\",\"addr\":\"$BACKEND\"}"
+put /flynn/routes/tcp-bench \
+    "{\"id\":\"tcp-bench\",\"type\":\"tcp\",\"port\":$OURS_TCP_PORT,\"service\":\"bench-tcp\"}"
+put /flynn/services/bench-tcp/i1 "{\"id\":\"i1\",\"addr\":\"$IPERF\"}"
+
+(pin "$PROXY_CPU" "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$OURS_HTTP" \
+    --https-addr "$OURS_TLS" --admin-addr "$OURS_ADMIN" --threads 1 --log warn \
+    --default-cert "$CERT" --default-key "$CERT_KEY" \
+    --tcp-ip 127.0.0.5 --tcp-ports "$OURS_TCP_PORT-$OURS_TCP_PORT" \
+    --upgrade-sock "$WORK/upgrade.sock" >"$WORK/router.log" 2>&1) &
+OURS_PID=$!
+PIDS+=("$OURS_PID")
+
+# --- targets -------------------------------------------------------------------------------------
+tls_addr() {
+    case $1 in
+        nginx) echo "$NGINX_TLS" ;;
+        haproxy) echo "$HAPROXY_TLS" ;;
+        ours) echo "$OURS_TLS" ;;
+        *) bench_die "unknown target $1" ;;
+    esac
+}
+
+tcp_addr() {
+    case $1 in
+        direct) echo "$IPERF" ;;
+        nginx) echo "$NGINX_TCP" ;;
+        haproxy) echo "$HAPROXY_TCP" ;;
+        ours) echo "$OURS_TCP" ;;
+        *) bench_die "unknown target $1" ;;
+    esac
+}
+
+target_pid() {
+    case $1 in
+        nginx) echo "$NGINX_PID" ;;
+        haproxy) echo "$HAPROXY_PID" ;;
+        ours) echo "$OURS_PID" ;;
+        *) echo "" ;;
+    esac
+}
+
+# Whether a bench is run against a target: no proxy (direct) only for TCP.
+applies() { # applies BENCH TARGET
+    [[ $2 != direct || $1 == tcp ]]
+}
+
+# curl over TLS to ADDR with SNI and Host bench.test.
+curl_tls() { # curl_tls ADDR [CURL-ARG...]
+    local addr=$1
+    shift
+    curl -sk --resolve "$SNI:${addr##*:}:${addr%:*}" "$@" "https://$SNI:${addr##*:}/"
+}
+
+# --- checks: every target answers before anything is measured -----------------------------------
+wait_200 "http://$BACKEND/"
+wait_200 "http://$OURS_ADMIN/health" || { tail -20 "$WORK/router.log" >&2; exit 1; }
+http_targets=""
+for target in $TARGETS; do
+    [[ $target == direct ]] || http_targets+=" $target"
+done
+if [[ $BENCHES != tcp ]]; then
+    for target in $http_targets; do
+        addr=$(tls_addr "$target")
+        wait_200 "https://$SNI:${addr##*:}/" "$SNI" -k --resolve "$SNI:${addr##*:}:${addr%:*}" ||
+            { tail -5 "$WORK/router.log" "$WORK/nginx/error.log" "$WORK/haproxy/log" >&2; exit 1; }
+        body=$(curl_tls "$addr" --http1.1)
+        [[ $body == ok ]] || bench_die "$target ($addr) answered '$body' over HTTPS, not ok"
+        version=$(curl_tls "$addr" --http2 -o /dev/null -w '%{http_version}')
+        [[ $version == 2 ]] || bench_die "$target ($addr) did not negotiate HTTP/2 (got HTTP/$version)"
+    done
+fi
+
+if [[ " $BENCHES " == *" tls-handshake "* ]]; then
+    # ab against the backend's probe listener, which logs per request whether the TLS session was
+    # resumed and how many requests its connection carried: all must be full, one each.
+    ab -q -r -n 500 -c 10 -H "Host: $SNI" "https://$PROBE/" >"$WORK/ab-check.txt" 2>&1 || true
+    sleep 0.2
+    read -r probe_reqs probe_full probe_single probe_sni probe_proto < <(awk -v sni="$SNI" '
+        { n++; if ($1 == ".") f++; if ($4 == 1) s++; if ($3 == sni) k++; p = $2 }
+        END { print n + 0, f + 0, s + 0, k + 0, p == "" ? "-" : p }' "$WORK/backend/probe.log")
+    HANDSHAKE_CHECK="ab check against a logging nginx: $probe_reqs requests, $probe_full full handshakes ($((probe_reqs - probe_full)) resumed), $probe_single on a connection of their own, SNI $SNI on $probe_sni, $probe_proto"
+    echo "$HANDSHAKE_CHECK" >&2
+    if ((probe_reqs != 500 || probe_full != 500 || probe_single != 500 || probe_sni != 500)); then
+        cat "$WORK/ab-check.txt" >&2
+        bench_die "ab does not make one full TLS handshake per request here; no tls-handshake bench"
+    fi
+fi
+
+if [[ " $BENCHES " == *" tcp "* ]]; then
+    for _ in $(seq 100); do
+        curl -s "http://$OURS_ADMIN/metrics" | grep -q '^flynn_router_tcp_listeners 1$' && break
+        sleep 0.1
+    done
+    for target in $TARGETS; do
+        addr=$(tcp_addr "$target")
+        iperf3 -c "${addr%:*}" -p "${addr##*:}" -n 10M >"$WORK/iperf3-check.txt" 2>&1 ||
+            { cat "$WORK/iperf3-check.txt" >&2; bench_die "iperf3 through $target ($addr) failed"; }
+    done
+fi
+
+# --- measuring -----------------------------------------------------------------------------------
+# Each run_BENCH TARGET OUT does a warm-up, then the measured run between sample_begin and
+# sample_end, and sets rate lat1 lat2 per_req errors tls (per_req: TCP connections accepted per
+# request; tls: what was negotiated, no spaces).
+
+ab_run() { # ab_run TARGET SECONDS OUT
+    local addr
+    addr=$(tls_addr "$1")
+    # -n only bounds ab's per-request table; the run ends after SECONDS.
+    pinned "$CLIENT_CPU" ab -q -r -c "$CONNS" -t "$2" -n $(($2 * 50000)) -e "$3.csv" \
+        -H "Host: $SNI" "https://$addr/" >"$3" 2>&1 || true
+}
+
+run_tls-handshake() {
+    local target=$1 out=$2 done
+    ab_run "$target" "$WARMUP_S" "$WORK/warmup"
+    sample_begin "$(target_pid "$target")" "$BACKEND_PID"
+    ab_run "$target" "$DUR_S" "$out"
+    sample_end
+    rate=$(awk '/^Requests per second:/ { print $4 }' "$out")
+    done=$(awk '/^Complete requests:/ { print $3 }' "$out")
+    [[ -n $rate && -n $done ]] || { cat "$out" >&2; bench_die "ab against $target printed no result"; }
+    ((done < DUR_S * 50000)) || echo "$BENCH: warning: ab stopped at its request limit" >&2
+    lat1=$(awk -F, '$1 == 50 { print $2 * 1000 }' "$out.csv")
+    lat2=$(awk -F, '$1 == 99 { print $2 * 1000 }' "$out.csv")
+    errors=$(awk '/^Failed requests:/ { f = $3 } /^Non-2xx responses:/ { n = $3 } END { print f + n }' "$out")
+    per_req=$(awk -v a="$accepted" -v d="$done" 'BEGIN { printf "%.2f", d ? a / d : 0 }')
+    tls=$(awk -F': *' '/^SSL\/TLS Protocol:/ { split($2, p, ","); v = p[1] "/" p[2] }
+        /^Server Temp Key:/ { split($2, k, " "); x = k[1] } END { print v "/" x }' "$out")
+}
+
+wrk_run() { # wrk_run TARGET DURATION OUT
+    local addr
+    addr=$(tls_addr "$1")
+    EDGE_IP=${addr%:*} pinned "$CLIENT_CPU" wrk -t"$WRK_THREADS" -c"$CONNS" -d"$2" --latency \
+        -s "$WORK/connect.lua" "https://$SNI:${addr##*:}/" >"$3"
+}
+
+run_https() {
+    local target=$1 out=$2 non2xx done
+    wrk_run "$target" "$WARMUP" /dev/null
+    sample_begin "$(target_pid "$target")" "$BACKEND_PID"
+    wrk_run "$target" "$DURATION" "$out"
+    sample_end
+    rate=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    done=$(awk '/ requests in / { print $1 }' "$out")
+    lat1=$(to_us "$(awk '$1 == "50%" { print $2 }' "$out")")
+    lat2=$(to_us "$(awk '$1 == "99%" { print $2 }' "$out")")
+    errors=$(awk '/Socket errors:/ { gsub(",", ""); print $4 + $6 + $8 + $10 }' "$out")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ { print $5 }' "$out")
+    errors=$((${errors:-0} + ${non2xx:-0}))
+    per_req=$(awk -v a="$accepted" -v d="$done" 'BEGIN { printf "%.2f", d ? a / d : 0 }')
+    tls=-
+}
+
+h2load_run() { # h2load_run TARGET SECONDS OUT
+    local addr
+    addr=$(tls_addr "$1")
+    pinned "$CLIENT_CPU" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$2" \
+        --connect-to="$addr" "https://$SNI:${addr##*:}/" >"$3" 2>&1 || true
+}
+
+run_h2() {
+    local target=$1 out=$2 done
+    h2load_run "$target" "$WARMUP_S" "$WORK/warmup"
+    sample_begin "$(target_pid "$target")" "$BACKEND_PID"
+    h2load_run "$target" "$DUR_S" "$out"
+    sample_end
+    grep -q '^Application protocol: h2$' "$out" ||
+        { cat "$out" >&2; bench_die "h2load did not negotiate h2 with $target"; }
+    rate=$(awk '/^finished in/ { print $4 }' "$out")
+    done=$(awk '/^requests:/ { print $6 }' "$out")
+    [[ -n $rate && -n $done ]] || { cat "$out" >&2; bench_die "h2load against $target printed no result"; }
+    # time for request: min max mean sd +/-sd
+    lat1=$(to_us "$(awk '/^time for request:/ { print $6 }' "$out")")
+    lat2=$(to_us "$(awk '/^time for request:/ { print $5 }' "$out")")
+    # failed counts network errors, timeouts and 4xx/5xx; 3xx is a success to h2load, not to us.
+    errors=$(awk '/^requests:/ { f = $10 } /^status codes:/ { s = $4 } END { print f + s }' "$out")
+    per_req=$(awk -v a="$accepted" -v d="$done" 'BEGIN { printf "%.2f", d ? a / d : 0 }')
+    tls=$(awk -F': *' '/^TLS Protocol:/ { v = $2 } /^Cipher:/ { c = $2 } /^Server Temp Key:/ { split($2, k, " "); x = k[1] }
+        END { print v "/" c "/" x }' "$out")
+}
+
+iperf3_run() { # iperf3_run TARGET SECONDS OUT: 0 when iperf3 succeeded
+    local addr
+    addr=$(tcp_addr "$1")
+    pinned "$CLIENT_CPU" iperf3 -c "${addr%:*}" -p "${addr##*:}" -t "$2" -J >"$3" 2>&1
+}
+
+run_tcp() {
+    local target=$1 out=$2 status=0
+    iperf3_run "$target" "$WARMUP_S" "$WORK/warmup" || true
+    sample_begin "$(target_pid "$target")" "${IPERF_PID:-}"
+    iperf3_run "$target" "$DUR_S" "$out" || status=$?
+    sample_end
+    # What the server received, from iperf3's JSON (one key a line): end.sum_received.
+    rate=$(awk '/"sum_received"/ { s = 1 } s && /"bits_per_second"/ { gsub(/[ ,]/, ""); split($0, v, ":"); print v[2] / 8 / 1e6; exit }' "$out")
+    errors=0
+    if [[ $status != 0 || -z $rate ]]; then
+        errors=1
+        rate=0
+        echo "$BENCH: warning: iperf3 through $target failed: $(grep -m1 '"error"' "$out" || tail -1 "$out")" >&2
+    fi
+    lat1=- lat2=- per_req=- tls=-
+}
+
+cat >"$WORK/connect.lua" <<'EOF'
+-- wrk connects to EDGE_IP instead of resolving the URL's host, which stays the SNI name and Host.
+local ip = os.getenv("EDGE_IP")
+wrk.resolve = function(host, service)
+    wrk.addrs = wrk.lookup(ip, service)
+end
+EOF
+
+RESULTS="$WORK/results"
+: >"$RESULTS"
+
+# A measured run, repeated (RETRIES times at most) while other work took more than OTHERS_MAX %
+# of a core during it.
+measure() { # measure BENCH ROUND TARGET
+    local bench=$1 round=$2 target=$3 bg attempt rate lat1 lat2 per_req errors tls
+    local proxy_cpu core0 core1 others accepted elapsed
+    for attempt in $(seq 0 "$RETRIES"); do
+        bg=$(quiet_machine)
+        if ((bg > IDLE_BUSY)); then
+            echo "$BENCH: warning: a core was ${bg}% busy with other work before this run" >&2
+        fi
+        "run_$bench" "$target" "$WORK/$bench-$round-$target.txt"
+        ((others > OTHERS_MAX)) || break
+        echo "$BENCH: warning: other work took ${others}% of a core during the $bench $target run (attempt $((attempt + 1)))" >&2
+    done
+    echo "$bench $round $target $rate $lat1 $lat2 $per_req $proxy_cpu $core0 $core1 $errors $others $tls" >>"$RESULTS"
+    printf '  %-13s round %s %-8s %10.0f %s  proxy %4s%%  others %3s%%  errors %s\n' \
+        "$bench" "$round" "$target" "$rate" "$(unit "$bench")" "$proxy_cpu" "$others" "$errors" >&2
+}
+
+unit() {
+    case $1 in
+        tls-handshake) echo "handshakes/s" ;;
+        tcp) echo "MB/s" ;;
+        *) echo "req/s" ;;
+    esac
+}
+
+echo "$DURATION runs (warm-up $WARMUP), $ROUNDS round(s), benches: $BENCHES; key $KEY; pinning: PIN=$PIN proxies→core $PROXY_CPU, clients+backends→core $CLIENT_CPU" >&2
+for bench in $BENCHES; do
+    for round in $(seq "$ROUNDS"); do
+        for target in $TARGETS; do
+            applies "$bench" "$target" && measure "$bench" "$round" "$target"
+        done
+    done
+done
+
+# --- report ----------------------------------------------------------------------------------------
+# table BENCH TITLE RATE-LABEL LAT1-LABEL LAT2-LABEL PER-UNIT-LABEL (LAT labels "" for none)
+table() {
+    local bench=$1 title=$2 rl=$3 l1=$4 l2=$5 cl=$6
+    echo
+    echo "## $title"
+    echo
+    awk -v bench="$bench" -v order="$TARGETS" -v rounds="$ROUNDS" -v rl="$rl" -v l1="$l1" -v l2="$l2" -v cl="$cl" \
+        -v c0="core$PROXY_CPU busy %" -v c1="core$CLIENT_CPU busy %" '
+        function row(cells, aligns,    i, s, a) {
+            s = "|"; a = "|"
+            for (i = 1; i in cells; i++) {
+                s = s sprintf(" %" (aligns[i] == "l" ? "-" : "") widths[i] "s |", cells[i])
+            }
+            print s
+        }
+        function header(labels, aligns,    i, s, d) {
+            s = "|"; d = "|"
+            for (i = 1; i in labels; i++) {
+                widths[i] = length(labels[i]) < 7 ? 7 : length(labels[i])
+                s = s sprintf(" %-" widths[i] "s |", labels[i])
+                d = d (aligns[i] == "l" ? "-" : "") sprintf("%" widths[i] + (aligns[i] == "l" ? 1 : 1) "s", "") (aligns[i] == "l" ? "-|" : ":|")
+            }
+            gsub(/ /, "-", d)
+            print s; print d
+        }
+        function fmt_ms(v) { return v == "-" ? "-" : sprintf("%.3f", v / 1000) }
+        function per_unit(cpu, r) { return (cpu == "-" || r <= 0) ? "-" : sprintf("%.1f", cpu / 100 / r * 1e6) }
+        function ratio(v, base) { return (v == "-" || base == "-" || base <= 0) ? "-" : sprintf("%.2f", v / base) }
+        $1 == bench { lines[++n] = $0 }
+        END {
+            if (!n) { print "(no runs)"; exit }
+            lat = l1 != ""
+            tls = bench == "tls-handshake" || bench == "h2"
+            conns = bench != "tcp"
+            k = 0
+            delete L; delete A
+            L[++k] = "round"; A[k] = "r"; L[++k] = "target"; A[k] = "l"; L[++k] = rl; A[k] = "r"
+            if (lat) { L[++k] = l1; A[k] = "r"; L[++k] = l2; A[k] = "r" }
+            if (conns) { L[++k] = "TCP accepts/req"; A[k] = "r" }
+            L[++k] = "proxy CPU %"; A[k] = "r"; L[++k] = "proxy CPU " cl; A[k] = "r"
+            L[++k] = c0; A[k] = "r"; L[++k] = c1; A[k] = "r"; L[++k] = "errors"; A[k] = "r"; L[++k] = "others %"; A[k] = "r"
+            if (tls) { L[++k] = "TLS"; A[k] = "l" }
+            header(L, A)
+            for (j = 1; j <= n; j++) {
+                split(lines[j], f, " ")
+                t = f[3]; r = f[4]
+                k = 0; delete C
+                C[++k] = f[2]; C[++k] = t; C[++k] = sprintf(bench == "tcp" ? "%.0f" : "%.0f", r)
+                if (lat) { C[++k] = fmt_ms(f[5]); C[++k] = fmt_ms(f[6]) }
+                if (conns) C[++k] = f[7]
+                C[++k] = f[8]; C[++k] = per_unit(f[8], r); C[++k] = f[9]; C[++k] = f[10]; C[++k] = f[11]; C[++k] = f[12]
+                if (tls) C[++k] = f[13]
+                row(C, A)
+                cnt[t]++; sr[t] += r; if (lat) { s1[t] += f[5]; s2[t] += f[6] }
+                if (f[8] != "-") { scpu[t] += f[8]; spu[t] += f[8] / 100 / r * 1e6 } else nocpu[t] = 1
+            }
+            print ""
+            print "Mean over " rounds " round(s):"
+            print ""
+            k = 0; delete L; delete A
+            L[++k] = "target"; A[k] = "l"; L[++k] = rl; A[k] = "r"
+            if (lat) { L[++k] = l1; A[k] = "r"; L[++k] = l2; A[k] = "r" }
+            L[++k] = "proxy CPU %"; A[k] = "r"; L[++k] = "proxy CPU " cl; A[k] = "r"
+            L[++k] = rl " vs nginx"; A[k] = "r"
+            if (lat) { L[++k] = l2 " vs nginx"; A[k] = "r" }
+            L[++k] = "CPU " cl " vs nginx"; A[k] = "r"
+            header(L, A)
+            split(order, T, " ")
+            base_r = ("nginx" in cnt) ? sr["nginx"] / cnt["nginx"] : "-"
+            base_l = ("nginx" in cnt && lat) ? s2["nginx"] / cnt["nginx"] : "-"
+            base_c = ("nginx" in cnt && !("nginx" in nocpu)) ? spu["nginx"] / cnt["nginx"] : "-"
+            for (i = 1; i in T; i++) {
+                t = T[i]
+                if (!(t in cnt)) continue
+                m = cnt[t]; r = sr[t] / m
+                pu = (t in nocpu) ? "-" : spu[t] / m
+                k = 0; delete C
+                C[++k] = t; C[++k] = sprintf("%.0f", r)
+                if (lat) { C[++k] = fmt_ms(s1[t] / m); C[++k] = fmt_ms(s2[t] / m) }
+                C[++k] = (t in nocpu) ? "-" : sprintf("%.0f", scpu[t] / m)
+                C[++k] = pu == "-" ? "-" : sprintf("%.1f", pu)
+                C[++k] = ratio(r, base_r)
+                if (lat) C[++k] = ratio(s2[t] / m, base_l)
+                C[++k] = ratio(pu, base_c)
+                row(C, A)
+            }
+        }' "$RESULTS"
+}
+
+echo
+echo "# Edge: benches/edge.sh ($(date -u +%Y-%m-%d), $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)); $KEY certificate, SNI $SNI, response \"ok\\n\""
+for bench in $BENCHES; do
+    case $bench in
+        tls-handshake)
+            table tls-handshake "TLS handshakes: ab -c$CONNS -t$DUR_S, a new connection and a full handshake per request" \
+                "handshakes/s" "p50 (ms)" "p99 (ms)" "us/handshake"
+            echo
+            echo "${HANDSHAKE_CHECK}."
+            ;;
+        https)
+            table https "HTTPS keep-alive: wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency" \
+                "req/s" "p50 (ms)" "p99 (ms)" "us/req"
+            ;;
+        h2)
+            table h2 "HTTP/2 over TLS: h2load -c$H2_CONNS -m$H2_STREAMS -D$DUR_S" \
+                "req/s" "mean (ms)" "max (ms)" "us/req"
+            ;;
+        tcp)
+            table tcp "TCP: iperf3 -t$DUR_S, one stream, client → server" "MB/s" "" "" "us/MB"
+            ;;
+    esac
+done
