@@ -300,11 +300,11 @@ http_targets=""
 for target in $TARGETS; do
     [[ $target == direct ]] || http_targets+=" $target"
 done
-if [[ $BENCHES != tcp ]]; then
+if [[ " $BENCHES " == *" tls-handshake "* || " $BENCHES " == *" https "* || " $BENCHES " == *" h2 "* ]]; then
     for target in $http_targets; do
         addr=$(tls_addr "$target")
         wait_200 "https://$SNI:${addr##*:}/" "$SNI" -k --resolve "$SNI:${addr##*:}:${addr%:*}" ||
-            { tail -5 "$WORK/router.log" "$WORK/nginx/error.log" "$WORK/haproxy/log" >&2; exit 1; }
+            { tail -n 5 "$WORK/router.log" "$WORK/nginx/error.log" "$WORK/haproxy/log" >&2; exit 1; }
         body=$(curl_tls "$addr" --http1.1)
         [[ $body == ok ]] || bench_die "$target ($addr) answered '$body' over HTTPS, not ok"
         version=$(curl_tls "$addr" --http2 -o /dev/null -w '%{http_version}')
@@ -417,7 +417,7 @@ run_h2() {
     lat1=$(to_us "$(awk '/^time for request:/ { print $6 }' "$out")")
     lat2=$(to_us "$(awk '/^time for request:/ { print $5 }' "$out")")
     # failed counts network errors, timeouts and 4xx/5xx; 3xx is a success to h2load, not to us.
-    errors=$(awk '/^requests:/ { f = $10 } /^status codes:/ { s = $4 } END { print f + s }' "$out")
+    errors=$(awk '/^requests:/ { f = $10 } /^status codes:/ { s = $5 } END { print f + s }' "$out")
     per_req=$(awk -v a="$accepted" -v d="$done" 'BEGIN { printf "%.2f", d ? a / d : 0 }')
     tls=$(awk -F': *' '/^TLS Protocol:/ { v = $2 } /^Cipher:/ { c = $2 } /^Server Temp Key:/ { split($2, k, " "); x = k[1] }
         END { print v "/" c "/" x }' "$out")
@@ -436,7 +436,7 @@ run_tcp() {
     iperf3_run "$target" "$DUR_S" "$out" || status=$?
     sample_end
     # What the server received, from iperf3's JSON (one key a line): end.sum_received.
-    rate=$(awk '/"sum_received"/ { s = 1 } s && /"bits_per_second"/ { gsub(/[ ,]/, ""); split($0, v, ":"); print v[2] / 8 / 1e6; exit }' "$out")
+    rate=$(awk '/"sum_received"/ { s = 1 } s && /"bits_per_second"/ { gsub(/[ \t,]/, ""); split($0, v, ":"); print v[2] / 8 / 1e6; exit }' "$out")
     errors=0
     if [[ $status != 0 || -z $rate ]]; then
         errors=1
@@ -502,21 +502,20 @@ table() {
     echo
     awk -v bench="$bench" -v order="$TARGETS" -v rounds="$ROUNDS" -v rl="$rl" -v l1="$l1" -v l2="$l2" -v cl="$cl" \
         -v c0="core$PROXY_CPU busy %" -v c1="core$CLIENT_CPU busy %" '
-        function row(cells, aligns,    i, s, a) {
-            s = "|"; a = "|"
-            for (i = 1; i in cells; i++) {
+        function row(cells, aligns,    i, s) {
+            s = "|"
+            for (i = 1; i in cells; i++)
                 s = s sprintf(" %" (aligns[i] == "l" ? "-" : "") widths[i] "s |", cells[i])
-            }
             print s
         }
-        function header(labels, aligns,    i, s, d) {
+        function header(labels, aligns,    i, s, d, dash) {
             s = "|"; d = "|"
             for (i = 1; i in labels; i++) {
                 widths[i] = length(labels[i]) < 7 ? 7 : length(labels[i])
                 s = s sprintf(" %-" widths[i] "s |", labels[i])
-                d = d (aligns[i] == "l" ? "-" : "") sprintf("%" widths[i] + (aligns[i] == "l" ? 1 : 1) "s", "") (aligns[i] == "l" ? "-|" : ":|")
+                dash = sprintf("%" (widths[i] + 1) "s", ""); gsub(/ /, "-", dash)
+                d = d dash (aligns[i] == "l" ? "-|" : ":|")
             }
-            gsub(/ /, "-", d)
             print s; print d
         }
         function fmt_ms(v) { return v == "-" ? "-" : sprintf("%.3f", v / 1000) }
@@ -541,7 +540,7 @@ table() {
                 split(lines[j], f, " ")
                 t = f[3]; r = f[4]
                 k = 0; delete C
-                C[++k] = f[2]; C[++k] = t; C[++k] = sprintf(bench == "tcp" ? "%.0f" : "%.0f", r)
+                C[++k] = f[2]; C[++k] = t; C[++k] = sprintf("%.0f", r)
                 if (lat) { C[++k] = fmt_ms(f[5]); C[++k] = fmt_ms(f[6]) }
                 if (conns) C[++k] = f[7]
                 C[++k] = f[8]; C[++k] = per_unit(f[8], r); C[++k] = f[9]; C[++k] = f[10]; C[++k] = f[11]; C[++k] = f[12]

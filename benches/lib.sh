@@ -203,7 +203,7 @@ children_cpu() {
 # TCP connections accepted so far on this machine (all addresses): per request, it tells whether
 # the client made a new connection for each request.
 passive_opens() {
-    awk '$1 == "Tcp:" && !i { for (f = 1; f <= NF; f++) i[$f] = f; next } $1 == "Tcp:" { print $i["PassiveOpens"] }' /proc/net/snmp
+    awk '$1 == "Tcp:" { if (!seen) { for (f = 1; f <= NF; f++) col[$f] = f; seen = 1; next } print $col["PassiveOpens"] }' /proc/net/snmp
 }
 
 # Around one measured run of the load generator, which must run in the foreground of this shell
