@@ -43,6 +43,8 @@ pub struct RouteEntry {
 pub enum InvalidRoute {
     #[error("empty domain")]
     EmptyDomain,
+    #[error("domain {0:?} is not a host name (letters, digits, `-`, `_`, `.`; 253 characters at most; no port)")]
+    BadDomain(String),
     #[error("domain {0:?} has a wildcard that is not a leading `*.`")]
     BadWildcard(String),
     #[error("path {0:?} does not start with `/`")]
@@ -61,6 +63,12 @@ impl RouteEntry {
             .to_ascii_lowercase();
         if domain.is_empty() {
             return Err(InvalidRoute::EmptyDomain);
+        }
+        // A port or any other character a Host header's name part cannot hold would never match.
+        let host_chars =
+            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*');
+        if domain.len() > 253 || !domain.bytes().all(host_chars) {
+            return Err(InvalidRoute::BadDomain(domain));
         }
         // One leading `*.` at most: `*.*.example.com` is refused, not keyed by `*.example.com`.
         if domain != "*" && domain.strip_prefix("*.").unwrap_or(&domain).contains('*') {

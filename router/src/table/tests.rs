@@ -148,6 +148,14 @@ fn invalid_routes_are_refused() {
         Err(InvalidRoute::BadPath(_))
     ));
     assert_eq!(stored("a.com", "/", ""), Err(InvalidRoute::EmptyService));
+    for bad in ["a.com:8080", "a b.com", "a/b.com", &"a".repeat(254)] {
+        assert!(
+            matches!(stored(bad, "/", "s"), Err(InvalidRoute::BadDomain(_))),
+            "{bad}"
+        );
+    }
+    assert!(stored(&"a".repeat(253), "/", "s").is_ok());
+    assert!(stored("_acme.xn--bcher-kva.example", "/", "s").is_ok());
     assert_eq!(stored("A.com", "/api", "s").unwrap().path, "/api/");
 }
 
