@@ -28,11 +28,16 @@
 #                  session on every reconnect (resumed handshakes, no certificate signature). ab
 #                  never offers a session; that is checked before measuring against the backend's
 #                  logging listener (every handshake full, one request per connection), and every
-#                  run shows TCP connections accepted per request (≈ 1.00).
+#                  run shows TCP connections accepted per request (≈ 1.00). ab is a costly client
+#                  (about 450 us of CPU a handshake with OpenSSL 3.0, as much as nginx with RSA), so
+#                  core 1 may be the limit: `proxy CPU us/handshake` is the fair column.
 #   https          wrk over TLS, keep-alive: req/s, p50, p99 (a wrk script connects to the target's
 #                  address while the URL keeps bench.test for SNI and Host).
 #   h2             h2load -c H2_CONNS -m H2_STREAMS: HTTP/2 negotiated by ALPN (checked in every
-#                  run); req/s, mean and max request time (h2load gives no percentiles).
+#                  run); req/s, mean and max request time (h2load gives no percentiles). -c50 -m10
+#                  is 500 requests in flight: nginx (keepalive 1024) and ours (a 1024-connection
+#                  pool) keep that many idle backend connections, as HAProxy does; the TCP
+#                  accepts/req column shows whether any proxy still opened backend connections.
 #   tcp            iperf3, one stream, client → server, direct and through each proxy's TCP
 #                  proxying (no splicing: each proxy's defaults): MB/s (10^6 bytes) and the
 #                  proxy's CPU.
@@ -79,15 +84,17 @@ source "$ROOT/benches/lib.sh"
 
 # "10s", "10" or "1m" → whole seconds.
 secs() {
-    case $1 in
-        *[0-9]s) echo "${1%s}" ;;
-        *[0-9]m) echo $((${1%m} * 60)) ;;
-        *[0-9]) echo "$1" ;;
-        *) bench_die "durations are whole seconds (10s, 1m), not '$1'" ;;
-    esac
+    if [[ $1 =~ ^([0-9]+)s?$ ]]; then
+        echo "${BASH_REMATCH[1]}"
+    elif [[ $1 =~ ^([0-9]+)m$ ]]; then
+        echo $((BASH_REMATCH[1] * 60))
+    else
+        bench_die "durations are whole seconds (10s, 1m), not '$1'"
+    fi
 }
 DUR_S=$(secs "$DURATION")
 WARMUP_S=$(secs "$WARMUP")
+((DUR_S > 0 && WARMUP_S > 0)) || bench_die "DURATION and WARMUP must be at least 1s"
 for bench in $BENCHES; do
     case $bench in
         tls-handshake) need_tools ab ;;
@@ -143,6 +150,7 @@ nginx_conf "$WORK/backend" "server {
         listen $PROBE ssl;
         ssl_certificate $CERT;
         ssl_certificate_key $CERT_KEY;
+        ssl_protocols TLSv1.2 TLSv1.3;
         access_log $WORK/backend/probe.log probe;
         location / { default_type text/plain; return 200 \"ok\n\"; }
     }" "log_format probe '\$ssl_session_reused \$ssl_protocol \$ssl_server_name \$connection_requests';"
@@ -183,7 +191,7 @@ nginx_conf "$WORK/nginx" "server {
         }
     }" "upstream backend {
         server $BACKEND;
-        keepalive 128;
+        keepalive 1024;
         keepalive_requests 1000000;
         keepalive_timeout 60s;
     }" "$stream_conf"
@@ -196,7 +204,7 @@ mkdir -p "$WORK/haproxy"
 cat >"$WORK/haproxy/haproxy.cfg" <<EOF
 global
     nbthread 1
-    maxconn 20000
+    maxconn 4096
 
 defaults
     timeout connect 5s
@@ -205,7 +213,7 @@ defaults
 
 frontend fe_tls
     mode http
-    bind $HAPROXY_TLS ssl crt $WORK/tls/haproxy.pem alpn h2,http/1.1
+    bind $HAPROXY_TLS ssl crt $WORK/tls/haproxy.pem alpn h2,http/1.1 prefer-client-ciphers
     timeout http-keep-alive 60s
     option http-keep-alive
     option forwardfor
@@ -488,38 +496,50 @@ echo "$DURATION runs (warm-up $WARMUP), $ROUNDS round(s), benches: $BENCHES; key
 for bench in $BENCHES; do
     for round in $(seq "$ROUNDS"); do
         for target in $TARGETS; do
-            applies "$bench" "$target" && measure "$bench" "$round" "$target"
+            if applies "$bench" "$target"; then
+                measure "$bench" "$round" "$target"
+            fi
         done
     done
 done
 
 # --- report ----------------------------------------------------------------------------------------
-# table BENCH TITLE RATE-LABEL LAT1-LABEL LAT2-LABEL PER-UNIT-LABEL (LAT labels "" for none)
+# table BENCH TITLE RATE-LABEL LAT1-LABEL LAT2-LABEL CPU-UNIT [COMPARED-LAT (2)]: the runs of one
+# bench, then the mean per target. LAT labels "" for none; COMPARED-LAT is the latency column
+# (1 or 2) that gets a "vs nginx" ratio.
 table() {
-    local bench=$1 title=$2 rl=$3 l1=$4 l2=$5 cl=$6
+    local bench=$1 title=$2 rl=$3 l1=$4 l2=$5 cl=$6 cmp=${7:-2}
     echo
     echo "## $title"
     echo
-    awk -v bench="$bench" -v order="$TARGETS" -v rounds="$ROUNDS" -v rl="$rl" -v l1="$l1" -v l2="$l2" -v cl="$cl" \
-        -v c0="core$PROXY_CPU busy %" -v c1="core$CLIENT_CPU busy %" '
-        function row(cells, aligns,    i, s) {
-            s = "|"
-            for (i = 1; i in cells; i++)
-                s = s sprintf(" %" (aligns[i] == "l" ? "-" : "") widths[i] "s |", cells[i])
-            print s
-        }
-        function header(labels, aligns,    i, s, d, dash) {
-            s = "|"; d = "|"
-            for (i = 1; i in labels; i++) {
-                widths[i] = length(labels[i]) < 7 ? 7 : length(labels[i])
-                s = s sprintf(" %-" widths[i] "s |", labels[i])
-                dash = sprintf("%" (widths[i] + 1) "s", ""); gsub(/ /, "-", dash)
-                d = d dash (aligns[i] == "l" ? "-|" : ":|")
+    awk -v bench="$bench" -v order="$TARGETS" -v rounds="$ROUNDS" -v rl="$rl" -v l1="$l1" -v l2="$l2" \
+        -v cl="$cl" -v cmp="$cmp" -v c0="core$PROXY_CPU busy %" -v c1="core$CLIENT_CPU busy %" '
+        # Cells go into R[row, col] (row 0: the labels), printed by flush with columns as wide as
+        # their widest cell; A[col] is "l" or "r" (alignment).
+        function cell(v) { R[nr, ++nc] = v }
+        function col(label, align) { R[0, ++nc] = label; A[nc] = align }
+        function flush(    r, c, w, s, d, dash) {
+            for (c = 1; c <= nc0; c++) {
+                w[c] = 0
+                for (r = 0; r <= nr; r++) if (length(R[r, c]) > w[c]) w[c] = length(R[r, c])
             }
-            print s; print d
+            for (r = 0; r <= nr; r++) {
+                s = "|"
+                for (c = 1; c <= nc0; c++)
+                    s = s sprintf(" %" (A[c] == "l" || r == 0 ? "-" : "") w[c] "s |", R[r, c])
+                print s
+                if (r == 0) {
+                    d = "|"
+                    for (c = 1; c <= nc0; c++) {
+                        dash = sprintf("%" (w[c] + 1) "s", ""); gsub(/ /, "-", dash)
+                        d = d dash (A[c] == "l" ? "-|" : ":|")
+                    }
+                    print d
+                }
+            }
+            split("", R); split("", A); nr = 0
         }
-        function fmt_ms(v) { return v == "-" ? "-" : sprintf("%.3f", v / 1000) }
-        function per_unit(cpu, r) { return (cpu == "-" || r <= 0) ? "-" : sprintf("%.1f", cpu / 100 / r * 1e6) }
+        function ms(v) { return v == "-" ? "-" : sprintf("%.3f", v / 1000) }
         function ratio(v, base) { return (v == "-" || base == "-" || base <= 0) ? "-" : sprintf("%.2f", v / base) }
         $1 == bench { lines[++n] = $0 }
         END {
@@ -527,58 +547,57 @@ table() {
             lat = l1 != ""
             tls = bench == "tls-handshake" || bench == "h2"
             conns = bench != "tcp"
-            k = 0
-            delete L; delete A
-            L[++k] = "round"; A[k] = "r"; L[++k] = "target"; A[k] = "l"; L[++k] = rl; A[k] = "r"
-            if (lat) { L[++k] = l1; A[k] = "r"; L[++k] = l2; A[k] = "r" }
-            if (conns) { L[++k] = "TCP accepts/req"; A[k] = "r" }
-            L[++k] = "proxy CPU %"; A[k] = "r"; L[++k] = "proxy CPU " cl; A[k] = "r"
-            L[++k] = c0; A[k] = "r"; L[++k] = c1; A[k] = "r"; L[++k] = "errors"; A[k] = "r"; L[++k] = "others %"; A[k] = "r"
-            if (tls) { L[++k] = "TLS"; A[k] = "l" }
-            header(L, A)
+            nc = 0
+            col("round", "r"); col("target", "l"); col(rl, "r")
+            if (lat) { col(l1, "r"); col(l2, "r") }
+            if (conns) col("TCP accepts/req", "r")
+            col("proxy CPU %", "r"); col("proxy CPU " cl, "r"); col(c0, "r"); col(c1, "r")
+            col("errors", "r"); col("others %", "r")
+            if (tls) col("TLS", "l")
+            nc0 = nc
             for (j = 1; j <= n; j++) {
                 split(lines[j], f, " ")
-                t = f[3]; r = f[4]
-                k = 0; delete C
-                C[++k] = f[2]; C[++k] = t; C[++k] = sprintf("%.0f", r)
-                if (lat) { C[++k] = fmt_ms(f[5]); C[++k] = fmt_ms(f[6]) }
-                if (conns) C[++k] = f[7]
-                C[++k] = f[8]; C[++k] = per_unit(f[8], r); C[++k] = f[9]; C[++k] = f[10]; C[++k] = f[11]; C[++k] = f[12]
-                if (tls) C[++k] = f[13]
-                row(C, A)
-                cnt[t]++; sr[t] += r; if (lat) { s1[t] += f[5]; s2[t] += f[6] }
-                if (f[8] != "-") { scpu[t] += f[8]; spu[t] += f[8] / 100 / r * 1e6 } else nocpu[t] = 1
+                t = f[3]; r = f[4]; cpu = f[8]
+                pu = (cpu == "-" || r <= 0) ? "-" : cpu / 100 / r * 1e6
+                nr++; nc = 0
+                cell(f[2]); cell(t); cell(sprintf("%.0f", r))
+                if (lat) { cell(ms(f[5])); cell(ms(f[6])) }
+                if (conns) cell(f[7])
+                cell(cpu); cell(pu == "-" ? "-" : sprintf("%.1f", pu)); cell(f[9]); cell(f[10]); cell(f[11]); cell(f[12])
+                if (tls) cell(f[13])
+                cnt[t]++; sr[t] += r; s1[t] += f[5]; s2[t] += f[6]
+                if (pu == "-") nocpu[t] = 1; else { scpu[t] += cpu; spu[t] += pu }
             }
+            flush()
             print ""
             print "Mean over " rounds " round(s):"
             print ""
-            k = 0; delete L; delete A
-            L[++k] = "target"; A[k] = "l"; L[++k] = rl; A[k] = "r"
-            if (lat) { L[++k] = l1; A[k] = "r"; L[++k] = l2; A[k] = "r" }
-            L[++k] = "proxy CPU %"; A[k] = "r"; L[++k] = "proxy CPU " cl; A[k] = "r"
-            L[++k] = rl " vs nginx"; A[k] = "r"
-            if (lat) { L[++k] = l2 " vs nginx"; A[k] = "r" }
-            L[++k] = "CPU " cl " vs nginx"; A[k] = "r"
-            header(L, A)
-            split(order, T, " ")
+            lc = cmp == 1 ? l1 : l2
+            nc = 0
+            col("target", "l"); col(rl, "r")
+            if (lat) { col(l1, "r"); col(l2, "r") }
+            col("proxy CPU %", "r"); col("proxy CPU " cl, "r"); col(rl " vs nginx", "r")
+            if (lat) col(lc " vs nginx", "r")
+            col("CPU " cl " vs nginx", "r")
+            nc0 = nc
             base_r = ("nginx" in cnt) ? sr["nginx"] / cnt["nginx"] : "-"
-            base_l = ("nginx" in cnt && lat) ? s2["nginx"] / cnt["nginx"] : "-"
+            base_l = ("nginx" in cnt && lat) ? (cmp == 1 ? s1["nginx"] : s2["nginx"]) / cnt["nginx"] : "-"
             base_c = ("nginx" in cnt && !("nginx" in nocpu)) ? spu["nginx"] / cnt["nginx"] : "-"
+            split(order, T, " ")
             for (i = 1; i in T; i++) {
                 t = T[i]
                 if (!(t in cnt)) continue
                 m = cnt[t]; r = sr[t] / m
                 pu = (t in nocpu) ? "-" : spu[t] / m
-                k = 0; delete C
-                C[++k] = t; C[++k] = sprintf("%.0f", r)
-                if (lat) { C[++k] = fmt_ms(s1[t] / m); C[++k] = fmt_ms(s2[t] / m) }
-                C[++k] = (t in nocpu) ? "-" : sprintf("%.0f", scpu[t] / m)
-                C[++k] = pu == "-" ? "-" : sprintf("%.1f", pu)
-                C[++k] = ratio(r, base_r)
-                if (lat) C[++k] = ratio(s2[t] / m, base_l)
-                C[++k] = ratio(pu, base_c)
-                row(C, A)
+                nr++; nc = 0
+                cell(t); cell(sprintf("%.0f", r))
+                if (lat) { cell(ms(s1[t] / m)); cell(ms(s2[t] / m)) }
+                cell((t in nocpu) ? "-" : sprintf("%.0f", scpu[t] / m)); cell(pu == "-" ? "-" : sprintf("%.1f", pu))
+                cell(ratio(r, base_r))
+                if (lat) cell(ratio((cmp == 1 ? s1[t] : s2[t]) / m, base_l))
+                cell(ratio(pu, base_c))
             }
+            flush()
         }' "$RESULTS"
 }
 
@@ -598,7 +617,7 @@ for bench in $BENCHES; do
             ;;
         h2)
             table h2 "HTTP/2 over TLS: h2load -c$H2_CONNS -m$H2_STREAMS -D$DUR_S" \
-                "req/s" "mean (ms)" "max (ms)" "us/req"
+                "req/s" "mean (ms)" "max (ms)" "us/req" 1
             ;;
         tcp)
             table tcp "TCP: iperf3 -t$DUR_S, one stream, client → server" "MB/s" "" "" "us/MB"

@@ -101,7 +101,7 @@ nginx_conf "$WORK/nginx" "server {
         }
     }" "upstream backend {
         server $BACKEND;
-        keepalive 128;
+        keepalive 1024;
         keepalive_requests 1000000;
         keepalive_timeout 60s;
     }"

@@ -71,6 +71,10 @@ pub fn build(config: RouterConfig) -> Server {
         // One single-threaded runtime per thread: a connection stays on the thread that
         // accepted it, with no cross-thread wake-ups or task stealing on the request path.
         work_stealing: false,
+        // Idle backend connections kept for reuse, across all backends (pingora's default is
+        // 128): an edge router in front of many apps, or HTTP/2 clients with many streams in
+        // flight, needs more, or it opens a new backend connection for most requests.
+        upstream_keepalive_pool_size: 1024,
         // The `Drain` service ends the process as soon as nothing is in flight; pingora's
         // grace period is only the upper bound.
         grace_period_seconds: Some(config.drain_timeout.as_secs() + 1),
