@@ -1,6 +1,6 @@
 //! HTTPS: certificates by SNI from the store, rotation, bad certificates, the default keypair,
-//! (curl and openssl run as blocking subprocesses, so the backends need a second runtime thread.)
-//! TLS versions, HTTP/2 by ALPN and h2c — checked with real curl and openssl clients.
+//! TLS versions, HTTP/2 by ALPN and h2c — checked with real curl, openssl and h2load clients.
+//! (They run as blocking subprocesses, so the backends need a second runtime thread.)
 
 mod common;
 
@@ -312,4 +312,56 @@ async fn h2c_with_prior_knowledge_behind_a_flag() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
     // HTTP/1.1 still works on the same listener.
     assert_eq!(h.get("/", "h2c.test").await.status, 200);
+}
+
+/// Runs h2load; panics unless every request succeeded over HTTP/2.
+fn h2load(args: &[String]) {
+    let out = Command::new("h2load")
+        .args(args)
+        .output()
+        .expect("h2load is installed (nghttp2-client)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "h2load {args:?}:\n{stdout}");
+    assert!(
+        stdout.contains("Application protocol: h2"),
+        "h2 not negotiated:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed"),
+        "h2load {args:?}:\n{stdout}"
+    );
+    assert!(stdout.contains("status codes: 2000 2xx"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_http2_streams_over_tls_and_h2c() {
+    let h = Harness::start(&["--h2c"]).await;
+    let b1 = Backend::start("a").await;
+    let b2 = Backend::start("b").await;
+    h.instance("web", "i1", b1.addr).await;
+    h.instance("web", "i2", b2.addr).await;
+    h.route("http-1", "streams.test", "/", "web").await;
+    h.wait_status("streams.test", "/", 200).await;
+
+    // 4 connections × 25 streams in flight, over TLS (h2 by ALPN, SNI streams.test) …
+    let common = |uri: String, connect_to: String| {
+        vec![
+            "-n2000".to_owned(),
+            "-c4".to_owned(),
+            "-m25".to_owned(),
+            format!("--connect-to={connect_to}"),
+            uri,
+        ]
+    };
+    h2load(&common(
+        format!("https://streams.test:{}/", h.router.https.port()),
+        h.router.https.to_string(),
+    ));
+    // … and in clear text with prior knowledge (h2c).
+    h2load(&common(
+        format!("http://streams.test:{}/", h.router.http.port()),
+        h.router.http.to_string(),
+    ));
+    // Both instances took a share: the streams were balanced, not pinned to one backend.
+    assert!(b1.requests() > 0 && b2.requests() > 0);
 }
