@@ -10,6 +10,8 @@
 #                       (no upstream, no file I/O, a 3-byte body), so the proxies are what is measured
 #   nginx    127.0.0.3  reverse proxy, 1 worker, upstream keepalive
 #   haproxy  127.0.0.4  nbthread 1, http-reuse always
+#   pingora  127.0.0.7  bare-pingora (benches/src/bin): pingora's proxy with nothing of ours, one
+#                       thread, one fixed backend, no added headers: the floor under ours
 #   ours     127.0.0.5  flynn-router --threads 1, reading a real etcd (127.0.0.6) that holds one
 #                       route (Host bench.test) and one instance (the backend), written with etcdctl
 # The proxies are configured to do the header work ours does on every request: X-Forwarded-For,
@@ -29,9 +31,9 @@
 # PIN=0 turns pinning off.
 #
 # Env: DURATION (10s), WARMUP (2s), CONNS (50), WRK_THREADS (1), ROUNDS (2),
-#      TARGETS ("direct nginx haproxy ours"), PROXY_CPU (0), CLIENT_CPU (1), PIN (1),
+#      TARGETS ("direct nginx haproxy pingora ours"), PROXY_CPU (0), CLIENT_CPU (1), PIN (1),
 #      CARGO_TARGET_DIR (target), NO_BUILD (0), ROUTER_BIN (a router binary or wrapper to run
-#      instead of building one; a wrapper must `exec` the router), PERF (0: 1 records a perf profile of ours during
+#      instead of building one; a wrapper must `exec` the router), BARE_BIN (bare-pingora), PERF (0: 1 records a perf profile of ours during
 #      its last measured run and prints the top symbols; needs `perf`), WAIT_IDLE (0: seconds to
 #      wait before each run for both cores to be under IDLE_BUSY (10) % busy with other work),
 #      OTHERS_MAX (15) and RETRIES (2): a run during which processes that are not part of the
@@ -44,7 +46,7 @@ WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 ROUNDS=${ROUNDS:-2}
-TARGETS=${TARGETS:-"direct nginx haproxy ours"}
+TARGETS=${TARGETS:-"direct nginx haproxy pingora ours"}
 PROXY_CPU=${PROXY_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PIN=${PIN:-1}
@@ -64,12 +66,20 @@ source "$ROOT/benches/lib.sh"
 
 need_tools nginx haproxy etcd etcdctl wrk curl taskset ss
 router_bin
+if [[ " $TARGETS " == *" pingora "* ]]; then
+    BARE_BIN=${BARE_BIN:-${CARGO_TARGET_DIR:-target}/release/bare-pingora}
+    if [[ ${NO_BUILD:-0} != 1 ]]; then
+        cargo build --release -p flynn-benches --bin bare-pingora >&2
+    fi
+    [[ -x $BARE_BIN ]] || bench_die "no bare-pingora at $BARE_BIN (cargo build --release -p flynn-benches --bin bare-pingora)"
+fi
 bench_workdir flynn-load.XXXXXX
 
 BACKEND=127.0.0.2:$(free_port)
 NGINX=127.0.0.3:$(free_port)
 HAPROXY=127.0.0.4:$(free_port)
 OURS=127.0.0.5:$(free_port)
+BARE=127.0.0.7:$(free_port)
 OURS_ADMIN=127.0.0.5:$(free_port)
 OURS_HTTPS=127.0.0.5:$(free_port)
 ETCD=127.0.0.6:$(free_port)
@@ -159,6 +169,14 @@ etcdctl --endpoints "http://$ETCD" put /flynn/services/bench-web/i1 \
 OURS_PID=$!
 PIDS+=("$OURS_PID")
 
+BARE_PID=
+if [[ -n ${BARE_BIN:-} ]]; then
+    (pin "$PROXY_CPU" "$BARE_BIN" "$BARE" "$BACKEND" >"$WORK/bare.log" 2>&1) &
+    BARE_PID=$!
+    PIDS+=("$BARE_PID")
+    wait_200 "http://$BARE/" "$HOST_HEADER"
+fi
+
 wait_200 "http://$BACKEND/"
 wait_200 "http://$NGINX/" "$HOST_HEADER"
 wait_200 "http://$HAPROXY/" "$HOST_HEADER"
@@ -175,6 +193,7 @@ target_addr() {
         nginx) echo "$NGINX" ;;
         haproxy) echo "$HAPROXY" ;;
         ours) echo "$OURS" ;;
+        pingora) echo "$BARE" ;;
         *) echo "load.sh: unknown target $1" >&2; exit 1 ;;
     esac
 }
@@ -184,6 +203,7 @@ target_pid() {
         nginx) echo "$NGINX_PID" ;;
         haproxy) echo "$HAPROXY_PID" ;;
         ours) echo "$OURS_PID" ;;
+        pingora) echo "$BARE_PID" ;;
         *) echo "" ;;
     esac
 }
