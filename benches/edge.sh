@@ -144,7 +144,7 @@ cat "$CERT" "$CERT_KEY" >"$WORK/tls/haproxy.pem"
 # --- backend: nginx (HTTP, and the TLS probe) and iperf3 ----------------------------------------
 nginx_conf "$WORK/backend" "server {
         listen $BACKEND;
-        location / { default_type text/plain; return 200 \"ok\n\"; }
+        $NGINX_OK
     }
     server {
         listen $PROBE ssl;
@@ -152,7 +152,7 @@ nginx_conf "$WORK/backend" "server {
         ssl_certificate_key $CERT_KEY;
         ssl_protocols TLSv1.2 TLSv1.3;
         access_log $WORK/backend/probe.log probe;
-        location / { default_type text/plain; return 200 \"ok\n\"; }
+        $NGINX_OK
     }" "log_format probe '\$ssl_session_reused \$ssl_protocol \$ssl_server_name \$connection_requests';"
 (pin "$CLIENT_CPU" nginx -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf") &
 BACKEND_PID=$!
@@ -178,23 +178,8 @@ nginx_conf "$WORK/nginx" "server {
         ssl_certificate $CERT;
         ssl_certificate_key $CERT_KEY;
         ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Port \$server_port;
-            proxy_set_header X-Request-Start \"t=\${msec}\";
-            proxy_set_header X-Request-Id \$request_id;
-        }
-    }" "upstream backend {
-        server $BACKEND;
-        keepalive 1024;
-        keepalive_requests 1000000;
-        keepalive_timeout 60s;
-    }" "$stream_conf"
+        $(nginx_proxy_location)
+    }" "$(nginx_upstream "$BACKEND")" "$stream_conf"
 (pin "$PROXY_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf") &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
@@ -216,11 +201,7 @@ frontend fe_tls
     bind $HAPROXY_TLS ssl crt $WORK/tls/haproxy.pem alpn h2,http/1.1 prefer-client-ciphers
     timeout http-keep-alive 60s
     option http-keep-alive
-    option forwardfor
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Request-Start t=%[date(0,ms)]
-    http-request set-header X-Request-Id %[uuid()]
+$(haproxy_forwarding https)
     default_backend be_http
 
 backend be_http
@@ -245,9 +226,7 @@ PIDS+=("$HAPROXY_PID")
 start_etcd "$ETCD" "$ETCD_PEER"
 export ETCDCTL_API=3
 put() { etcdctl --endpoints "http://$ETCD" put "$1" "$2" >/dev/null; }
-put /flynn/routes/http-bench \
-    "{\"id\":\"http-bench\",\"type\":\"http\",\"domain\":\"$SNI\",\"path\":\"/\",\"service\":\"bench-web\"}"
-put /flynn/services/bench-web/i1 "{\"id\":\"i1\",\"addr\":\"$BACKEND\"}"
+put_http_route "$ETCD" "$SNI" "$BACKEND"
 put /flynn/routes/tcp-bench \
     "{\"id\":\"tcp-bench\",\"type\":\"tcp\",\"port\":$OURS_TCP_PORT,\"service\":\"bench-tcp\"}"
 put /flynn/services/bench-tcp/i1 "{\"id\":\"i1\",\"addr\":\"$IPERF\"}"

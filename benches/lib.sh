@@ -127,6 +127,57 @@ http {
 EOF
 }
 
+# The backend's answer: 200 "ok\n", from nginx itself (no upstream, no file I/O).
+NGINX_OK='location / { default_type text/plain; return 200 "ok\n"; }'
+
+# nginx's reverse-proxy location, adding the request headers flynn-router adds, and the upstream
+# block for BACKEND with idle connections kept as ours keeps them.
+nginx_proxy_location() {
+    cat <<'EOF'
+location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Request-Start "t=${msec}";
+            proxy_set_header X-Request-Id $request_id;
+        }
+EOF
+}
+
+nginx_upstream() { # nginx_upstream BACKEND
+    cat <<EOF
+upstream backend {
+        server $1;
+        keepalive 1024;
+        keepalive_requests 1000000;
+        keepalive_timeout 60s;
+    }
+EOF
+}
+
+# HAProxy's frontend lines adding the same headers (`option forwardfor` adds X-Forwarded-For).
+haproxy_forwarding() { # haproxy_forwarding PROTO
+    cat <<EOF
+    option forwardfor
+    http-request set-header X-Forwarded-Proto $1
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Request-Start t=%[date(0,ms)]
+    http-request set-header X-Request-Id %[uuid()]
+EOF
+}
+
+# The route the HTTP benches use (Host HOST → service bench-web) and its one instance, in etcd.
+put_http_route() { # put_http_route ETCD HOST BACKEND
+    ETCDCTL_API=3 etcdctl --endpoints "http://$1" put /flynn/routes/http-bench \
+        "{\"id\":\"http-bench\",\"type\":\"http\",\"domain\":\"$2\",\"path\":\"/\",\"service\":\"bench-web\"}" >/dev/null
+    ETCDCTL_API=3 etcdctl --endpoints "http://$1" put /flynn/services/bench-web/i1 \
+        "{\"id\":\"i1\",\"addr\":\"$3\"}" >/dev/null
+}
+
 # etcd on ADDR, data in WORK, pinned with the load side (it is idle while measuring).
 start_etcd() { # start_etcd ADDR PEER-ADDR
     (pin "$CLIENT_CPU" etcd --name bench --data-dir "$WORK/etcd" \

@@ -88,7 +88,7 @@ ETCD_PEER=127.0.0.6:$(free_port)
 # --- backend ---------------------------------------------------------------------------------
 nginx_conf "$WORK/backend" "server {
         listen $BACKEND;
-        location / { default_type text/plain; return 200 \"ok\n\"; }
+        $NGINX_OK
     }"
 (pin "$CLIENT_CPU" nginx -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf") &
 BACKEND_PID=$!
@@ -98,23 +98,8 @@ PIDS+=("$BACKEND_PID")
 nginx_conf "$WORK/nginx" "server {
         listen $NGINX;
         server_name $HOST_HEADER;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header Host \$http_host;
-            proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto \$scheme;
-            proxy_set_header X-Forwarded-Port \$server_port;
-            proxy_set_header X-Request-Start \"t=\${msec}\";
-            proxy_set_header X-Request-Id \$request_id;
-        }
-    }" "upstream backend {
-        server $BACKEND;
-        keepalive 1024;
-        keepalive_requests 1000000;
-        keepalive_timeout 60s;
-    }"
+        $(nginx_proxy_location)
+    }" "$(nginx_upstream "$BACKEND")"
 (pin "$PROXY_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf") &
 NGINX_PID=$!
 PIDS+=("$NGINX_PID")
@@ -133,15 +118,11 @@ defaults
     timeout server 60s
     timeout http-keep-alive 60s
     option http-keep-alive
-    option forwardfor
     http-reuse always
 
 frontend fe
     bind $HAPROXY
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Request-Start t=%[date(0,ms)]
-    http-request set-header X-Request-Id %[uuid()]
+$(haproxy_forwarding http)
     default_backend be
 
 backend be
@@ -154,11 +135,7 @@ PIDS+=("$HAPROXY_PID")
 # --- etcd and our router ---------------------------------------------------------------------
 # etcd is idle while wrk runs; it sits with the load side, away from the proxies.
 start_etcd "$ETCD" "$ETCD_PEER"
-export ETCDCTL_API=3
-etcdctl --endpoints "http://$ETCD" put /flynn/routes/http-bench \
-    "{\"id\":\"http-bench\",\"type\":\"http\",\"domain\":\"$HOST_HEADER\",\"path\":\"/\",\"service\":\"bench-web\"}" >/dev/null
-etcdctl --endpoints "http://$ETCD" put /flynn/services/bench-web/i1 \
-    "{\"id\":\"i1\",\"addr\":\"$BACKEND\"}" >/dev/null
+put_http_route "$ETCD" "$HOST_HEADER" "$BACKEND"
 
 # Listeners other than plain HTTP go to our own address too (by env, which older binaries ignore).
 (
