@@ -154,14 +154,12 @@ nginx_conf "$WORK/backend" "server {
         access_log $WORK/backend/probe.log probe;
         $NGINX_OK
     }" "log_format probe '\$ssl_session_reused \$ssl_protocol \$ssl_server_name \$connection_requests';"
-(pin "$CLIENT_CPU" nginx -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf") &
-BACKEND_PID=$!
-PIDS+=("$BACKEND_PID")
+start_nginx "$CLIENT_CPU" "$WORK/backend"
+BACKEND_PID=$STARTED
 
 if [[ " $BENCHES " == *" tcp "* ]]; then
-    (pin "$CLIENT_CPU" iperf3 -s -B 127.0.0.2 -p "$IPERF_PORT" >"$WORK/iperf3.log" 2>&1) &
-    IPERF_PID=$!
-    PIDS+=("$IPERF_PID")
+    start_pinned "$CLIENT_CPU" "$WORK/iperf3.log" iperf3 -s -B 127.0.0.2 -p "$IPERF_PORT"
+    IPERF_PID=$STARTED
 fi
 
 # --- nginx: HTTPS + HTTP/2 reverse proxy, and stream (TCP) --------------------------------------
@@ -180,21 +178,13 @@ nginx_conf "$WORK/nginx" "server {
         ssl_protocols TLSv1.2 TLSv1.3;
         $(nginx_proxy_location)
     }" "$(nginx_upstream "$BACKEND")" "$stream_conf"
-(pin "$PROXY_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf") &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+start_nginx "$PROXY_CPU" "$WORK/nginx"
+NGINX_PID=$STARTED
 
 # --- HAProxy -----------------------------------------------------------------------------------
 mkdir -p "$WORK/haproxy"
 cat >"$WORK/haproxy/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
+$(haproxy_head)
 
 frontend fe_tls
     mode http
@@ -218,9 +208,8 @@ backend be_tcp
     mode tcp
     server s1 $IPERF
 EOF
-(pin "$PROXY_CPU" haproxy -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/log" 2>&1) &
-HAPROXY_PID=$!
-PIDS+=("$HAPROXY_PID")
+start_pinned "$PROXY_CPU" "$WORK/haproxy/log" haproxy -db -f "$WORK/haproxy/haproxy.cfg"
+HAPROXY_PID=$STARTED
 
 # --- etcd and our router ---------------------------------------------------------------------
 start_etcd "$ETCD" "$ETCD_PEER"

@@ -127,6 +127,35 @@ http {
 EOF
 }
 
+# Starts a command pinned to CPU in the background, its output in LOG; sets STARTED to its pid
+# (also in PIDS, killed on exit).
+start_pinned() { # start_pinned CPU LOG CMD...
+    local cpu=$1 log=$2
+    shift 2
+    (pin "$cpu" "$@" >"$log" 2>&1) &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+# nginx with DIR/nginx.conf (written by nginx_conf), pinned to CPU.
+start_nginx() { # start_nginx CPU DIR
+    start_pinned "$1" "$2/stdout.log" nginx -p "$2" -e "$2/error.log" -c "$2/nginx.conf"
+}
+
+# HAProxy's `global` and the timeouts every frontend and backend share.
+haproxy_head() {
+    cat <<EOF
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+EOF
+}
+
 # The backend's answer: 200 "ok\n", from nginx itself (no upstream, no file I/O).
 NGINX_OK='location / { default_type text/plain; return 200 "ok\n"; }'
 

@@ -90,9 +90,8 @@ nginx_conf "$WORK/backend" "server {
         listen $BACKEND;
         $NGINX_OK
     }"
-(pin "$CLIENT_CPU" nginx -p "$WORK/backend" -e "$WORK/backend/error.log" -c "$WORK/backend/nginx.conf") &
-BACKEND_PID=$!
-PIDS+=("$BACKEND_PID")
+start_nginx "$CLIENT_CPU" "$WORK/backend"
+BACKEND_PID=$STARTED
 
 # --- nginx as a reverse proxy ----------------------------------------------------------------
 nginx_conf "$WORK/nginx" "server {
@@ -100,22 +99,14 @@ nginx_conf "$WORK/nginx" "server {
         server_name $HOST_HEADER;
         $(nginx_proxy_location)
     }" "$(nginx_upstream "$BACKEND")"
-(pin "$PROXY_CPU" nginx -p "$WORK/nginx" -e "$WORK/nginx/error.log" -c "$WORK/nginx/nginx.conf") &
-NGINX_PID=$!
-PIDS+=("$NGINX_PID")
+start_nginx "$PROXY_CPU" "$WORK/nginx"
+NGINX_PID=$STARTED
 
 # --- HAProxy -----------------------------------------------------------------------------------
 mkdir -p "$WORK/haproxy"
 cat >"$WORK/haproxy/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
+$(haproxy_head)
     mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
     timeout http-keep-alive 60s
     option http-keep-alive
     http-reuse always
@@ -128,9 +119,8 @@ $(haproxy_forwarding http)
 backend be
     server s1 $BACKEND
 EOF
-(pin "$PROXY_CPU" haproxy -db -f "$WORK/haproxy/haproxy.cfg" >"$WORK/haproxy/log" 2>&1) &
-HAPROXY_PID=$!
-PIDS+=("$HAPROXY_PID")
+start_pinned "$PROXY_CPU" "$WORK/haproxy/log" haproxy -db -f "$WORK/haproxy/haproxy.cfg"
+HAPROXY_PID=$STARTED
 
 # --- etcd and our router ---------------------------------------------------------------------
 # etcd is idle while wrk runs; it sits with the load side, away from the proxies.
@@ -148,9 +138,8 @@ PIDS+=("$OURS_PID")
 
 BARE_PID=
 if [[ -n ${BARE_BIN:-} ]]; then
-    (pin "$PROXY_CPU" "$BARE_BIN" "$BARE" "$BACKEND" >"$WORK/bare.log" 2>&1) &
-    BARE_PID=$!
-    PIDS+=("$BARE_PID")
+    start_pinned "$PROXY_CPU" "$WORK/bare.log" "$BARE_BIN" "$BARE" "$BACKEND"
+    BARE_PID=$STARTED
     wait_200 "http://$BARE/" "$HOST_HEADER"
 fi
 
