@@ -68,9 +68,9 @@ pub struct RouterConfig {
 pub fn build(config: RouterConfig) -> Server {
     let conf = ServerConf {
         threads: config.threads,
-        // One single-threaded runtime per thread: a connection stays on the thread that
-        // accepted it, with no cross-thread wake-ups or task stealing on the request path.
-        work_stealing: false,
+        // Work stealing stays on (pingora's default): with one single-threaded runtime per
+        // thread instead, a pooled backend connection taken by another thread is often not
+        // reused (tests/upstream.rs), for ~3 % req/s at one thread (benches/README.md).
         // Idle backend connections kept for reuse, across all backends (pingora's default is
         // 128): an edge router in front of many apps, or HTTP/2 clients with many streams in
         // flight, needs more, or it opens a new backend connection for most requests.

@@ -213,3 +213,21 @@ async fn hop_by_hop_response_headers_are_stripped() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_http_1_0_backend_is_answered_as_http_1_1_on_a_kept_alive_connection() {
+    let h = Harness::start(&[]).await;
+    let addr = raw_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
+    h.instance("web", "old", addr).await;
+    h.route("http-1", "old.test", "/", "web").await;
+    h.wait_status("old.test", "/", 200).await;
+
+    // A proxy answers with its own version (RFC 9110 §6.2), and the client's connection
+    // stays open for the next request whatever the backend spoke.
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    for _ in 0..3 {
+        let response = conn.get("/", "old.test", &[]).await.expect("response");
+        assert_eq!((response.minor_version, response.status), (1, 200));
+        assert_eq!(response.text(), "ok\n");
+    }
+}

@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 /// A parsed response.
 #[derive(Clone, Debug)]
 pub struct Response {
+    /// The minor version of the status line: 1 for `HTTP/1.1`, 0 for `HTTP/1.0`.
+    pub minor_version: u8,
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -99,7 +101,7 @@ impl Conn {
 
     /// Reads one response (`head_only`: the request was a HEAD, so there is no body).
     pub async fn read_response(&mut self, head_only: bool) -> anyhow::Result<Response> {
-        let (status, headers, used) = loop {
+        let (minor_version, status, headers, used) = loop {
             let mut parsed = [httparse::EMPTY_HEADER; 64];
             let mut resp = httparse::Response::new(&mut parsed);
             if let httparse::Status::Complete(used) = resp.parse(&self.buf)? {
@@ -114,7 +116,7 @@ impl Conn {
                         )
                     })
                     .collect::<Vec<_>>();
-                break (status, headers, used);
+                break (resp.version.unwrap_or(0), status, headers, used);
             }
             if self.fill().await? == 0 {
                 bail!("connection closed before a complete response head");
@@ -122,6 +124,7 @@ impl Conn {
         };
         self.buf.drain(..used);
         let mut response = Response {
+            minor_version,
             status,
             headers,
             body: Vec::new(),

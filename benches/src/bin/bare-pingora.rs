@@ -42,7 +42,6 @@ fn main() -> anyhow::Result<()> {
     };
     let conf = ServerConf {
         threads: 1,
-        work_stealing: false,
         upstream_keepalive_pool_size: 1024,
         upgrade_sock: format!("/tmp/bare-pingora-{}.sock", std::process::id()),
         ..ServerConf::default()

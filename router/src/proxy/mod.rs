@@ -244,6 +244,11 @@ impl ProxyHttp for Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         headers::strip_response_hop_by_hop(upstream_response);
+        // A proxy answers with its own HTTP version (RFC 9110 §6.2): an HTTP/1.0 backend's
+        // response goes out as HTTP/1.1, so the client's connection stays reusable.
+        if upstream_response.version < http::Version::HTTP_11 {
+            upstream_response.set_version(http::Version::HTTP_11);
+        }
         if let Some(sealed) = ctx.set_cookie.take() {
             let cookie = sticky::set_cookie(&sealed, is_tls(session));
             upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
