@@ -92,6 +92,11 @@ pub struct RouterArgs {
     #[arg(long, env = "FLYNN_NO_DEFAULT_CERT", conflicts_with = "default_cert")]
     pub no_default_cert: bool,
 
+    /// CA certificates (PEM) that backends' certificates must be signed by, for routes with
+    /// `backend_protocol: h2` (HTTP/2 over TLS). Default: the system's trusted roots.
+    #[arg(long, env = "FLYNN_BACKEND_CA")]
+    pub backend_ca: Option<PathBuf>,
+
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain HTTP listeners.
     #[arg(long, env = "FLYNN_H2C")]
     pub h2c: bool,
@@ -222,6 +227,10 @@ impl RouterArgs {
                 Some(certified)
             }
         };
+        if let Some(ca) = &self.backend_ca {
+            tls::check_ca_bundle(ca)
+                .map_err(|e| anyhow::anyhow!("--backend-ca {}: {e}", ca.display()))?;
+        }
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -232,6 +241,7 @@ impl RouterArgs {
             https_addrs,
             default_cert,
             h2c: self.h2c,
+            backend_ca: self.backend_ca,
             proxy_protocol_from: self.proxy_protocol_from,
             cookie_key: self.cookie_key,
             admin_addr: self.admin_addr,

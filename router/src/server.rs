@@ -48,6 +48,8 @@ pub struct RouterConfig {
     pub default_cert: Option<Arc<CertifiedKey>>,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
     pub h2c: bool,
+    /// CA bundle for backends' certificates (`backend_protocol: h2`); None: the system's roots.
+    pub backend_ca: Option<std::path::PathBuf>,
     /// Connections from these networks must start with a PROXY header (v1 or v2).
     pub proxy_protocol_from: Vec<IpNet>,
     /// The key sealing sticky cookies; None: the one shared through the store.
@@ -75,6 +77,10 @@ pub fn build(config: RouterConfig) -> Server {
         // 128): an edge router in front of many apps, or HTTP/2 clients with many streams in
         // flight, needs more, or it opens a new backend connection for most requests.
         upstream_keepalive_pool_size: 1024,
+        ca_file: config
+            .backend_ca
+            .as_ref()
+            .map(|p| p.to_string_lossy().into_owned()),
         // The `Drain` service ends the process as soon as nothing is in flight; pingora's
         // grace period is only the upper bound.
         grace_period_seconds: Some(config.drain_timeout.as_secs() + 1),

@@ -409,3 +409,64 @@ async fn h2c_backends_get_http_2_whatever_the_client_speaks() {
         "HTTP/1.1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_backends_over_tls_are_verified_against_the_backend_ca() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The trusted backend's certificate is the CA the router is given.
+    let (trusted_tls, trusted_pem) = flynn_testkit::backend::tls_h2_config(&["grpcs.test"]);
+    let ca = dir.path().join("backend-ca.pem");
+    std::fs::write(&ca, &trusted_pem).expect("write CA");
+    let h = Harness::start(&["--backend-ca", ca.to_str().expect("utf-8 path")]).await;
+
+    let tls_backend = |tls| Options {
+        tls: Some(tls),
+        ..Options::default()
+    };
+    let trusted = Backend::start_with("trusted", tls_backend(trusted_tls)).await;
+    // Signed by nobody the router trusts, though valid for the name.
+    let (other_tls, _) = flynn_testkit::backend::tls_h2_config(&["untrusted.test"]);
+    let untrusted = Backend::start_with("untrusted", tls_backend(other_tls)).await;
+    h.instance("grpcs", "i1", trusted.addr).await;
+    h.instance("untrusted", "i1", untrusted.addr).await;
+    let h2 = json!({"backend_protocol": "h2"});
+    h.route_with("http-1", "grpcs.test", "/", "grpcs", h2.clone())
+        .await;
+    h.route_with("http-2", "untrusted.test", "/", "untrusted", h2.clone())
+        .await;
+    // The trusted backend reached under a name its certificate is not for.
+    h.route_with("http-3", "wrong-name.test", "/", "grpcs", h2)
+        .await;
+    h.wait_status("grpcs.test", "/", 200).await;
+
+    for _ in 0..5 {
+        let response = h.get("/svc.Echo/Say?x=1", "grpcs.test:8443").await;
+        let json = common::echoed(&response);
+        assert_eq!(json["version"], "HTTP/2.0");
+        assert_eq!(json["backend"], "trusted");
+    }
+    assert_eq!(trusted.connections(), 1, "one TLS h2 connection, reused");
+
+    // An unverifiable backend is never talked to: the handshake fails, the client gets a 502.
+    assert_eq!(h.get("/", "untrusted.test").await.status, 502);
+    assert_eq!(h.get("/", "wrong-name.test").await.status, 502);
+    assert_eq!(untrusted.requests(), 0);
+}
+
+#[tokio::test]
+async fn a_backend_ca_without_certificates_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate\n").expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flynn-router"))
+        .args(["--store", "etcd://127.0.0.1:1", "--backend-ca"])
+        .arg(&empty)
+        .output()
+        .expect("run flynn-router");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--backend-ca") && stderr.contains("no certificate"),
+        "{stderr}"
+    );
+}

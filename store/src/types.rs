@@ -72,6 +72,9 @@ pub enum BackendProtocol {
     Http1,
     /// HTTP/2 with prior knowledge, in clear text (gRPC servers inside the platform).
     H2c,
+    /// HTTP/2 over TLS (ALPN h2): the backend's certificate must be valid for the request's
+    /// host name and signed by a CA the router trusts (`--backend-ca`, else the system's).
+    H2,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

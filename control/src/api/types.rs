@@ -195,7 +195,7 @@ pub struct NewRoute {
     pub certificate_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<ProxyProtocol>,
-    /// HTTP routes: the protocol to the backends (http1 by default, h2c for gRPC).
+    /// HTTP routes: the protocol to the backends (http1 by default; h2c or h2 (TLS) for gRPC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend_protocol: Option<BackendProtocol>,
 }

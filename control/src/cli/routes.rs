@@ -68,7 +68,8 @@ struct AddHttp {
     /// Close backend connections after each request
     #[arg(long = "disable-keep-alives")]
     disable_keep_alives: bool,
-    /// Protocol to the backends: http1 (default) or h2c (HTTP/2 in clear text, e.g. gRPC)
+    /// Protocol to the backends: http1 (default), h2c (HTTP/2 in clear text, e.g. gRPC) or h2
+    /// (HTTP/2 over TLS, the backend's certificate checked against the router's --backend-ca)
     #[arg(long = "backend-protocol", value_parser = parse_backend_protocol)]
     backend_protocol: Option<BackendProtocol>,
     /// example.com, *.example.com or example.com/path
@@ -138,7 +139,7 @@ struct UpdateArgs {
     /// v1, v2, or none (TCP routes)
     #[arg(long = "proxy-protocol", value_enum)]
     proxy_protocol: Option<Proxy>,
-    /// Protocol to the backends: http1 or h2c (HTTP routes)
+    /// Protocol to the backends: http1, h2c or h2 (HTTP routes)
     #[arg(long = "backend-protocol", value_parser = parse_backend_protocol)]
     backend_protocol: Option<BackendProtocol>,
 }

@@ -321,6 +321,14 @@ async fn update_changes_what_may_change() {
     let (status, same) = api.put(&path, updated.clone()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(same, updated);
+    // HTTP/2 over TLS to the backends; an unknown protocol is refused.
+    let (status, h2) = api.put(&path, json!({"backend_protocol": "h2"})).await;
+    assert_eq!(
+        (status, &h2["backend_protocol"]),
+        (StatusCode::OK, &json!("h2"))
+    );
+    let (status, _) = api.put(&path, json!({"backend_protocol": "h3"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
     // Immutable fields.
     for body in [
         json!({"domain": "other.example.com"}),

@@ -27,6 +27,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use crate::backend::{InFlight, Service, Tried, MAX_ATTEMPTS};
 use crate::drain;
 use crate::metrics::Metrics;
+use crate::table::host::HostBuf;
 use crate::table::{RouteEntry, Table};
 use headers::Origin;
 use responses::Canned;
@@ -136,7 +137,7 @@ impl ProxyHttp for Proxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let (Some(route), Some(service)) = (&ctx.route, &ctx.service) else {
@@ -158,10 +159,22 @@ impl ProxyHttp for Proxy {
                 _ => self.sticky.seal(&backend.id),
             };
         }
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        if route.backend_protocol == BackendProtocol::H2c {
-            peer.options.set_http_version(2, 2);
-        }
+        let mut peer = match route.backend_protocol {
+            BackendProtocol::Http1 => HttpPeer::new(backend.addr, false, String::new()),
+            BackendProtocol::H2c => {
+                let mut peer = HttpPeer::new(backend.addr, false, String::new());
+                peer.options.set_http_version(2, 2);
+                peer
+            }
+            BackendProtocol::H2 => {
+                // TLS to the backend, named (SNI) and verified as the host the client asked for.
+                let host = HostBuf::new(request_host(session.req_header()));
+                let name = host.as_ref().map_or("", |h| h.as_str());
+                let mut peer = HttpPeer::new(backend.addr, true, name.to_owned());
+                peer.options.set_http_version(2, 2);
+                peer
+            }
+        };
         peer.options.connection_timeout = Some(self.timeouts.connect);
         peer.options.read_timeout = Some(self.timeouts.read);
         peer.options.idle_timeout = Some(self.timeouts.idle);

@@ -55,6 +55,23 @@ pub fn load_default(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertEr
     Ok(Arc::new(parse(&read(cert)?, &read(key)?)?))
 }
 
+/// Checks a CA bundle file (PEM, one or more certificates) for trusting backends' certificates.
+pub fn check_ca_bundle(path: &Path) -> Result<usize, CertError> {
+    let pem = std::fs::read(path).map_err(|error| CertError::Read {
+        path: path.display().to_string(),
+        error,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CertError::BadCertificate(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(CertError::NoCertificate);
+    }
+    Ok(added)
+}
+
 /// A fresh self-signed certificate for `localhost` and `*.localhost`, with its PEM parts.
 pub fn self_signed() -> Result<(Arc<CertifiedKey>, String, String), CertError> {
     let names = vec!["localhost".to_owned(), "*.localhost".to_owned()];

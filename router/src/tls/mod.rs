@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
-pub use certs::{load_default, parse, self_signed, CertError};
+pub use certs::{check_ca_bundle, load_default, parse, self_signed, CertError};
 
 use crate::metrics::Metrics;
 use crate::table::Table;
