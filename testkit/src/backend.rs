@@ -118,24 +118,15 @@ async fn serve(listener: TcpListener, name: String, options: Options, stats: Arc
                     answer(name, req).await
                 }
             });
+            let h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Some(config) = tls {
-                let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await
-                else {
-                    return;
-                };
-                let builder =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                if let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+                    let _ = h2.serve_connection(TokioIo::new(stream), service).await;
+                }
                 return;
             }
             if h2c {
-                let builder =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
-                let _ = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let _ = h2.serve_connection(TokioIo::new(stream), service).await;
                 return;
             }
             let mut builder = hyper::server::conn::http1::Builder::new();
