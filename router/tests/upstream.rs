@@ -450,6 +450,21 @@ async fn h2_backends_over_tls_are_verified_against_the_backend_ca() {
     // An unverifiable backend is never talked to: the handshake fails, the client gets a 502.
     assert_eq!(h.get("/", "untrusted.test").await.status, 502);
     assert_eq!(h.get("/", "wrong-name.test").await.status, 502);
+    // Nor without a host name to verify for (a catch-all route, a request with no Host).
+    h.route_with(
+        "http-4",
+        "*",
+        "/",
+        "untrusted",
+        json!({"backend_protocol": "h2"}),
+    )
+    .await;
+    h.wait_status("anything.test", "/", 502).await;
+    let response =
+        flynn_testkit::client::send(&h.router.http.to_string(), b"GET / HTTP/1.0\r\n\r\n")
+            .await
+            .expect("response");
+    assert_eq!(response.status, 502);
     assert_eq!(untrusted.requests(), 0);
 }
 

@@ -168,9 +168,16 @@ impl ProxyHttp for Proxy {
             }
             BackendProtocol::H2 => {
                 // TLS to the backend, named (SNI) and verified as the host the client asked for.
-                let host = HostBuf::new(request_host(session.req_header()));
-                let name = host.as_ref().map_or("", |h| h.as_str());
-                let mut peer = HttpPeer::new(backend.addr, true, name.to_owned());
+                // No name, no connection: pingora skips verification for an empty one.
+                let host = HostBuf::new(request_host(session.req_header()))
+                    .filter(|h| !h.as_str().is_empty())
+                    .ok_or_else(|| {
+                        Error::explain(
+                            ErrorType::HTTPStatus(502),
+                            "no host name to verify the backend's certificate for",
+                        )
+                    })?;
+                let mut peer = HttpPeer::new(backend.addr, true, host.as_str().to_owned());
                 peer.options.set_http_version(2, 2);
                 peer
             }
