@@ -70,13 +70,15 @@ pub struct RouterConfig {
 pub fn build(config: RouterConfig) -> Server {
     let conf = ServerConf {
         threads: config.threads,
-        // Work stealing stays on (pingora's default): with one single-threaded runtime per
-        // thread instead, a pooled backend connection taken by another thread is often not
-        // reused (tests/upstream.rs), for ~3 % req/s at one thread (benches/README.md).
+        // With `false` (a single-threaded runtime per thread) a pooled backend connection
+        // taken by another thread was often not reused (tests/upstream.rs), and one thread
+        // measured no faster (benches/README.md).
+        work_stealing: true,
         // Idle backend connections kept for reuse, across all backends (pingora's default is
         // 128): an edge router in front of many apps, or HTTP/2 clients with many streams in
         // flight, needs more, or it opens a new backend connection for most requests.
         upstream_keepalive_pool_size: 1024,
+        // Trust for `h2` backends' certificates; None: the system's roots.
         ca_file: config
             .backend_ca
             .as_ref()

@@ -14,11 +14,13 @@ use http::header::{HeaderName, CONNECTION};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
-pub const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+// Names as sent upstream; lookups by them ignore case. Static strings: pingora keeps each
+// header name's case, and a `&'static str` is the one name it takes without a copy.
+const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+const X_FORWARDED_PORT: &str = "X-Forwarded-Port";
+const X_REQUEST_START: &str = "X-Request-Start";
+const X_REQUEST_ID: &str = "X-Request-Id";
 
 /// Hop-by-hop response headers (RFC 9110 §7.6.1) that never cross the router.
 /// `Transfer-Encoding` is left to pingora, which re-frames the body itself.
@@ -38,49 +40,38 @@ pub struct Origin {
     pub port: Option<u16>,
 }
 
-/// Adds the forwarding headers to a request about to go upstream.
-///
-/// Names are given as static title-case strings and values built on the stack where possible:
-/// this runs on every request.
+/// Adds the forwarding headers to a request about to go upstream (values built on the stack:
+/// this runs on every request).
 pub fn add_forwarding(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
     if let Some(ip) = origin.client_ip {
+        // An IPv6 address is at most 45 characters: it always fits.
         let mut buf = [0u8; 64];
-        let len = {
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            // An IPv6 address is at most 45 characters: it always fits.
-            let _ = write!(cursor, "{ip}");
-            cursor.position() as usize
-        };
-        append(req, "X-Forwarded-For", &X_FORWARDED_FOR, &buf[..len])?;
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cursor, "{ip}");
+        let len = cursor.position() as usize;
+        append(req, X_FORWARDED_FOR, &buf[..len])?;
     }
-    append(
-        req,
-        "X-Forwarded-Proto",
-        &X_FORWARDED_PROTO,
-        origin.proto.as_bytes(),
-    )?;
+    append(req, X_FORWARDED_PROTO, origin.proto.as_bytes())?;
     if let Some(port) = origin.port {
-        let mut port_buf = itoa::Buffer::new();
         append(
             req,
-            "X-Forwarded-Port",
-            &X_FORWARDED_PORT,
-            port_buf.format(port).as_bytes(),
+            X_FORWARDED_PORT,
+            itoa::Buffer::new().format(port).as_bytes(),
         )?;
     }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
-    req.insert_header("X-Request-Start", itoa::Buffer::new().format(now_ms))?;
+    req.insert_header(X_REQUEST_START, itoa::Buffer::new().format(now_ms))?;
     let keep = req
         .headers
-        .get(&X_REQUEST_ID)
+        .get(X_REQUEST_ID)
         .is_some_and(|v| valid_request_id(v.as_bytes()));
     if !keep {
         let mut buf = uuid::Uuid::encode_buffer();
         let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        req.insert_header("X-Request-Id", &*id)?;
+        req.insert_header(X_REQUEST_ID, &*id)?;
     }
     Ok(())
 }
@@ -93,16 +84,10 @@ pub fn valid_request_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-'))
 }
 
-/// Appends `value` to the comma-separated list in a header (joining repeated header lines).
-/// `wire` is the name as sent, `name` the same name for lookups.
-fn append(
-    req: &mut RequestHeader,
-    wire: &'static str,
-    name: &HeaderName,
-    value: &[u8],
-) -> Result<()> {
+/// Appends `value` to the comma-separated list in header `name` (joining repeated lines).
+fn append(req: &mut RequestHeader, name: &'static str, value: &[u8]) -> Result<()> {
     if !req.headers.contains_key(name) {
-        return req.insert_header(wire, value);
+        return req.insert_header(name, value);
     }
     let mut joined = Vec::with_capacity(64);
     for existing in req.headers.get_all(name) {
@@ -110,7 +95,7 @@ fn append(
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(value);
-    req.insert_header(wire, joined)
+    req.insert_header(name, joined)
 }
 
 /// Strips hop-by-hop headers from a backend's response, unless it switches protocols.

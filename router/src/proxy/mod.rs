@@ -159,29 +159,19 @@ impl ProxyHttp for Proxy {
                 _ => self.sticky.seal(&backend.id),
             };
         }
-        let mut peer = match route.backend_protocol {
-            BackendProtocol::Http1 => HttpPeer::new(backend.addr, false, String::new()),
-            BackendProtocol::H2c => {
-                let mut peer = HttpPeer::new(backend.addr, false, String::new());
-                peer.options.set_http_version(2, 2);
-                peer
-            }
-            BackendProtocol::H2 => {
-                // TLS to the backend, named (SNI) and verified as the host the client asked for.
-                // No name, no connection: pingora skips verification for an empty one.
-                let host = HostBuf::new(request_host(session.req_header()))
-                    .filter(|h| !h.as_str().is_empty())
-                    .ok_or_else(|| {
-                        Error::explain(
-                            ErrorType::HTTPStatus(502),
-                            "no host name to verify the backend's certificate for",
-                        )
-                    })?;
-                let mut peer = HttpPeer::new(backend.addr, true, host.as_str().to_owned());
-                peer.options.set_http_version(2, 2);
-                peer
-            }
+        // `h2`: TLS to the backend, named (SNI) and verified as the host the client asked for.
+        let tls_name = match route.backend_protocol {
+            BackendProtocol::H2 => Some(backend_tls_name(session.req_header())?),
+            BackendProtocol::Http1 | BackendProtocol::H2c => None,
         };
+        let mut peer = HttpPeer::new(
+            backend.addr,
+            tls_name.is_some(),
+            tls_name.unwrap_or_default(),
+        );
+        if route.backend_protocol != BackendProtocol::Http1 {
+            peer.options.set_http_version(2, 2);
+        }
         peer.options.connection_timeout = Some(self.timeouts.connect);
         peer.options.read_timeout = Some(self.timeouts.read);
         peer.options.idle_timeout = Some(self.timeouts.idle);
@@ -351,6 +341,20 @@ fn request_host(req: &RequestHeader) -> &[u8] {
         .authority()
         .map(|a| a.as_str().as_bytes())
         .unwrap_or(b"")
+}
+
+/// The name a TLS backend's certificate is verified for: the request's host, without a port.
+/// Never empty: pingora turns certificate verification off for an empty name.
+fn backend_tls_name(req: &RequestHeader) -> Result<String> {
+    HostBuf::new(request_host(req))
+        .map(|h| h.as_str().to_owned())
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| {
+            Error::explain(
+                ErrorType::HTTPStatus(502),
+                "no host name to verify the backend's certificate for",
+            )
+        })
 }
 
 /// The request target's path as the client sent it (absolute-form URIs reduced to their path).

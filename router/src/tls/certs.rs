@@ -56,7 +56,7 @@ pub fn load_default(cert: &Path, key: &Path) -> Result<Arc<CertifiedKey>, CertEr
 }
 
 /// Checks a CA bundle file (PEM, one or more certificates) for trusting backends' certificates.
-pub fn check_ca_bundle(path: &Path) -> Result<usize, CertError> {
+pub fn check_ca_bundle(path: &Path) -> Result<(), CertError> {
     let pem = std::fs::read(path).map_err(|error| CertError::Read {
         path: path.display().to_string(),
         error,
@@ -69,7 +69,7 @@ pub fn check_ca_bundle(path: &Path) -> Result<usize, CertError> {
     if added == 0 {
         return Err(CertError::NoCertificate);
     }
-    Ok(added)
+    Ok(())
 }
 
 /// A fresh self-signed certificate for `localhost` and `*.localhost`, with its PEM parts.
