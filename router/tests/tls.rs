@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -19,16 +20,10 @@ struct TestCert {
 }
 
 fn test_cert(dir: &Path, file: &str, names: &[&str]) -> TestCert {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let generated = rcgen::generate_simple_self_signed(names).expect("generate certificate");
-    let cert = generated.cert.pem();
+    let (cert, key) = flynn_testkit::tls::self_signed(names);
     let file = dir.join(file);
     std::fs::write(&file, &cert).expect("write certificate");
-    TestCert {
-        cert,
-        key: generated.key_pair.serialize_pem(),
-        file,
-    }
+    TestCert { cert, key, file }
 }
 
 /// Runs curl; returns its exit code and stdout. `host` resolves to the router's HTTPS port.
@@ -314,21 +309,24 @@ async fn h2c_with_prior_knowledge_behind_a_flag() {
     assert_eq!(h.get("/", "h2c.test").await.status, 200);
 }
 
-/// Runs h2load; panics unless every request succeeded over HTTP/2.
-fn h2load(args: &[String]) {
+/// Runs h2load: 2000 requests on 4 connections with 25 streams in flight each, to `uri` at
+/// `connect_to`; panics unless every one succeeded over HTTP/2.
+fn h2load(uri: &str, connect_to: SocketAddr) {
     let out = Command::new("h2load")
-        .args(args)
+        .args(["-n2000", "-c4", "-m25"])
+        .arg(format!("--connect-to={connect_to}"))
+        .arg(uri)
         .output()
         .expect("h2load is installed (nghttp2-client)");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "h2load {args:?}:\n{stdout}");
+    assert!(out.status.success(), "h2load {uri}:\n{stdout}");
     assert!(
         stdout.contains("Application protocol: h2"),
         "h2 not negotiated:\n{stdout}"
     );
     assert!(
         stdout.contains("requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed"),
-        "h2load {args:?}:\n{stdout}"
+        "h2load {uri}:\n{stdout}"
     );
     assert!(stdout.contains("status codes: 2000 2xx"), "{stdout}");
 }
@@ -343,25 +341,12 @@ async fn many_concurrent_http2_streams_over_tls_and_h2c() {
     h.route("http-1", "streams.test", "/", "web").await;
     h.wait_status("streams.test", "/", 200).await;
 
-    // 4 connections × 25 streams in flight, over TLS (h2 by ALPN, SNI streams.test) …
-    let common = |uri: String, connect_to: String| {
-        vec![
-            "-n2000".to_owned(),
-            "-c4".to_owned(),
-            "-m25".to_owned(),
-            format!("--connect-to={connect_to}"),
-            uri,
-        ]
-    };
-    h2load(&common(
-        format!("https://streams.test:{}/", h.router.https.port()),
-        h.router.https.to_string(),
-    ));
+    // Over TLS (h2 by ALPN, SNI streams.test) …
+    let https = h.router.https;
+    h2load(&format!("https://streams.test:{}/", https.port()), https);
     // … and in clear text with prior knowledge (h2c).
-    h2load(&common(
-        format!("http://streams.test:{}/", h.router.http.port()),
-        h.router.http.to_string(),
-    ));
+    let http = h.router.http;
+    h2load(&format!("http://streams.test:{}/", http.port()), http);
     // Both instances took a share: the streams were balanced, not pinned to one backend.
     assert!(b1.requests() > 0 && b2.requests() > 0);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use common::{backend_of, Harness};
 use flynn_testkit::backend::{Backend, Options};
 use flynn_testkit::client::{self, Conn};
-use flynn_testkit::free_port;
+use flynn_testkit::{free_port, tls};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpListener;
@@ -414,19 +414,19 @@ async fn h2c_backends_get_http_2_whatever_the_client_speaks() {
 async fn h2_backends_over_tls_are_verified_against_the_backend_ca() {
     let dir = tempfile::tempdir().expect("tempdir");
     // The trusted backend's certificate is the CA the router is given.
-    let (trusted_tls, trusted_pem) = flynn_testkit::backend::tls_h2_config(&["grpcs.test"]);
+    let (trusted_cert, trusted_key) = tls::self_signed(&["grpcs.test"]);
     let ca = dir.path().join("backend-ca.pem");
-    std::fs::write(&ca, &trusted_pem).expect("write CA");
+    std::fs::write(&ca, &trusted_cert).expect("write CA");
     let h = Harness::start(&["--backend-ca", ca.to_str().expect("utf-8 path")]).await;
 
-    let tls_backend = |tls| Options {
-        tls: Some(tls),
+    let tls_backend = |(cert, key): (String, String)| Options {
+        tls: Some(tls::h2_server_config(&cert, &key)),
         ..Options::default()
     };
-    let trusted = Backend::start_with("trusted", tls_backend(trusted_tls)).await;
+    let trusted = Backend::start_with("trusted", tls_backend((trusted_cert, trusted_key))).await;
     // Signed by nobody the router trusts, though valid for the name.
-    let (other_tls, _) = flynn_testkit::backend::tls_h2_config(&["untrusted.test"]);
-    let untrusted = Backend::start_with("untrusted", tls_backend(other_tls)).await;
+    let untrusted_pair = tls::self_signed(&["untrusted.test"]);
+    let untrusted = Backend::start_with("untrusted", tls_backend(untrusted_pair)).await;
     h.instance("grpcs", "i1", trusted.addr).await;
     h.instance("untrusted", "i1", untrusted.addr).await;
     let h2 = json!({"backend_protocol": "h2"});
@@ -435,7 +435,7 @@ async fn h2_backends_over_tls_are_verified_against_the_backend_ca() {
     h.route_with("http-2", "untrusted.test", "/", "untrusted", h2.clone())
         .await;
     // The trusted backend reached under a name its certificate is not for.
-    h.route_with("http-3", "wrong-name.test", "/", "grpcs", h2)
+    h.route_with("http-3", "wrong-name.test", "/", "grpcs", h2.clone())
         .await;
     h.wait_status("grpcs.test", "/", 200).await;
 
@@ -451,19 +451,11 @@ async fn h2_backends_over_tls_are_verified_against_the_backend_ca() {
     assert_eq!(h.get("/", "untrusted.test").await.status, 502);
     assert_eq!(h.get("/", "wrong-name.test").await.status, 502);
     // Nor without a host name to verify for (a catch-all route, a request with no Host).
-    h.route_with(
-        "http-4",
-        "*",
-        "/",
-        "untrusted",
-        json!({"backend_protocol": "h2"}),
-    )
-    .await;
+    h.route_with("http-4", "*", "/", "untrusted", h2).await;
     h.wait_status("anything.test", "/", 502).await;
-    let response =
-        flynn_testkit::client::send(&h.router.http.to_string(), b"GET / HTTP/1.0\r\n\r\n")
-            .await
-            .expect("response");
+    let response = client::send(&h.router.http.to_string(), b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .expect("response");
     assert_eq!(response.status, 502);
     assert_eq!(untrusted.requests(), 0);
 }

@@ -118,15 +118,16 @@ async fn serve(listener: TcpListener, name: String, options: Options, stats: Arc
                     answer(name, req).await
                 }
             });
-            let h2 = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let h2 =
+                || hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Some(config) = tls {
                 if let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
-                    let _ = h2.serve_connection(TokioIo::new(stream), service).await;
+                    let _ = h2().serve_connection(TokioIo::new(stream), service).await;
                 }
                 return;
             }
             if h2c {
-                let _ = h2.serve_connection(TokioIo::new(stream), service).await;
+                let _ = h2().serve_connection(TokioIo::new(stream), service).await;
                 return;
             }
             let mut builder = hyper::server::conn::http1::Builder::new();
@@ -263,26 +264,4 @@ pub fn echoed_header(json: &serde_json::Value, name: &str) -> Vec<String> {
         .filter(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v)
         .collect()
-}
-
-/// A TLS server configuration offering h2 with a fresh self-signed certificate for `names`;
-/// also returns that certificate (PEM), for a client to trust.
-pub fn tls_h2_config(names: &[&str]) -> (Arc<tokio_rustls::rustls::ServerConfig>, String) {
-    use tokio_rustls::rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let generated = rcgen::generate_simple_self_signed(names).expect("generate certificate");
-    let cert_pem = generated.cert.pem();
-    let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert PEM")];
-    let key = PrivateKeyDer::from_pem_slice(generated.key_pair.serialize_pem().as_bytes())
-        .expect("key PEM");
-    let mut config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
-        tokio_rustls::rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("protocol versions")
-    .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .expect("certificate and key");
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    (Arc::new(config), cert_pem)
 }

@@ -3,10 +3,12 @@
 //! - [`Etcd`]: a real `etcd` server (Debian's `etcd-server`) in a temporary data dir.
 //! - [`backend`]: a real HTTP/1.1 backend that echoes what it received.
 //! - [`client`]: a raw HTTP/1.1 client that sends exactly the bytes a test gives it.
+//! - [`tls`]: self-signed test certificates, and an h2 TLS server configuration for backends.
 
 pub mod backend;
 pub mod client;
 mod etcd;
+pub mod tls;
 
 pub use etcd::Etcd;
 

@@ -171,11 +171,7 @@ impl Api {
 }
 
 /// A self-signed certificate for `names` and its key, both PEM.
-pub fn cert(names: &[&str]) -> (String, String) {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let certified = rcgen::generate_simple_self_signed(names).expect("rcgen");
-    (certified.cert.pem(), certified.key_pair.serialize_pem())
-}
+pub use flynn_testkit::tls::self_signed as cert;
 
 #[tokio::test]
 async fn ping_needs_no_key_and_everything_else_does() {

@@ -15,12 +15,11 @@ async fn the_tour_on_the_embedded_store() {
 }
 
 fn write_cert(dir: &std::path::Path, name: &str, domains: &[&str]) -> (String, String) {
-    let names: Vec<String> = domains.iter().map(|d| d.to_string()).collect();
-    let generated = rcgen::generate_simple_self_signed(names).expect("rcgen");
+    let (cert_pem, key_pem) = flynn_testkit::tls::self_signed(domains);
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
-    std::fs::write(&cert, generated.cert.pem()).expect("write cert");
-    std::fs::write(&key, generated.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(&cert, cert_pem).expect("write cert");
+    std::fs::write(&key, key_pem).expect("write key");
     (cert.display().to_string(), key.display().to_string())
 }
 
