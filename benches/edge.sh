@@ -433,20 +433,11 @@ EOF
 RESULTS="$WORK/results"
 : >"$RESULTS"
 
-# A measured run, repeated (RETRIES times at most) while other work took more than OTHERS_MAX %
-# of a core during it.
+# A measured run (see quiet_run), its result recorded and printed.
 measure() { # measure BENCH ROUND TARGET
-    local bench=$1 round=$2 target=$3 bg attempt rate lat1 lat2 per_req errors tls
+    local bench=$1 round=$2 target=$3 rate lat1 lat2 per_req errors tls
     local proxy_cpu core0 core1 others accepted elapsed
-    for attempt in $(seq 0 "$RETRIES"); do
-        bg=$(quiet_machine)
-        if ((bg > IDLE_BUSY)); then
-            echo "$BENCH: warning: a core was ${bg}% busy with other work before this run" >&2
-        fi
-        "run_$bench" "$target" "$WORK/$bench-$round-$target.txt"
-        ((others > OTHERS_MAX)) || break
-        echo "$BENCH: warning: other work took ${others}% of a core during the $bench $target run (attempt $((attempt + 1)))" >&2
-    done
+    quiet_run "$bench $target" "run_$bench" "$target" "$WORK/$bench-$round-$target.txt"
     echo "$bench $round $target $rate $lat1 $lat2 $per_req $proxy_cpu $core0 $core1 $errors $others $tls" >>"$RESULTS"
     printf '  %-13s round %s %-8s %10.0f %s  proxy %4s%%  others %3s%%  errors %s\n' \
         "$bench" "$round" "$target" "$rate" "$(unit "$bench")" "$proxy_cpu" "$others" "$errors" >&2

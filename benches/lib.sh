@@ -273,6 +273,22 @@ quiet_machine() {
     done
 }
 
+# Runs CMD after waiting for a quiet machine, and again (RETRIES times at most) while other work
+# took more than OTHERS_MAX % of a core during it. CMD sets `others` (a local of the caller).
+quiet_run() { # quiet_run LABEL CMD...
+    local label=$1 bg attempt
+    shift
+    for attempt in $(seq 0 "$RETRIES"); do
+        bg=$(quiet_machine)
+        if ((bg > IDLE_BUSY)); then
+            echo "$BENCH: warning: a core was ${bg}% busy with other work before this run" >&2
+        fi
+        "$@"
+        ((others > OTHERS_MAX)) || break
+        echo "$BENCH: warning: other work took ${others}% of a core during the $label run (attempt $((attempt + 1)))" >&2
+    done
+}
+
 # CPU seconds (user + system) of the children this shell has waited for (the load generator's,
 # after a run), from `times` run in this shell (not in a $(...) subshell, which has children of
 # its own).

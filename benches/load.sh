@@ -214,19 +214,10 @@ measure_once() { # measure_once ROUND TARGET
     errors=$((${errors:-0} + ${non2xx:-0}))
 }
 
-# A measured run, repeated (RETRIES times at most) while other work took more than OTHERS_MAX %
-# of a core during it.
+# A measured run (see quiet_run), its result recorded and printed.
 measure() { # measure ROUND TARGET
-    local round=$1 target=$2 bg attempt rps p50 p99 errors proxy_cpu core0 core1 others
-    for attempt in $(seq 0 "$RETRIES"); do
-        bg=$(quiet_machine)
-        if ((bg > IDLE_BUSY)); then
-            echo "load.sh: warning: a core was ${bg}% busy with other work before this run" >&2
-        fi
-        measure_once "$round" "$target"
-        ((others > OTHERS_MAX)) || break
-        echo "load.sh: warning: other work took ${others}% of a core during the $target run (attempt $((attempt + 1)))" >&2
-    done
+    local round=$1 target=$2 rps p50 p99 errors proxy_cpu core0 core1 others
+    quiet_run "$target" measure_once "$round" "$target"
     echo "$round $target $rps $p50 $p99 $proxy_cpu $core0 $core1 $errors $others" >>"$RESULTS"
     printf '  round %s %-8s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  proxy %4s%%  others %3s%%  errors %s\n' \
         "$round" "$target" "$rps" "$p50" "$p99" "$proxy_cpu" "$others" "$errors" >&2
