@@ -1,6 +1,6 @@
 //! The floor under flynn-router's numbers in `benches/load.sh`: pingora's proxy with nothing of
 //! ours (no table, no headers, no metrics, no sticky, no drain), one fixed backend, the same
-//! allocator, runtime and pool settings as the router.
+//! allocator, runtime, pool settings and (no) downstream modules as the router.
 //!
 //! `bare-pingora LISTEN BACKEND` (both `host:port`).
 
@@ -21,6 +21,9 @@ impl ProxyHttp for Bare {
     type CTX = ();
 
     fn new_ctx(&self) {}
+
+    /// As the router: no (disabled) compression module.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn upstream_peer(
         &self,

@@ -19,6 +19,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use flynn_store::types::BackendProtocol;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::H1UpgradePolicy;
@@ -100,6 +101,10 @@ pub struct RequestCtx {
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = RequestCtx;
+
+    /// No downstream modules: pingora's default adds a response-compression module that is
+    /// disabled (level 0) yet still built and run on every request. The router never compresses.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
