@@ -75,6 +75,17 @@ async fn greeting(port: u16) -> Option<String> {
     Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
+/// Waits until the router itself listens on `n` TCP route ports. A connect to the port is not
+/// proof: a port from `free_port` can be taken meanwhile by another test's process, and then
+/// the router's bind fails while the connect succeeds.
+async fn wait_listeners(h: &Harness, n: f64) {
+    eventually(APPLY, &format!("{n} TCP listeners"), || async {
+        h.router.metric("flynn_router_tcp_listeners").await == n
+    })
+    .await
+    .expect("the router listens");
+}
+
 async fn wait_greeting(port: u16, want: &str) {
     eventually(APPLY, &format!("port {port} greets {want:?}"), || async {
         greeting(port).await.as_deref() == Some(want)
@@ -127,14 +138,12 @@ async fn tcp_routes_send_the_proxy_header_they_ask_for() {
     let h = tcp_harness().await;
     let backend = tcp_backend("pp", true).await;
     h.instance("pp", "i1", backend).await;
+    let mut listeners = 0.0;
     for (id, version) in [("tcp-v1", "v1"), ("tcp-v2", "v2")] {
         let port = free_port();
         tcp_route(&h, id, port, "pp", json!({"proxy_protocol": version})).await;
-        eventually(APPLY, "listener up", || async {
-            TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
-        .await
-        .expect("listening");
+        wait_listeners(&h, listeners + 1.0).await;
+        listeners += 1.0;
         let mut stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect");
@@ -176,11 +185,7 @@ async fn no_live_instance_closes_the_client_connection() {
     let dead = SocketAddr::from(([127, 0, 0, 1], free_port()));
     h.instance("gone", "i1", dead).await;
     tcp_route(&h, "tcp-1", port, "gone", json!({})).await;
-    eventually(APPLY, "listener up", || async {
-        TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-    })
-    .await
-    .expect("listening");
+    wait_listeners(&h, 1.0).await;
     let mut stream = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");

@@ -316,6 +316,78 @@ async fn backends_that_close_idle_connections_cost_no_error() {
     );
 }
 
+/// Sockets of this network namespace connected to `remote` that are in CLOSE_WAIT: the other side
+/// closed, this side has not (yet). Only the router connects to a test's backend.
+fn close_wait_to(remote: SocketAddr) -> usize {
+    let SocketAddr::V4(remote) = remote else {
+        panic!("IPv4 backend expected");
+    };
+    let wanted = format!(
+        "{:08X}:{:04X}",
+        u32::from_le_bytes(remote.ip().octets()),
+        remote.port()
+    );
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(2) == Some(&wanted.as_str()) && fields.get(3) == Some(&"08")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn idle_backend_connections_the_backend_closed_are_closed_by_the_router() {
+    let h = Harness::start(&[]).await;
+    let b = Backend::start_with(
+        "closer",
+        Options {
+            idle_timeout: Some(Duration::from_millis(100)),
+            ..Options::default()
+        },
+    )
+    .await;
+    h.instance("web", "i1", b.addr).await;
+    h.route("http-1", "idle.test", "/", "web").await;
+    h.wait_status("idle.test", "/", 200).await;
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    assert_eq!(
+        conn.get("/", "idle.test", &[])
+            .await
+            .expect("answer")
+            .status,
+        200
+    );
+    // The backend closes the pooled connection after 100 ms. Nothing reuses it, yet the router
+    // must not keep the dead socket: its pool is swept every second.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen_open = false;
+    loop {
+        match close_wait_to(b.addr) {
+            0 if seen_open || Instant::now() > deadline => break,
+            0 => {}
+            _ => seen_open = true,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the router still holds {} closed backend connection(s) after 5 s",
+            close_wait_to(b.addr)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(close_wait_to(b.addr), 0);
+    // And the next request gets a fresh connection without an error.
+    assert_eq!(
+        conn.get("/", "idle.test", &[])
+            .await
+            .expect("answer")
+            .status,
+        200
+    );
+}
+
 #[tokio::test]
 async fn responses_stream_without_buffering() {
     let h = Harness::start(&[]).await;
