@@ -288,13 +288,14 @@ async fn keep_alive_pooling_and_disable_keep_alives() {
     );
 }
 
-#[tokio::test]
-async fn backends_that_close_idle_connections_cost_no_error() {
+/// A router with one route, `idle.test`, to a backend that closes connections idle for
+/// `idle_timeout`, and a client connection to the router.
+async fn closing_backend(idle_timeout: Duration) -> (Harness, Backend, Conn) {
     let h = Harness::start(&[]).await;
     let b = Backend::start_with(
         "closer",
         Options {
-            idle_timeout: Some(Duration::from_millis(150)),
+            idle_timeout: Some(idle_timeout),
             ..Options::default()
         },
     )
@@ -302,7 +303,13 @@ async fn backends_that_close_idle_connections_cost_no_error() {
     h.instance("web", "i1", b.addr).await;
     h.route("http-1", "idle.test", "/", "web").await;
     h.wait_status("idle.test", "/", 200).await;
-    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    let conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    (h, b, conn)
+}
+
+#[tokio::test]
+async fn backends_that_close_idle_connections_cost_no_error() {
+    let (_h, b, mut conn) = closing_backend(Duration::from_millis(150)).await;
     for i in 0..6 {
         let response = conn.get("/", "idle.test", &[]).await.expect("answer");
         assert_eq!(response.status, 200, "request {i} after an idle close");
@@ -340,26 +347,9 @@ fn close_wait_to(remote: SocketAddr) -> usize {
 
 #[tokio::test]
 async fn idle_backend_connections_the_backend_closed_are_closed_by_the_router() {
-    let h = Harness::start(&[]).await;
-    let b = Backend::start_with(
-        "closer",
-        Options {
-            idle_timeout: Some(Duration::from_millis(100)),
-            ..Options::default()
-        },
-    )
-    .await;
-    h.instance("web", "i1", b.addr).await;
-    h.route("http-1", "idle.test", "/", "web").await;
-    h.wait_status("idle.test", "/", 200).await;
-    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
-    assert_eq!(
-        conn.get("/", "idle.test", &[])
-            .await
-            .expect("answer")
-            .status,
-        200
-    );
+    let (_h, b, mut conn) = closing_backend(Duration::from_millis(100)).await;
+    let response = conn.get("/", "idle.test", &[]).await.expect("answer");
+    assert_eq!(response.status, 200);
     // The backend closes the pooled connection after 100 ms. Nothing reuses it, yet the router
     // must not keep the dead socket: its pool is swept every second.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -379,13 +369,8 @@ async fn idle_backend_connections_the_backend_closed_are_closed_by_the_router() 
     }
     assert_eq!(close_wait_to(b.addr), 0);
     // And the next request gets a fresh connection without an error.
-    assert_eq!(
-        conn.get("/", "idle.test", &[])
-            .await
-            .expect("answer")
-            .status,
-        200
-    );
+    let response = conn.get("/", "idle.test", &[]).await.expect("answer");
+    assert_eq!(response.status, 200);
 }
 
 #[tokio::test]
