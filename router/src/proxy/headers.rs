@@ -14,18 +14,32 @@ use http::header::{HeaderName, CONNECTION};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
-// Names as sent upstream; lookups by them ignore case. Static strings: pingora keeps each
-// header name's case, and a `&'static str` is the one name it takes without a copy.
-const X_FORWARDED_FOR: &str = "X-Forwarded-For";
-const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
-const X_FORWARDED_PORT: &str = "X-Forwarded-Port";
+/// A header the router adds: its name as sent upstream and, lower-case, as looked up.
+struct Added {
+    /// pingora keeps each header name's case, and a `&'static str` is the one name it takes
+    /// without a copy.
+    sent: &'static str,
+    /// A `HeaderName` is looked up without parsing a string.
+    key: HeaderName,
+}
+
+static X_FORWARDED_FOR: Added = Added {
+    sent: "X-Forwarded-For",
+    key: HeaderName::from_static("x-forwarded-for"),
+};
+static X_FORWARDED_PROTO: Added = Added {
+    sent: "X-Forwarded-Proto",
+    key: HeaderName::from_static("x-forwarded-proto"),
+};
+static X_FORWARDED_PORT: Added = Added {
+    sent: "X-Forwarded-Port",
+    key: HeaderName::from_static("x-forwarded-port"),
+};
+static X_REQUEST_ID: Added = Added {
+    sent: "X-Request-Id",
+    key: HeaderName::from_static("x-request-id"),
+};
 const X_REQUEST_START: &str = "X-Request-Start";
-const X_REQUEST_ID: &str = "X-Request-Id";
-// The same, lower-case, for lookups: a `HeaderName` is looked up without parsing a string.
-static X_FORWARDED_FOR_KEY: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO_KEY: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_PORT_KEY: HeaderName = HeaderName::from_static("x-forwarded-port");
-static X_REQUEST_ID_KEY: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Hop-by-hop response headers (RFC 9110 §7.6.1) that never cross the router.
 /// `Transfer-Encoding` is left to pingora, which re-frames the body itself.
@@ -50,23 +64,12 @@ pub struct Origin {
 pub fn add_forwarding(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
     if let Some(ip) = origin.client_ip {
         let mut buf = [0u8; 64];
-        append(
-            req,
-            (X_FORWARDED_FOR, &X_FORWARDED_FOR_KEY),
-            format_ip(ip, &mut buf),
-        )?;
+        append(req, &X_FORWARDED_FOR, format_ip(ip, &mut buf))?;
     }
-    append(
-        req,
-        (X_FORWARDED_PROTO, &X_FORWARDED_PROTO_KEY),
-        origin.proto.as_bytes(),
-    )?;
+    append(req, &X_FORWARDED_PROTO, origin.proto.as_bytes())?;
     if let Some(port) = origin.port {
-        append(
-            req,
-            (X_FORWARDED_PORT, &X_FORWARDED_PORT_KEY),
-            itoa::Buffer::new().format(port).as_bytes(),
-        )?;
+        let mut digits = itoa::Buffer::new();
+        append(req, &X_FORWARDED_PORT, digits.format(port).as_bytes())?;
     }
     let now_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -75,12 +78,12 @@ pub fn add_forwarding(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
     req.insert_header(X_REQUEST_START, itoa::Buffer::new().format(now_ms))?;
     let keep = req
         .headers
-        .get(&X_REQUEST_ID_KEY)
+        .get(&X_REQUEST_ID.key)
         .is_some_and(|v| valid_request_id(v.as_bytes()));
     if !keep {
         let mut buf = uuid::Uuid::encode_buffer();
         let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        req.insert_header(X_REQUEST_ID, &*id)?;
+        req.insert_header(X_REQUEST_ID.sent, &*id)?;
     }
     Ok(())
 }
@@ -121,23 +124,18 @@ pub fn valid_request_id(id: &[u8]) -> bool {
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-'))
 }
 
-/// Appends `value` to the comma-separated list in header `name` (joining repeated lines);
-/// `name` is the header as sent and as looked up.
-fn append(
-    req: &mut RequestHeader,
-    (name, key): (&'static str, &HeaderName),
-    value: &[u8],
-) -> Result<()> {
-    if !req.headers.contains_key(key) {
-        return req.insert_header(name, value);
+/// Appends `value` to the comma-separated list in `header` (joining repeated lines).
+fn append(req: &mut RequestHeader, header: &Added, value: &[u8]) -> Result<()> {
+    if !req.headers.contains_key(&header.key) {
+        return req.insert_header(header.sent, value);
     }
     let mut joined = Vec::with_capacity(64);
-    for existing in req.headers.get_all(key) {
+    for existing in req.headers.get_all(&header.key) {
         joined.extend_from_slice(existing.as_bytes());
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(value);
-    req.insert_header(name, joined)
+    req.insert_header(header.sent, joined)
 }
 
 /// Strips hop-by-hop headers from a backend's response, unless it switches protocols.

@@ -191,9 +191,4 @@ impl IdlePool {
             self.discard(idle);
         }
     }
-
-    #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
-        self.inner.lock().count
-    }
 }

@@ -43,9 +43,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
 
-/// Callback invoked when an idle upstream connection leaves the keep-alive pool
-/// without being reused.
-/// An HTTP/2 connection in the keep-alive pool (HTTP/1 connections are in `idle_pool`).
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
     connection: ConnectionMeta,
@@ -65,6 +62,8 @@ impl IdleConnection {
     }
 }
 
+/// Callback invoked when an idle upstream connection leaves the keep-alive pool
+/// without being reused.
 pub type PoolCallback = Arc<dyn Fn(Duration) + Send + Sync>;
 
 /// The options to configure a [TransportConnector]
