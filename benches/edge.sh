@@ -248,15 +248,6 @@ tcp_addr() {
     esac
 }
 
-target_pid() {
-    case $1 in
-        nginx) echo "$NGINX_PID" ;;
-        haproxy) echo "$HAPROXY_PID" ;;
-        ours) echo "$OURS_PID" ;;
-        *) echo "" ;;
-    esac
-}
-
 # Whether a bench is run against a target: no proxy (direct) only for TCP.
 applies() { # applies BENCH TARGET
     [[ $2 != direct || $1 == tcp ]]

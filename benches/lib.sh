@@ -217,6 +217,13 @@ start_etcd() { # start_etcd ADDR PEER-ADDR
     wait_200 "http://$1/health"
 }
 
+# The PID of TARGET's proxy, from the variable named after it (NGINX_PID, HAPROXY_PID, OURS_PID,
+# PINGORA_PID); empty for a target without one (direct).
+target_pid() { # target_pid TARGET
+    local var=${1^^}_PID
+    echo "${!var:-}"
+}
+
 # CPU ticks (user + system) used so far by processes and their children (nginx's workers).
 cpu_ticks() { # cpu_ticks [PID...]
     local pid total=0 p

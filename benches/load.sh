@@ -136,10 +136,10 @@ put_http_route "$ETCD" "$HOST_HEADER" "$BACKEND"
 OURS_PID=$!
 PIDS+=("$OURS_PID")
 
-BARE_PID=
+PINGORA_PID=
 if [[ -n ${BARE_BIN:-} ]]; then
     start_pinned "$PROXY_CPU" "$WORK/bare.log" "$BARE_BIN" "$BARE" "$BACKEND"
-    BARE_PID=$STARTED
+    PINGORA_PID=$STARTED
     wait_200 "http://$BARE/" "$HOST_HEADER"
 fi
 
@@ -161,16 +161,6 @@ target_addr() {
         ours) echo "$OURS" ;;
         pingora) echo "$BARE" ;;
         *) echo "load.sh: unknown target $1" >&2; exit 1 ;;
-    esac
-}
-
-target_pid() {
-    case $1 in
-        nginx) echo "$NGINX_PID" ;;
-        haproxy) echo "$HAPROXY_PID" ;;
-        ours) echo "$OURS_PID" ;;
-        pingora) echo "$BARE_PID" ;;
-        *) echo "" ;;
     esac
 }
 
