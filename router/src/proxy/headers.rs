@@ -23,22 +23,17 @@ struct Added {
     key: HeaderName,
 }
 
-static X_FORWARDED_FOR: Added = Added {
-    sent: "X-Forwarded-For",
-    key: HeaderName::from_static("x-forwarded-for"),
-};
-static X_FORWARDED_PROTO: Added = Added {
-    sent: "X-Forwarded-Proto",
-    key: HeaderName::from_static("x-forwarded-proto"),
-};
-static X_FORWARDED_PORT: Added = Added {
-    sent: "X-Forwarded-Port",
-    key: HeaderName::from_static("x-forwarded-port"),
-};
-static X_REQUEST_ID: Added = Added {
-    sent: "X-Request-Id",
-    key: HeaderName::from_static("x-request-id"),
-};
+const fn added(sent: &'static str, key: &'static str) -> Added {
+    Added {
+        sent,
+        key: HeaderName::from_static(key),
+    }
+}
+
+static X_FORWARDED_FOR: Added = added("X-Forwarded-For", "x-forwarded-for");
+static X_FORWARDED_PROTO: Added = added("X-Forwarded-Proto", "x-forwarded-proto");
+static X_FORWARDED_PORT: Added = added("X-Forwarded-Port", "x-forwarded-port");
+static X_REQUEST_ID: Added = added("X-Request-Id", "x-request-id");
 const X_REQUEST_START: &str = "X-Request-Start";
 
 /// Hop-by-hop response headers (RFC 9110 §7.6.1) that never cross the router.
@@ -194,6 +189,18 @@ mod tests {
         assert!(valid_request_id(&[b'a'; 200]));
         assert!(!valid_request_id(b"abcdefghijklmnopqrst!"));
         assert!(!valid_request_id(b"abcdefghij klmnopqrst"));
+    }
+
+    #[test]
+    fn added_headers_are_looked_up_by_their_own_name() {
+        for header in [
+            &X_FORWARDED_FOR,
+            &X_FORWARDED_PROTO,
+            &X_FORWARDED_PORT,
+            &X_REQUEST_ID,
+        ] {
+            assert_eq!(header.key.as_str(), header.sent.to_ascii_lowercase());
+        }
     }
 
     #[test]
