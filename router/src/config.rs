@@ -101,6 +101,12 @@ pub struct RouterArgs {
     #[arg(long, env = "FLYNN_H2C")]
     pub h2c: bool,
 
+    /// Proxy plain HTTP/1.1 requests (GETs, Content-Length bodies) with the router's own request
+    /// loop, about twice as fast; anything else (HTTP/2, upgrades, chunked uploads, sticky
+    /// routes, HTTP/1.0) goes to pingora's proxy either way. `false` sends everything there.
+    #[arg(long, env = "FLYNN_H1_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub h1_fast_path: bool,
+
     /// Connections to the HTTP and HTTPS listeners from this network (CIDR, repeatable) must
     /// start with a PROXY protocol header (v1 or v2), whose client address is then used.
     #[arg(
@@ -241,6 +247,7 @@ impl RouterArgs {
             https_addrs,
             default_cert,
             h2c: self.h2c,
+            h1_fast_path: self.h1_fast_path,
             backend_ca: self.backend_ca,
             proxy_protocol_from: self.proxy_protocol_from,
             cookie_key: self.cookie_key,

@@ -27,6 +27,7 @@ pub struct Metrics {
     pub tcp_listeners: IntGauge,
     pub tcp_connections: IntCounter,
     pub proxy_header_refused: IntCounter,
+    pub h1_handed_over: IntCounter,
     connected: AtomicBool,
     synced_once: AtomicBool,
     last_contact_ms: AtomicU64,
@@ -104,12 +105,17 @@ impl Metrics {
                 "flynn_router_proxy_header_refused_total",
                 "Connections from trusted proxies closed for a missing or malformed PROXY header",
             ),
+            h1_handed_over: int_counter(
+                "flynn_router_h1_handed_over_total",
+                "Client connections the HTTP/1.1 fast path handed to pingora's proxy \
+                 (upgrades, chunked uploads, sticky routes, HTTP/1.0, unusual requests)",
+            ),
             connected: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
             last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
             Box::new(requests),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_connect_errors.clone()),
@@ -124,6 +130,7 @@ impl Metrics {
             Box::new(metrics.tcp_listeners.clone()),
             Box::new(metrics.tcp_connections.clone()),
             Box::new(metrics.proxy_header_refused.clone()),
+            Box::new(metrics.h1_handed_over.clone()),
         ];
         for c in collectors {
             metrics

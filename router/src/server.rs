@@ -21,6 +21,7 @@ use rustls::sign::CertifiedKey;
 use crate::admin::Admin;
 use crate::drain::{self, Drain};
 use crate::metrics::Metrics;
+use crate::proxy::h1::FastH1;
 use crate::proxy::sticky::StickyKey;
 use crate::proxy::{Proxy, UpstreamTimeouts};
 use crate::proxy_protocol::inbound::{Trusted, WithProxyHeader};
@@ -48,6 +49,8 @@ pub struct RouterConfig {
     pub default_cert: Option<Arc<CertifiedKey>>,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
     pub h2c: bool,
+    /// Plain HTTP/1.1 requests through the router's own loop (`proxy::h1`), the rest to pingora.
+    pub h1_fast_path: bool,
     /// CA bundle for backends' certificates (`backend_protocol: h2`); None: the system's roots.
     pub backend_ca: Option<std::path::PathBuf>,
     /// Connections from these networks must start with a PROXY header (v1 or v2).
@@ -106,16 +109,14 @@ pub fn build(config: RouterConfig) -> Server {
         // Replaced by the store's shared key as soon as the store answers.
         None => StickyKey::random(),
     });
-    let mut proxy = pingora::proxy::http_proxy(
-        &server.configuration,
-        Proxy::new(
-            table.clone(),
-            metrics.clone(),
-            config.timeouts,
-            sticky.clone(),
-            in_flight.clone(),
-        ),
+    let router = Proxy::new(
+        table.clone(),
+        metrics.clone(),
+        config.timeouts,
+        sticky.clone(),
+        in_flight.clone(),
     );
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, router.clone());
     if config.h2c {
         let mut options = HttpServerOptions::default();
         options.h2c = true;
@@ -132,18 +133,17 @@ pub fn build(config: RouterConfig) -> Server {
         resolver,
         threads: config.threads,
     };
-    if config.proxy_protocol_from.is_empty() {
-        server.add_service(listeners.service(proxy, None));
-    } else {
-        let trusted = Trusted::new(
+    let trusted = (!config.proxy_protocol_from.is_empty()).then(|| {
+        Trusted::new(
             config.proxy_protocol_from.clone(),
             metrics.proxy_header_refused.clone(),
-        );
-        let app = WithProxyHeader {
-            inner: Arc::new(proxy),
-            trusted: trusted.clone(),
-        };
-        server.add_service(listeners.service(app, Some(trusted)));
+        )
+    });
+    if config.h1_fast_path {
+        let app = FastH1::new(proxy, router, &server.configuration, config.h2c);
+        server.add_boxed_service(listeners.service(app, trusted));
+    } else {
+        server.add_boxed_service(listeners.service(proxy, trusted));
     }
 
     let mut admin = Service::new(
@@ -199,7 +199,25 @@ struct Listeners<'a> {
 }
 
 impl Listeners<'_> {
+    /// The service of `app`, behind the PROXY header check when `proxy_header` is set.
     fn service<A: ServerApp + Send + Sync + 'static>(
+        &self,
+        app: A,
+        proxy_header: Option<Trusted>,
+    ) -> Box<dyn pingora::services::ServiceWithDependents> {
+        match proxy_header {
+            None => Box::new(self.service_of(app, None)),
+            Some(trusted) => {
+                let app = WithProxyHeader {
+                    inner: Arc::new(app),
+                    trusted: trusted.clone(),
+                };
+                Box::new(self.service_of(app, Some(trusted)))
+            }
+        }
+    }
+
+    fn service_of<A: ServerApp + Send + Sync + 'static>(
         &self,
         app: A,
         proxy_header: Option<Trusted>,

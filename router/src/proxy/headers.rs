@@ -66,11 +66,7 @@ pub fn add_forwarding(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
         let mut digits = itoa::Buffer::new();
         append(req, &X_FORWARDED_PORT, digits.format(port).as_bytes())?;
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    req.insert_header(X_REQUEST_START, itoa::Buffer::new().format(now_ms))?;
+    req.insert_header(X_REQUEST_START, itoa::Buffer::new().format(now_ms()))?;
     let keep = req
         .headers
         .get(&X_REQUEST_ID.key)
@@ -83,9 +79,17 @@ pub fn add_forwarding(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
     Ok(())
 }
 
+/// The time now in Unix milliseconds, as `X-Request-Start` carries it.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// `ip` as text in `buf`. IPv4 by hand: `Display` goes through the formatting machinery, ten
 /// times the work, on every request.
-fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+pub fn format_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     match ip {
         IpAddr::V4(v4) => {
             let mut len = 0;

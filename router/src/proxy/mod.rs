@@ -8,6 +8,7 @@
 //! 5. `fail_to_proxy`: 503 when no connect succeeded, 504 on a backend timeout, else 502.
 //! 6. `logging`: metrics.
 
+pub mod h1;
 pub mod headers;
 pub mod responses;
 pub mod sticky;
@@ -56,6 +57,7 @@ impl Default for UpstreamTimeouts {
 }
 
 /// The HTTP proxy: reads the shared table, writes metrics.
+#[derive(Clone)]
 pub struct Proxy {
     table: Arc<ArcSwap<Table>>,
     metrics: Arc<Metrics>,

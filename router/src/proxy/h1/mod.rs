@@ -1,0 +1,589 @@
+//! The HTTP/1.1 fast path: plain keep-alive requests are proxied by this loop; every other
+//! request, and every HTTP/2 connection, goes to pingora's proxy with the bytes already read.
+//!
+//! Why: pingora's general request path costs about four times nginx's CPU per proxied request
+//! (boxed futures, two header maps per message, tasks and channels between the two halves;
+//! benches/README.md). For the common request, a GET or a small POST on a keep-alive
+//! connection, this loop parses the head once in place (httparse), writes the upstream head
+//! straight from the client's bytes, and relays the response with as few writes as possible.
+//!
+//! What is taken is decided per request before anything is consumed (`request::parse`):
+//! HTTP/1.1 in origin form, one plain Host, no body or a Content-Length one, no
+//! Transfer-Encoding, Upgrade or Expect, Connection naming only keep-alive or close, on a route
+//! that is neither sticky nor to an HTTP/2 backend. Anything else hands the connection, with
+//! what was read of it, to pingora for the rest of its life. The behaviour is the router's
+//! either way: same routing, headers, errors, retries, metrics.
+
+mod request;
+mod response;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use flynn_store::types::BackendProtocol;
+use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Stream, ALPN};
+use pingora::proxy::HttpProxy;
+use pingora::server::configuration::ServerConf;
+use pingora::server::ShutdownWatch;
+use pingora::upstreams::peer::{HttpPeer, Peer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::timeout;
+
+use super::headers::Origin;
+use super::{responses, Proxy};
+use crate::backend::{Backend, InFlight, Service, Tried, MAX_ATTEMPTS};
+use crate::table::RouteEntry;
+use response::{Chunks, Framing};
+
+/// How long a client connection may sit idle between requests (pingora's default too).
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// A request head longer than this goes to pingora, which answers it.
+const MAX_HEAD: usize = 32 * 1024;
+/// What a read asks for at least.
+const READ_SIZE: usize = 16 * 1024;
+
+/// The HTTP app of the client listeners: the fast path in front of pingora's proxy.
+pub struct FastH1 {
+    proxy: Arc<HttpProxy<Proxy>>,
+    router: Proxy,
+    /// Backend connections of the fast path (pingora's proxy keeps its own).
+    connector: TransportConnector,
+    h2c: bool,
+}
+
+impl FastH1 {
+    /// `router` is the same state `proxy` was built with.
+    pub fn new(proxy: HttpProxy<Proxy>, router: Proxy, conf: &ServerConf, h2c: bool) -> FastH1 {
+        FastH1 {
+            proxy: Arc::new(proxy),
+            router,
+            connector: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
+            h2c,
+        }
+    }
+}
+
+/// How the fast path is done with a connection.
+enum End {
+    Close,
+    HandOver,
+}
+
+/// A client connection and the buffers its requests reuse.
+struct Conn {
+    client: Stream,
+    /// Read from the client, not used yet (the start of the next request, at most).
+    buf: BytesMut,
+    /// The head (and body, when it came with it) of the request sent upstream.
+    upstream: Vec<u8>,
+    /// What is written to the client next.
+    out: Vec<u8>,
+    /// Read from the backend, not passed on yet.
+    from_backend: BytesMut,
+    origin: Origin,
+    shutdown: ShutdownWatch,
+}
+
+#[async_trait]
+impl ServerApp for FastH1 {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut client: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !self.takes(&mut client).await {
+            return ServerApp::process_new(&self.proxy, client, shutdown).await;
+        }
+        let mut conn = Conn::new(client, shutdown.clone());
+        if let End::HandOver = self.serve(&mut conn).await {
+            self.router.metrics.h1_handed_over.inc();
+            self.hand_over(conn, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.proxy.http_cleanup().await;
+    }
+}
+
+impl Conn {
+    fn new(client: Stream, shutdown: ShutdownWatch) -> Conn {
+        let socket = client.get_socket_digest();
+        let origin = Origin {
+            client_ip: socket
+                .as_ref()
+                .and_then(|d| d.peer_addr())
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            proto: if client.get_ssl_digest().is_some() {
+                "https"
+            } else {
+                "http"
+            },
+            port: socket
+                .as_ref()
+                .and_then(|d| d.local_addr())
+                .and_then(|a| a.as_inet())
+                .map(|a| a.port()),
+        };
+        Conn {
+            client,
+            buf: BytesMut::with_capacity(READ_SIZE),
+            upstream: Vec::with_capacity(1024),
+            out: Vec::with_capacity(1024),
+            from_backend: BytesMut::with_capacity(READ_SIZE),
+            origin,
+            shutdown,
+        }
+    }
+
+    /// Writes `out` to the client.
+    async fn send_out(&mut self) -> std::io::Result<()> {
+        self.client.write_all(&self.out).await?;
+        self.client.flush().await
+    }
+}
+
+/// Why a request could not be proxied.
+enum Failed {
+    /// A reused backend connection answered nothing: the backend had closed it.
+    Stale,
+    /// The client went away or broke off.
+    Client,
+    /// Answered with this status (and the connection closed).
+    Status(u16),
+}
+
+impl FastH1 {
+    /// Whether the fast path takes this connection at all: not HTTP/2 (by ALPN or, with h2c,
+    /// by its preface).
+    async fn takes(&self, client: &mut Stream) -> bool {
+        match client.selected_alpn_proto() {
+            Some(ALPN::H1) | None => {}
+            Some(_) => return false,
+        }
+        if self.h2c && client.get_ssl_digest().is_none() {
+            const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+            let mut start = [0u8; PREFACE.len()];
+            // Peeking waits for the client's first bytes, as pingora's own h2c check does.
+            return matches!(client.try_peek(&mut start).await, Ok(true)) && start != PREFACE;
+        }
+        true
+    }
+
+    /// Serves requests until the connection closes or one is for pingora.
+    async fn serve(&self, conn: &mut Conn) -> End {
+        loop {
+            let head = match self.read_head(conn).await {
+                Ok(head) => head,
+                Err(end) => return end,
+            };
+            let start = Instant::now();
+            let _in_flight = self.router.in_flight.enter();
+            let table = self.router.table.load();
+            let Some(route) =
+                table.lookup(&conn.buf[head.host.clone()], &conn.buf[head.path.clone()])
+            else {
+                if head.content_length > 0 {
+                    return End::HandOver;
+                }
+                let keep = self.answer(conn, &head, 404).await;
+                self.record(404, start);
+                if keep {
+                    continue;
+                }
+                return End::Close;
+            };
+            if route.sticky || route.backend_protocol != BackendProtocol::Http1 {
+                return End::HandOver;
+            }
+            let Some(service) = table.service(&route.service).filter(|s| !s.is_empty()) else {
+                if head.content_length > 0 {
+                    return End::HandOver;
+                }
+                let keep = self.answer(conn, &head, 503).await;
+                self.record(503, start);
+                if keep {
+                    continue;
+                }
+                return End::Close;
+            };
+            let (route, service) = (route.clone(), service.clone());
+            drop(table);
+            let (status, keep) = self.forward(conn, &head, &route, &service).await;
+            self.record(status, start);
+            if !keep {
+                return End::Close;
+            }
+        }
+    }
+
+    fn record(&self, status: u16, start: Instant) {
+        let metrics = &self.router.metrics;
+        metrics.count_status(status);
+        metrics
+            .request_duration
+            .observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Waits for a whole request head at the start of `conn.buf`.
+    async fn read_head(&self, conn: &mut Conn) -> Result<request::Head, End> {
+        loop {
+            if !conn.buf.is_empty() {
+                match request::parse(&conn.buf) {
+                    request::Parse::Head(head) => return Ok(head),
+                    request::Parse::HandOver => return Err(End::HandOver),
+                    request::Parse::Partial if conn.buf.len() >= MAX_HEAD => {
+                        return Err(End::HandOver)
+                    }
+                    request::Parse::Partial => {}
+                }
+            }
+            conn.buf.reserve(READ_SIZE);
+            let read = if conn.buf.is_empty() {
+                // Between requests: a shutdown closes the idle connection.
+                if *conn.shutdown.borrow() {
+                    return Err(End::Close);
+                }
+                tokio::select! {
+                    read = timeout(KEEPALIVE, conn.client.read_buf(&mut conn.buf)) => read,
+                    _ = conn.shutdown.changed() => return Err(End::Close),
+                }
+            } else {
+                timeout(KEEPALIVE, conn.client.read_buf(&mut conn.buf)).await
+            };
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Err(End::Close),
+            }
+        }
+    }
+
+    /// Answers with one of the router's own statuses; whether the connection stays open.
+    async fn answer(&self, conn: &mut Conn, head: &request::Head, status: u16) -> bool {
+        conn.buf.advance(head.len);
+        let keep = !head.close && !*conn.shutdown.borrow();
+        canned(&mut conn.out, status, keep);
+        conn.send_out().await.is_ok() && keep
+    }
+
+    /// Proxies one request (its head at the start of `conn.buf`) to an instance of `service`:
+    /// the status the client got (0: none) and whether its connection stays open.
+    async fn forward(
+        &self,
+        conn: &mut Conn,
+        head: &request::Head,
+        route: &RouteEntry,
+        service: &Service,
+    ) -> (u16, bool) {
+        conn.upstream.clear();
+        request::write_upstream(
+            &conn.buf,
+            head,
+            &conn.origin,
+            route.disable_keep_alives,
+            &mut conn.upstream,
+        );
+        let with_head = (conn.buf.len() - head.len).min(head.content_length as usize);
+        conn.upstream
+            .extend_from_slice(&conn.buf[head.len..head.len + with_head]);
+        conn.buf.advance(head.len + with_head);
+        let body_left = head.content_length - with_head as u64;
+        let keep_client = !head.close && !*conn.shutdown.borrow();
+
+        let mut tried = Tried::default();
+        let mut result;
+        loop {
+            let Some(backend) = service.pick(route.leader, &mut tried) else {
+                return self.fail(conn, 503).await;
+            };
+            let in_flight = InFlight::new(backend.clone());
+            let peer = self.peer(&backend);
+            let (mut upstream, reused) = match self.connector.get_stream(&peer).await {
+                Ok(connected) => connected,
+                Err(e) => {
+                    tracing::debug!(backend = %backend.addr, error = %e, "connect failed");
+                    self.router.metrics.upstream_connect_errors.inc();
+                    backend.connect_failed();
+                    let instances = if route.leader {
+                        1
+                    } else {
+                        service.backends().len()
+                    };
+                    if tried.count() < MAX_ATTEMPTS && tried.count() < instances {
+                        continue;
+                    }
+                    return self.fail(conn, 503).await;
+                }
+            };
+            backend.connect_succeeded();
+            result = self
+                .exchange(conn, &mut upstream, body_left, head, keep_client)
+                .await;
+            if matches!(result, Err(Failed::Stale)) && reused && body_left == 0 {
+                // The pooled connection was closed by the backend: once more on a new one.
+                match self.connector.new_stream(&peer).await {
+                    Ok(fresh) => {
+                        upstream = fresh;
+                        result = self
+                            .exchange(conn, &mut upstream, body_left, head, keep_client)
+                            .await;
+                    }
+                    Err(_) => return self.fail(conn, 503).await,
+                }
+            }
+            let status = match result {
+                Ok(response::Head {
+                    status,
+                    framing,
+                    reusable,
+                    ..
+                }) => match self.relay(conn, &mut upstream, framing).await {
+                    Ok(clean) => {
+                        if clean && reusable && !route.disable_keep_alives {
+                            self.connector.release_stream(
+                                upstream,
+                                peer.reuse_hash(),
+                                Some(self.router.timeouts.idle),
+                            );
+                        }
+                        return (status, keep_client);
+                    }
+                    Err(_) => status,
+                },
+                Err(Failed::Status(status)) => return self.fail(conn, status).await,
+                Err(Failed::Stale) => return self.fail(conn, 502).await,
+                Err(Failed::Client) => 0,
+            };
+            drop(in_flight);
+            return (status, false);
+        }
+    }
+
+    /// The peer pingora's connector connects to (and pools by).
+    fn peer(&self, backend: &Backend) -> HttpPeer {
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        peer.options.connection_timeout = Some(self.router.timeouts.connect);
+        peer.options.idle_timeout = Some(self.router.timeouts.idle);
+        peer
+    }
+
+    /// Sends the request upstream (the rest of its body streamed from the client) and reads the
+    /// response head, passing interim (1xx) responses on; the client's head is in `conn.out`.
+    async fn exchange(
+        &self,
+        conn: &mut Conn,
+        upstream: &mut Stream,
+        mut body_left: u64,
+        head: &request::Head,
+        keep_client: bool,
+    ) -> Result<response::Head, Failed> {
+        let sent = upstream.write_all(&conn.upstream).await;
+        if sent.is_err() {
+            return Err(Failed::Stale);
+        }
+        while body_left > 0 {
+            if conn.buf.is_empty() {
+                conn.buf.reserve(READ_SIZE);
+                match timeout(KEEPALIVE, conn.client.read_buf(&mut conn.buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Err(Failed::Client),
+                }
+            }
+            let take = conn.buf.len().min(body_left as usize);
+            if upstream.write_all(&conn.buf[..take]).await.is_err() {
+                return Err(Failed::Status(502));
+            }
+            conn.buf.advance(take);
+            body_left -= take as u64;
+        }
+        if upstream.flush().await.is_err() {
+            return Err(Failed::Status(502));
+        }
+
+        conn.from_backend.clear();
+        let date = pingora::protocols::http::date::get_cached_date();
+        let mut received = false;
+        loop {
+            if !conn.from_backend.is_empty() {
+                received = true;
+                match response::parse(
+                    &conn.from_backend,
+                    head.is_head,
+                    keep_client,
+                    date.as_bytes(),
+                    &mut conn.out,
+                ) {
+                    response::Parse::Final(resp) => {
+                        conn.from_backend.advance(resp.len);
+                        return Ok(resp);
+                    }
+                    response::Parse::Interim(len) => {
+                        conn.from_backend.advance(len);
+                        conn.send_out().await.map_err(|_| Failed::Client)?;
+                        continue;
+                    }
+                    response::Parse::Bad(why) => {
+                        tracing::info!(why, "bad response from a backend");
+                        return Err(Failed::Status(502));
+                    }
+                    response::Parse::Partial if conn.from_backend.len() >= MAX_HEAD => {
+                        tracing::info!("response head from a backend too long");
+                        return Err(Failed::Status(502));
+                    }
+                    response::Parse::Partial => {}
+                }
+            }
+            conn.from_backend.reserve(READ_SIZE);
+            let read = timeout(
+                self.router.timeouts.read,
+                upstream.read_buf(&mut conn.from_backend),
+            );
+            match read.await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(_) if !received => return Err(Failed::Stale),
+                Ok(_) => return Err(Failed::Status(502)),
+                Err(_) => return Err(Failed::Status(504)),
+            }
+        }
+    }
+
+    /// Passes the response body on after the head in `conn.out`. `Ok(true)`: the body ended
+    /// exactly where the backend's bytes did, so its connection can be reused.
+    async fn relay(
+        &self,
+        conn: &mut Conn,
+        upstream: &mut Stream,
+        framing: Framing,
+    ) -> Result<bool, ()> {
+        let read_timeout = self.router.timeouts.read;
+        match framing {
+            Framing::Empty => {
+                conn.send_out().await.map_err(drop)?;
+            }
+            Framing::Length(mut left) => loop {
+                let take = conn.from_backend.len().min(left as usize);
+                conn.out.extend_from_slice(&conn.from_backend[..take]);
+                conn.from_backend.advance(take);
+                left -= take as u64;
+                conn.send_out().await.map_err(drop)?;
+                conn.out.clear();
+                if left == 0 {
+                    break;
+                }
+                read_more(upstream, &mut conn.from_backend, read_timeout).await?;
+            },
+            Framing::Chunked => {
+                let mut chunks = Chunks::default();
+                loop {
+                    let n = chunks.advance(&conn.from_backend).map_err(|why| {
+                        tracing::info!(why, "bad chunked body from a backend");
+                    })?;
+                    conn.out.extend_from_slice(&conn.from_backend[..n]);
+                    conn.from_backend.advance(n);
+                    if chunks.done() || !conn.out.is_empty() {
+                        conn.send_out().await.map_err(drop)?;
+                        conn.out.clear();
+                    }
+                    if chunks.done() {
+                        break;
+                    }
+                    read_more(upstream, &mut conn.from_backend, read_timeout).await?;
+                }
+            }
+            Framing::UntilClose => {
+                loop {
+                    if !conn.from_backend.is_empty() {
+                        chunk(&mut conn.out, &conn.from_backend);
+                        conn.from_backend.clear();
+                    }
+                    conn.send_out().await.map_err(drop)?;
+                    conn.out.clear();
+                    conn.from_backend.reserve(READ_SIZE);
+                    match timeout(read_timeout, upstream.read_buf(&mut conn.from_backend)).await {
+                        Ok(Ok(0)) => break,
+                        Ok(Ok(_)) => {}
+                        _ => return Err(()),
+                    }
+                }
+                conn.out.extend_from_slice(b"0\r\n\r\n");
+                conn.send_out().await.map_err(drop)?;
+                return Ok(false);
+            }
+        }
+        Ok(conn.from_backend.is_empty())
+    }
+
+    /// Answers with an error status of the router's own and closes: `(status, false)`.
+    async fn fail(&self, conn: &mut Conn, status: u16) -> (u16, bool) {
+        canned(&mut conn.out, status, false);
+        if conn.send_out().await.is_err() {
+            return (0, false);
+        }
+        (status, false)
+    }
+
+    /// Hands the connection, with what was read of it, to pingora's proxy for good.
+    async fn hand_over(&self, conn: Conn, shutdown: &ShutdownWatch) {
+        let mut session = ServerSession::new_http1(conn.client);
+        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        if !conn.buf.is_empty() {
+            session.set_pipelined_prefix(conn.buf);
+        }
+        let mut result = self.proxy.process_new_http(session, shutdown).await;
+        while let Some((client, settings)) = result.map(|r| r.consume()) {
+            let mut session = ServerSession::new_http1(client);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            result = self.proxy.process_new_http(session, shutdown).await;
+        }
+    }
+}
+
+/// Reads more of a response body; the end of the connection or a timeout is an error here.
+async fn read_more(upstream: &mut Stream, buf: &mut BytesMut, wait: Duration) -> Result<(), ()> {
+    buf.reserve(READ_SIZE);
+    match timeout(wait, upstream.read_buf(buf)).await {
+        Ok(Ok(n)) if n > 0 => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// Appends `data` as one chunk of a chunked body.
+fn chunk(out: &mut Vec<u8>, data: &[u8]) {
+    use std::io::Write;
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One of the router's own answers (the same as pingora's path sends), into `out`.
+fn canned(out: &mut Vec<u8>, status: u16, keep: bool) {
+    let body = responses::body_for(status);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+    out.extend_from_slice(b"\r\ncache-control: no-store\r\nDate: ");
+    out.extend_from_slice(pingora::protocols::http::date::get_cached_date().as_bytes());
+    out.extend_from_slice(if keep {
+        b"\r\nConnection: keep-alive\r\n\r\n"
+    } else {
+        b"\r\nConnection: close\r\n\r\n"
+    });
+    out.extend_from_slice(body.as_bytes());
+}

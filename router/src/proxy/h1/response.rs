@@ -1,0 +1,395 @@
+//! A backend's response: its head rewritten for the client, and where its body ends.
+
+use httparse::Status;
+
+use super::request::{parse_length, put_header, trim};
+
+/// More headers than this from a backend is a 502.
+const MAX_HEADERS: usize = 128;
+/// More names in a `Connection` header than this is a 502.
+const MAX_NOMINATED: usize = 16;
+
+/// Hop-by-hop response headers (RFC 9110 §7.6.1) that never reach the client; `Date` is the
+/// router's own (as pingora sets it).
+const DROPPED: [&[u8]; 7] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"proxy-authenticate",
+    b"te",
+    b"upgrade",
+    b"date",
+];
+
+/// How a response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body (HEAD, 1xx, 204, 304).
+    Empty,
+    Length(u64),
+    /// Passed on as it came, chunk by chunk.
+    Chunked,
+    /// Until the backend closes; sent to the client chunked.
+    UntilClose,
+}
+
+/// A backend response head, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    pub len: usize,
+    pub status: u16,
+    pub framing: Framing,
+    /// The backend may be sent another request on this connection afterwards.
+    pub reusable: bool,
+}
+
+/// The outcome of looking at the start of the backend's buffer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parse {
+    Partial,
+    /// An interim (1xx) response: its head, rewritten, is in `out`; the final one follows.
+    Interim(usize),
+    /// The final response: its head, rewritten, is in `out`.
+    Final(Head),
+    /// Not a response the router passes on: 502.
+    Bad(&'static str),
+}
+
+/// Parses the response head at the start of `buf` and writes the head the client gets into `out`
+/// (cleared first): the status line as HTTP/1.1, the backend's headers minus hop-by-hop ones and
+/// those its `Connection` header names, then `Date`, `Connection` and, for a body that ends when
+/// the backend closes, `Transfer-Encoding: chunked`.
+pub fn parse(
+    buf: &[u8],
+    head_request: bool,
+    keep_client: bool,
+    date: &[u8],
+    out: &mut Vec<u8>,
+) -> Parse {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let len = match resp.parse(buf) {
+        Ok(Status::Complete(len)) => len,
+        Ok(Status::Partial) => return Parse::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parse::Bad("too many response headers"),
+        Err(_) => return Parse::Bad("malformed response head"),
+    };
+    let (Some(version), Some(status)) = (resp.version, resp.code) else {
+        return Parse::Bad("malformed response head");
+    };
+    if status == 101 {
+        return Parse::Bad("101 to a request that asked for no upgrade");
+    }
+
+    let mut nominated: [&[u8]; MAX_NOMINATED] = [b""; MAX_NOMINATED];
+    let mut nominations = 0;
+    let mut backend_close = version == 0;
+    let mut length = None;
+    let mut chunked = false;
+    for header in resp.headers.iter() {
+        let name = header.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"connection") {
+            for token in header.value.split(|&b| b == b',').map(trim) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    backend_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    backend_close &= version != 0;
+                } else if !token.is_empty() {
+                    let Some(slot) = nominated.get_mut(nominations) else {
+                        return Parse::Bad("too many names in Connection");
+                    };
+                    *slot = token;
+                    nominations += 1;
+                }
+            }
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            match (length, parse_length(header.value)) {
+                (_, None) => return Parse::Bad("invalid Content-Length"),
+                (Some(a), Some(b)) if a != b => return Parse::Bad("conflicting Content-Length"),
+                (_, n) => length = n,
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if chunked || !trim(header.value).eq_ignore_ascii_case(b"chunked") {
+                return Parse::Bad("a Transfer-Encoding other than chunked");
+            }
+            chunked = true;
+        }
+    }
+    // HTTP/1.0 keeps the connection only when asked to with `Connection: keep-alive`.
+    if version == 0 && !backend_close {
+        backend_close = !resp.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection")
+                && h.value
+                    .split(|&b| b == b',')
+                    .any(|t| trim(t).eq_ignore_ascii_case(b"keep-alive"))
+        });
+    }
+
+    let interim = (100..200).contains(&status);
+    let framing = if interim || head_request || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        Framing::Length(n)
+    } else {
+        Framing::UntilClose
+    };
+
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for header in resp.headers.iter() {
+        let name = header.name.as_bytes();
+        let dropped = DROPPED.iter().any(|h| name.eq_ignore_ascii_case(h))
+            || nominated[..nominations]
+                .iter()
+                .any(|n| name.eq_ignore_ascii_case(n))
+            || (chunked && name.eq_ignore_ascii_case(b"content-length"));
+        if !dropped {
+            put_header(out, name, header.value);
+        }
+    }
+    if interim {
+        out.extend_from_slice(b"\r\n");
+        return Parse::Interim(len);
+    }
+    put_header(out, b"Date", date);
+    // A body that ends when the backend closes goes out chunked: the client's connection stays.
+    put_header(
+        out,
+        b"Connection",
+        if keep_client { b"keep-alive" } else { b"close" },
+    );
+    if framing == Framing::UntilClose {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Parse::Final(Head {
+        len,
+        status,
+        framing,
+        reusable: !backend_close && framing != Framing::UntilClose,
+    })
+}
+
+/// Follows a chunked body through the bytes passed on, to find where it ends.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Chunks {
+    /// Expecting a chunk-size line.
+    #[default]
+    Size,
+    /// Inside a chunk's data, this many bytes left.
+    Data(u64),
+    /// Expecting the CRLF after a chunk's data.
+    DataEnd,
+    /// After the last chunk: trailer lines until an empty one.
+    Trailers,
+    Done,
+}
+
+/// A chunk-size or trailer line longer than this is a broken body.
+const MAX_LINE: usize = 4096;
+
+impl Chunks {
+    /// How many bytes at the start of `buf` belong to the body (all of them, unless it ends
+    /// within `buf` or a line is cut off at its end); `Err` for a malformed body.
+    pub fn advance(&mut self, buf: &[u8]) -> Result<usize, &'static str> {
+        let mut at = 0;
+        loop {
+            let rest = &buf[at..];
+            match *self {
+                Chunks::Done => return Ok(at),
+                Chunks::Size => match httparse::parse_chunk_size(rest) {
+                    Ok(Status::Complete((used, size))) => {
+                        at += used;
+                        *self = if size == 0 {
+                            Chunks::Trailers
+                        } else {
+                            Chunks::Data(size)
+                        };
+                    }
+                    Ok(Status::Partial) if rest.len() < MAX_LINE => return Ok(at),
+                    _ => return Err("malformed chunk size"),
+                },
+                Chunks::Data(left) => {
+                    if rest.is_empty() {
+                        return Ok(at);
+                    }
+                    let take = left.min(rest.len() as u64);
+                    at += take as usize;
+                    *self = match left - take {
+                        0 => Chunks::DataEnd,
+                        left => Chunks::Data(left),
+                    };
+                }
+                Chunks::DataEnd => match rest {
+                    [b'\r', b'\n', ..] => {
+                        at += 2;
+                        *self = Chunks::Size;
+                    }
+                    [] | [b'\r'] => return Ok(at),
+                    _ => return Err("no CRLF after chunk data"),
+                },
+                Chunks::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
+                    Some(0) => {
+                        at += 2;
+                        *self = Chunks::Done;
+                    }
+                    Some(line) => at += line + 2,
+                    None if rest.len() < MAX_LINE => return Ok(at),
+                    None => return Err("trailer line too long"),
+                },
+            }
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        *self == Chunks::Done
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATE: &[u8] = b"Sun, 29 Nov 2026 18:00:00 GMT";
+
+    fn final_head(raw: &[u8], head_request: bool, keep: bool) -> (Head, String) {
+        let mut out = Vec::new();
+        match parse(raw, head_request, keep, DATE, &mut out) {
+            Parse::Final(head) => (head, String::from_utf8(out).expect("text")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn heads_are_rewritten_for_the_client() {
+        let raw =
+            b"HTTP/1.1 200 Fine\r\nContent-Length: 3\r\nConnection: keep-alive, X-Internal\r\n\
+            X-Internal: secret\r\nKeep-Alive: timeout=5\r\nDate: old\r\nX-App: 1\r\n\r\nok\n";
+        let (head, text) = final_head(raw, false, true);
+        assert_eq!(head.len, raw.len() - 3);
+        assert_eq!(
+            (head.status, head.framing, head.reusable),
+            (200, Framing::Length(3), true)
+        );
+        assert_eq!(
+            text,
+            "HTTP/1.1 200 Fine\r\nContent-Length: 3\r\nX-App: 1\r\n\
+             Date: Sun, 29 Nov 2026 18:00:00 GMT\r\nConnection: keep-alive\r\n\r\n"
+        );
+        let (_, text) = final_head(raw, false, false);
+        assert!(text.contains("Connection: close\r\n"));
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |raw: &[u8], head_request| final_head(raw, head_request, true).0.framing;
+        assert_eq!(
+            framing(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing(b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            Framing::Empty
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
+            Framing::Chunked
+        );
+        assert_eq!(
+            framing(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\ncontent-length: 7\r\n\r\n",
+                false
+            ),
+            Framing::Length(7)
+        );
+        let (head, text) = final_head(b"HTTP/1.0 200 OK\r\n\r\n", false, true);
+        assert_eq!((head.framing, head.reusable), (Framing::UntilClose, false));
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
+        assert!(
+            text.ends_with("Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn backend_connections_are_kept_only_when_they_may_be() {
+        let reusable = |raw: &[u8]| final_head(raw, false, true).0.reusable;
+        assert!(reusable(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(!reusable(
+            b"HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n"
+        ));
+        assert!(!reusable(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
+        assert!(reusable(
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+        ));
+    }
+
+    #[test]
+    fn bad_heads_are_refused() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"NOT HTTP\r\n\r\n",
+        ] {
+            let mut out = Vec::new();
+            assert!(
+                matches!(parse(raw, false, true, DATE, &mut out), Parse::Bad(_)),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+
+    #[test]
+    fn interim_responses_are_passed_on() {
+        let raw = b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\n";
+        let mut out = Vec::new();
+        assert_eq!(
+            parse(raw, false, true, DATE, &mut out),
+            Parse::Interim(raw.len() - 17)
+        );
+        assert_eq!(out, b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n");
+    }
+
+    #[test]
+    fn chunked_bodies_end_where_they_end_across_any_split() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: t\r\n\r\n";
+        for split in 0..body.len() {
+            let mut chunks = Chunks::default();
+            let (a, b) = body.split_at(split);
+            let first = chunks.advance(a).expect("valid");
+            let mut rest = a[first..].to_vec();
+            rest.extend_from_slice(b);
+            rest.extend_from_slice(b"NEXT");
+            let second = chunks.advance(&rest).expect("valid");
+            assert!(chunks.done(), "split at {split}");
+            assert_eq!(first + second, body.len(), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn broken_chunked_bodies_are_errors() {
+        assert!(Chunks::default().advance(b"zz\r\n").is_err());
+        assert!(Chunks::default().advance(b"1\r\nab").is_err());
+        assert!(Chunks::default().advance(&[b'1'; MAX_LINE + 1]).is_err());
+    }
+}
