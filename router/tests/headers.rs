@@ -151,37 +151,10 @@ async fn hop_by_hop_request_headers_are_stripped() {
     assert_eq!(one(&json, "host"), "headers.test");
 }
 
-/// A backend that answers every request with a fixed raw response.
-async fn raw_backend(response: &'static [u8]) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        if stream.write_all(response).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test]
 async fn hop_by_hop_response_headers_are_stripped() {
     let h = Harness::start(&[]).await;
-    let addr = raw_backend(
+    let addr = common::raw_backend(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, X-Internal\r\n\
           X-Internal: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\n\
           X-Public: visible\r\n\r\nok\n",
@@ -217,7 +190,7 @@ async fn hop_by_hop_response_headers_are_stripped() {
 #[tokio::test]
 async fn an_http_1_0_backend_is_answered_as_http_1_1_on_a_kept_alive_connection() {
     let h = Harness::start(&[]).await;
-    let addr = raw_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
+    let addr = common::raw_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
     h.instance("web", "old", addr).await;
     h.route("http-1", "old.test", "/", "web").await;
     h.wait_status("old.test", "/", 200).await;

@@ -13,6 +13,8 @@ use flynn_store::{Keys, Store};
 use flynn_testkit::client::{self, Response};
 use flynn_testkit::{eventually, free_port, Etcd};
 use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 
 /// How long the tests give the router to apply a store change. The contract is milliseconds;
@@ -276,4 +278,38 @@ pub fn backend_of(response: &Response) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A backend that answers every request (head only, no body read) with a fixed raw response,
+/// keeping the connection open for the next one.
+pub async fn raw_backend(response: &'static [u8]) -> SocketAddr {
+    raw_backend_with(response, false).await
+}
+
+/// [`raw_backend`], closing each connection after its first response when `close` is set
+/// (for bodies that end when the connection does).
+pub async fn raw_backend_with(response: &'static [u8], close: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..end + 4);
+                        if stream.write_all(response).await.is_err() || close {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
 }

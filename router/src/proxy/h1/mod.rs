@@ -445,11 +445,24 @@ impl FastH1 {
                 self.router.timeouts.read,
                 upstream.read_buf(&mut conn.from_backend),
             );
-            match read.await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(_) if !received => return Err(Failed::Stale),
-                Ok(_) => return Err(Failed::Status(502)),
-                Err(_) => return Err(Failed::Status(504)),
+            // While the backend thinks, a client that hangs up ends the request (as nginx
+            // does): its backend connection is closed rather than kept busy for nobody. Bytes
+            // the client sends meanwhile are its next request.
+            let watch_client = conn.buf.len() < MAX_HEAD;
+            if watch_client {
+                conn.buf.reserve(READ_SIZE);
+            }
+            tokio::select! {
+                read = read => match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    Ok(_) if !received => return Err(Failed::Stale),
+                    Ok(_) => return Err(Failed::Status(502)),
+                    Err(_) => return Err(Failed::Status(504)),
+                },
+                more = conn.client.read_buf(&mut conn.buf), if watch_client => match more {
+                    Ok(n) if n > 0 => {}
+                    _ => return Err(Failed::Client),
+                },
             }
         }
     }

@@ -12,6 +12,10 @@ use crate::proxy::headers::{self, Origin};
 
 /// More headers than this and the request goes to pingora (which allows more).
 const MAX_HEADERS: usize = 64;
+/// A larger body goes to pingora, which streams both directions at once: this loop sends the
+/// whole body before it reads the response, and a backend that answers (and stops reading)
+/// early must not find both sides blocked on full socket buffers.
+pub const MAX_BODY: u64 = 64 * 1024;
 
 /// What is known about a whole request head at the start of the client's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,7 +45,7 @@ pub enum Parse {
 /// Parses the request head at the start of `buf` and decides whether the fast path takes it.
 ///
 /// Taken: HTTP/1.1, origin-form target of plain URI characters, exactly one plain Host, at most
-/// one Content-Length (digits only), no Transfer-Encoding, Upgrade, Expect or HTTP2-Settings,
+/// one Content-Length (digits only, at most [`MAX_BODY`]), no Transfer-Encoding, Upgrade, Expect or HTTP2-Settings,
 /// and a Connection header naming nothing but `keep-alive` or `close`.
 pub fn parse(buf: &[u8]) -> Parse {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -70,7 +74,7 @@ pub fn parse(buf: &[u8]) -> Parse {
             host = Some(offset(buf, value));
         } else if name.eq_ignore_ascii_case(b"content-length") {
             match (content_length, parse_length(value)) {
-                (None, Some(n)) => content_length = Some(n),
+                (None, Some(n)) if n <= MAX_BODY => content_length = Some(n),
                 _ => return Parse::HandOver,
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
@@ -284,8 +288,8 @@ mod tests {
 
         let h = head(b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, close\r\n\r\n");
         assert!(h.close && h.is_head);
-        let h = head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n");
-        assert_eq!(h.content_length, 12);
+        let h = head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n");
+        assert_eq!(h.content_length, MAX_BODY);
     }
 
     #[test]
@@ -310,6 +314,7 @@ mod tests {
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1,1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65537\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
             b"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, X-Secret\r\n\r\n",
             b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n",

@@ -1,0 +1,244 @@
+//! The HTTP/1.1 fast path (router/src/proxy/h1) and its hand-over to pingora's proxy: they
+//! serve one client connection in turn, and the client sees the same router either way.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{echoed, raw_backend, raw_backend_with, Harness};
+use flynn_testkit::backend::Backend;
+use flynn_testkit::client::Conn;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const HANDED_OVER: &str = "flynn_router_h1_handed_over_total";
+
+async fn with_echo(domain: &str) -> (Harness, Backend) {
+    let h = Harness::start(&[]).await;
+    let echo = Backend::start("echo").await;
+    h.instance("web", "echo", echo.addr).await;
+    h.route("http-1", domain, "/", "web").await;
+    h.wait_status(domain, "/", 200).await;
+    (h, echo)
+}
+
+#[tokio::test]
+async fn plain_requests_stay_on_the_fast_path_and_the_rest_are_handed_over() {
+    let (h, _echo) = with_echo("fast.test").await;
+    assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+
+    let response = conn.get("/a?b=c", "fast.test", &[]).await.expect("GET");
+    assert_eq!(response.status, 200);
+    assert_eq!(echoed(&response)["uri"], "/a?b=c");
+    let response = conn
+        .request(b"POST /up HTTP/1.1\r\nHost: fast.test\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .expect("POST");
+    assert_eq!(echoed(&response)["method"], "POST");
+    assert_eq!(echoed(&response)["body_len"], 5);
+    conn.write(b"HEAD / HTTP/1.1\r\nHost: fast.test\r\n\r\n")
+        .await
+        .expect("HEAD");
+    let response = conn.read_response(true).await.expect("HEAD response");
+    assert_eq!(response.status, 200);
+    let response = conn
+        .get("/unknown", "nowhere.test", &[])
+        .await
+        .expect("404");
+    assert_eq!(
+        (response.status, response.text().as_str()),
+        (404, "Not Found\n")
+    );
+    assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
+
+    // A chunked upload is pingora's, and so is the rest of the connection.
+    let response = conn
+        .request(
+            b"POST /chunked HTTP/1.1\r\nHost: fast.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("chunked POST");
+    assert_eq!(response.status, 200);
+    assert_eq!(echoed(&response)["body_len"], 5);
+    let response = conn
+        .get("/after", "fast.test", &[])
+        .await
+        .expect("GET after");
+    assert_eq!(echoed(&response)["uri"], "/after");
+    assert_eq!(h.router.metric(HANDED_OVER).await, 1.0);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (h, _echo) = with_echo("pipe.test").await;
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    conn.write(
+        b"GET /1 HTTP/1.1\r\nHost: pipe.test\r\n\r\n\
+          POST /2 HTTP/1.1\r\nHost: pipe.test\r\nContent-Length: 3\r\n\r\nabc\
+          GET /3 HTTP/1.1\r\nHost: pipe.test\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    for (uri, body_len) in [("/1", 0), ("/2", 3), ("/3", 0)] {
+        let response = conn.read_response(false).await.expect("response");
+        assert_eq!(echoed(&response)["uri"], uri);
+        assert_eq!(echoed(&response)["body_len"], body_len);
+    }
+    assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
+}
+
+#[tokio::test]
+async fn request_bodies_arrive_whole_however_they_are_sent() {
+    let (h, _echo) = with_echo("body.test").await;
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+
+    // The head first, then the body in pieces: streamed to the backend as it comes.
+    let size = 60_000;
+    conn.write(
+        format!("PUT /put HTTP/1.1\r\nHost: body.test\r\nContent-Length: {size}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("head");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        conn.write(&vec![b'x'; size / 3]).await.expect("body");
+    }
+    let response = conn.read_response(false).await.expect("response");
+    assert_eq!(echoed(&response)["body_len"], size);
+    assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
+
+    // A body above 64 KiB goes to pingora, which streams both ways at once.
+    let size = 100_000;
+    let mut raw =
+        format!("POST /big HTTP/1.1\r\nHost: body.test\r\nContent-Length: {size}\r\n\r\n")
+            .into_bytes();
+    raw.extend(std::iter::repeat_n(b'y', size));
+    let response = conn.request(&raw).await.expect("big POST");
+    assert_eq!(echoed(&response)["body_len"], size);
+    assert_eq!(h.router.metric(HANDED_OVER).await, 1.0);
+}
+
+#[tokio::test]
+async fn every_response_framing_reaches_the_client_on_a_kept_connection() {
+    let h = Harness::start(&[]).await;
+    let backends = [
+        (
+            "/",
+            raw_backend(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n",
+            )
+            .await,
+        ),
+        (
+            "/eof/",
+            raw_backend_with(b"HTTP/1.1 200 OK\r\nX-Kind: eof\r\n\r\nuntil the end", true).await,
+        ),
+        (
+            "/hints/",
+            raw_backend(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n\
+                  HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            )
+            .await,
+        ),
+        (
+            "/empty/",
+            raw_backend(b"HTTP/1.1 204 No Content\r\n\r\n").await,
+        ),
+    ];
+    for (i, (path, addr)) in backends.iter().enumerate() {
+        let service = format!("svc-{i}");
+        h.instance(&service, "raw", *addr).await;
+        h.route(&format!("http-{i}"), "framing.test", path, &service)
+            .await;
+    }
+    // Routes apply in the order they were written: the last one serving means all do.
+    h.wait_status("framing.test", "/empty/", 204).await;
+
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    for _ in 0..2 {
+        let response = conn.get("/", "framing.test", &[]).await.expect("chunked");
+        assert_eq!(response.text(), "hello world");
+
+        // A body that ends with the backend's connection goes out chunked, the client's stays.
+        let response = conn.get("/eof/", "framing.test", &[]).await.expect("eof");
+        assert_eq!(response.header("x-kind"), Some("eof"));
+        assert_eq!(response.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(response.text(), "until the end");
+
+        let response = conn.get("/hints/", "framing.test", &[]).await.expect("103");
+        assert_eq!(response.status, 103);
+        assert_eq!(response.header("link"), Some("</s.css>"));
+        let response = conn.read_response(false).await.expect("200 after 103");
+        assert_eq!((response.status, response.text().as_str()), (200, "ok"));
+
+        let response = conn.get("/empty/", "framing.test", &[]).await.expect("204");
+        assert_eq!(response.status, 204);
+    }
+    assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_frees_the_backend_connection() {
+    // Answers `GET /` at once; on `GET /hang` answers nothing and reports how soon after the
+    // request the router closed the connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    if seen.starts_with(b"GET /hang ") {
+                        let asked = Instant::now();
+                        let eof =
+                            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf));
+                        let _ = closed.send(
+                            matches!(eof.await, Ok(Ok(0)) | Ok(Err(_))).then(|| asked.elapsed()),
+                        );
+                        return;
+                    }
+                    seen.drain(..end + 4);
+                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let h = Harness::start(&[]).await;
+    h.instance("web", "thinker", addr).await;
+    h.route("http-1", "hangup.test", "/", "web").await;
+    h.wait_status("hangup.test", "/", 200).await;
+
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    conn.write(b"GET /hang HTTP/1.1\r\nHost: hangup.test\r\n\r\n")
+        .await
+        .expect("write");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(conn);
+    let closed_after = tokio::time::timeout(Duration::from_secs(15), closed_rx.recv())
+        .await
+        .expect("the backend reports")
+        .flatten()
+        .expect("the router closed the backend connection");
+    assert!(
+        closed_after < Duration::from_secs(2),
+        "the backend connection stayed open {closed_after:?} after the client left"
+    );
+}
