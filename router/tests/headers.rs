@@ -2,14 +2,11 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use common::{echoed, Harness};
 use flynn_testkit::backend::{echoed_header, echoed_headers, Backend};
 use flynn_testkit::client::{self, Conn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 async fn harness_with_echo() -> (Harness, Backend) {
     let h = Harness::start(&[]).await;
