@@ -265,3 +265,116 @@ pub fn proxy_header(data: &[u8]) {
         Err(_) => {}
     }
 }
+
+/// `h1_messages`: bytes as the start of what a client sends the HTTP/1.1 fast path, and as what a
+/// backend answers it. Nothing panics. A request head the fast path takes is found again in any
+/// longer input, and the head it sends upstream is one complete HTTP/1.1 request with the same
+/// method, target and Host, and none of the hop-by-hop headers. A response head it passes on is
+/// one complete response with the same status. A chunked body's end is found at the same place
+/// however the bytes are split.
+pub fn h1_messages(data: &[u8]) {
+    use flynn_router::proxy::h1::{request, response};
+    use flynn_router::proxy::headers::Origin;
+
+    if let request::Parse::Head(head) = request::parse(data) {
+        assert!(head.len <= data.len());
+        assert!(head.host.end <= head.len && head.path.end <= head.len);
+        let mut longer = data.to_vec();
+        longer.extend_from_slice(b"GET / HTTP/1.1\r\n");
+        assert_eq!(request::parse(&longer), request::Parse::Head(head.clone()));
+
+        let origin = Origin {
+            client_ip: Some(std::net::IpAddr::from([10, 0, 0, 1])),
+            proto: "http",
+            port: Some(80),
+        };
+        let mut out = Vec::new();
+        request::write_upstream(data, &head, &origin, true, &mut out);
+        let mut slots = [httparse::EMPTY_HEADER; 128];
+        let mut sent = httparse::Request::new(&mut slots);
+        assert_eq!(
+            sent.parse(&out),
+            Ok(httparse::Status::Complete(out.len())),
+            "{:?}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(sent.version, Some(1));
+        assert_eq!(sent.path.map(str::as_bytes), Some(&data[head.path.clone()]));
+        let hosts: Vec<&[u8]> = sent
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("host"))
+            .map(|h| h.value)
+            .collect();
+        assert_eq!(hosts, [&data[head.host.clone()]]);
+        for h in sent.headers.iter() {
+            let hop = ["keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+            assert!(
+                !hop.iter().any(|n| h.name.eq_ignore_ascii_case(n)),
+                "{}",
+                h.name
+            );
+            if h.name.eq_ignore_ascii_case("connection") {
+                assert_eq!(h.value, b"close");
+            }
+        }
+    }
+
+    let mut out = Vec::new();
+    match response::parse(
+        data,
+        false,
+        true,
+        b"Sun, 29 Nov 2026 18:00:00 GMT",
+        &mut out,
+    ) {
+        response::Parse::Final(response::Head { len, status, .. }) => {
+            assert!(len <= data.len());
+            check_passed_on(&out, status);
+        }
+        response::Parse::Interim(len) => {
+            assert!(len <= data.len());
+            let mut slots = [httparse::EMPTY_HEADER; 128];
+            let mut passed = httparse::Response::new(&mut slots);
+            assert_eq!(
+                passed.parse(&out),
+                Ok(httparse::Status::Complete(out.len()))
+            );
+        }
+        response::Parse::Partial | response::Parse::Bad(_) => {}
+    }
+
+    let mut whole = response::Chunks::default();
+    let whole_end = whole.advance(data);
+    for split in [data.len() / 3, data.len() / 2] {
+        let mut chunks = response::Chunks::default();
+        let Ok(first) = chunks.advance(&data[..split]) else {
+            assert!(whole_end.is_err() || !whole.done(), "split at {split}");
+            continue;
+        };
+        let rest = chunks.advance(&data[first..]);
+        if let (Ok(whole_end), true) = (whole_end, whole.done()) {
+            assert_eq!(rest.map(|n| first + n), Ok(whole_end), "split at {split}");
+            assert!(chunks.done());
+        }
+    }
+}
+
+fn check_passed_on(out: &[u8], status: u16) {
+    let mut slots = [httparse::EMPTY_HEADER; 160];
+    let mut passed = httparse::Response::new(&mut slots);
+    assert_eq!(
+        passed.parse(out),
+        Ok(httparse::Status::Complete(out.len())),
+        "{:?}",
+        String::from_utf8_lossy(out)
+    );
+    assert_eq!((passed.version, passed.code), (Some(1), Some(status)));
+    let connection: Vec<&[u8]> = passed
+        .headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .map(|h| h.value)
+        .collect();
+    assert_eq!(connection, [&b"keep-alive"[..]]);
+}

@@ -40,3 +40,8 @@ fn host_match_corpus() {
 fn proxy_header_corpus() {
     replay("proxy_header", targets::proxy_header);
 }
+
+#[test]
+fn h1_messages_corpus() {
+    replay("h1_messages", targets::h1_messages);
+}

@@ -14,8 +14,8 @@
 //! what was read of it, to pingora for the rest of its life. The behaviour is the router's
 //! either way: same routing, headers, errors, retries, metrics.
 
-mod request;
-mod response;
+pub mod request;
+pub mod response;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
