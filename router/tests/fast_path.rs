@@ -242,3 +242,65 @@ async fn a_client_that_hangs_up_frees_the_backend_connection() {
         "the backend connection stayed open {closed_after:?} after the client left"
     );
 }
+
+#[tokio::test]
+async fn a_pooled_connection_found_closed_is_retried_for_idempotent_requests_only() {
+    stale_pooled_connection(&[]).await;
+}
+
+#[tokio::test]
+async fn pingoras_path_retries_a_pooled_connection_found_closed_too() {
+    stale_pooled_connection(&["--h1-fast-path", "false"]).await;
+}
+
+async fn stale_pooled_connection(router_flags: &[&str]) {
+    // Answers the first request on each connection (keeping it open) and hangs up on the
+    // second as soon as it arrives: the race of a backend closing an idle connection just as
+    // the router reuses it, every time.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if stream.write_all(ok).await.is_err() {
+                    return;
+                }
+                // The next request's first bytes end the connection unanswered.
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    let h = Harness::start(router_flags).await;
+    h.instance("web", "flaky", addr).await;
+    h.route("http-1", "stale.test", "/", "web").await;
+    h.wait_status("stale.test", "/", 200).await;
+
+    // Each request finds the pooled connection of the one before and the backend hanging up.
+    let http = h.router.http.to_string();
+    for _ in 0..3 {
+        let response = Conn::open(&http)
+            .await
+            .expect("open")
+            .get("/", "stale.test", &[])
+            .await
+            .expect("GET");
+        assert_eq!((response.status, response.text().as_str()), (200, "ok"));
+    }
+    // A POST may have been acted on: it is not sent twice.
+    let response = Conn::open(&http)
+        .await
+        .expect("open")
+        .request(b"POST / HTTP/1.1\r\nHost: stale.test\r\nContent-Length: 1\r\n\r\nx")
+        .await
+        .expect("POST");
+    assert_eq!(response.status, 502);
+}

@@ -1,4 +1,6 @@
-//! Where a request is routed: pingora's `ProxyHttp` phases, in the order they run.
+//! Where a request is routed: pingora's `ProxyHttp` phases, in the order they run. Plain
+//! HTTP/1.1 requests take the router's own loop in [`h1`] instead, with the same behaviour; this
+//! path serves the rest (HTTP/2, upgrades, chunked and large uploads, sticky routes, HTTP/1.0).
 //!
 //! 1. `request_filter`: match host and path in the current table snapshot (no lock); answer
 //!    404 or 503 right here when there is no route or no live instance.
@@ -150,11 +152,17 @@ impl ProxyHttp for Proxy {
         let (Some(route), Some(service)) = (&ctx.route, &ctx.service) else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
+        // Still set: the last attempt connected, on a pooled connection the backend had closed
+        // (pingora retries that only for idempotent requests). The same instance, once more.
+        let again = ctx.current.take().map(|stale| stale.backend().clone());
         let pinned = match (&ctx.pinned, route.leader) {
             (Some(id), false) => service.pick_by_id(id, &mut ctx.tried),
             _ => None,
         };
-        let Some(backend) = pinned.or_else(|| service.pick(route.leader, &mut ctx.tried)) else {
+        let Some(backend) = again
+            .or(pinned)
+            .or_else(|| service.pick(route.leader, &mut ctx.tried))
+        else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no instance left to try",

@@ -150,6 +150,14 @@ impl Conn {
     }
 }
 
+/// A backend connection for one request, counted in flight on its instance while it lives.
+struct Upstream {
+    stream: Stream,
+    reused: bool,
+    peer: HttpPeer,
+    _in_flight: InFlight,
+}
+
 /// Why a request could not be proxied.
 enum Failed {
     /// A reused backend connection answered nothing: the backend had closed it.
@@ -297,16 +305,67 @@ impl FastH1 {
         let body_left = head.content_length - with_head as u64;
         let keep_client = !head.close && !*conn.shutdown.borrow();
 
-        let mut tried = Tried::default();
-        let mut result;
-        loop {
-            let Some(backend) = service.pick(route.leader, &mut tried) else {
+        let Some(mut upstream) = self.connect(route, service).await else {
+            return self.fail(conn, 503).await;
+        };
+        let mut result = self
+            .exchange(conn, &mut upstream.stream, body_left, head, keep_client)
+            .await;
+        if matches!(result, Err(Failed::Stale))
+            && upstream.reused
+            && head.idempotent
+            && body_left == 0
+        {
+            // The backend had closed the pooled connection: an idempotent request goes once
+            // more on a new one (all of it is still in `conn.upstream`).
+            let Ok(fresh) = self.connector.new_stream(&upstream.peer).await else {
                 return self.fail(conn, 503).await;
             };
+            upstream.stream = fresh;
+            result = self
+                .exchange(conn, &mut upstream.stream, body_left, head, keep_client)
+                .await;
+        }
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(Failed::Status(status)) => return self.fail(conn, status).await,
+            Err(Failed::Stale) => return self.fail(conn, 502).await,
+            Err(Failed::Client) => return (0, false),
+        };
+        match self.relay(conn, &mut upstream.stream, resp.framing).await {
+            Ok(clean) => {
+                if clean && resp.reusable && !route.disable_keep_alives {
+                    self.connector.release_stream(
+                        upstream.stream,
+                        upstream.peer.reuse_hash(),
+                        Some(self.router.timeouts.idle),
+                    );
+                }
+                (resp.status, keep_client)
+            }
+            // Cut off mid-body: the client's connection cannot carry another response.
+            Err(()) => (resp.status, false),
+        }
+    }
+
+    /// A connection to an instance of `service`: pooled, or new (connect failures are tried
+    /// again on other instances, as pingora's path does). None: no instance could be reached.
+    async fn connect(&self, route: &RouteEntry, service: &Service) -> Option<Upstream> {
+        let mut tried = Tried::default();
+        loop {
+            let backend = service.pick(route.leader, &mut tried)?;
             let in_flight = InFlight::new(backend.clone());
             let peer = self.peer(&backend);
-            let (mut upstream, reused) = match self.connector.get_stream(&peer).await {
-                Ok(connected) => connected,
+            match self.connector.get_stream(&peer).await {
+                Ok((stream, reused)) => {
+                    backend.connect_succeeded();
+                    return Some(Upstream {
+                        stream,
+                        reused,
+                        peer,
+                        _in_flight: in_flight,
+                    });
+                }
                 Err(e) => {
                     tracing::debug!(backend = %backend.addr, error = %e, "connect failed");
                     self.router.metrics.upstream_connect_errors.inc();
@@ -316,53 +375,11 @@ impl FastH1 {
                     } else {
                         service.backends().len()
                     };
-                    if tried.count() < MAX_ATTEMPTS && tried.count() < instances {
-                        continue;
+                    if tried.count() >= MAX_ATTEMPTS || tried.count() >= instances {
+                        return None;
                     }
-                    return self.fail(conn, 503).await;
-                }
-            };
-            backend.connect_succeeded();
-            result = self
-                .exchange(conn, &mut upstream, body_left, head, keep_client)
-                .await;
-            if matches!(result, Err(Failed::Stale)) && reused && body_left == 0 {
-                // The pooled connection was closed by the backend: once more on a new one.
-                match self.connector.new_stream(&peer).await {
-                    Ok(fresh) => {
-                        upstream = fresh;
-                        result = self
-                            .exchange(conn, &mut upstream, body_left, head, keep_client)
-                            .await;
-                    }
-                    Err(_) => return self.fail(conn, 503).await,
                 }
             }
-            let status = match result {
-                Ok(response::Head {
-                    status,
-                    framing,
-                    reusable,
-                    ..
-                }) => match self.relay(conn, &mut upstream, framing).await {
-                    Ok(clean) => {
-                        if clean && reusable && !route.disable_keep_alives {
-                            self.connector.release_stream(
-                                upstream,
-                                peer.reuse_hash(),
-                                Some(self.router.timeouts.idle),
-                            );
-                        }
-                        return (status, keep_client);
-                    }
-                    Err(_) => status,
-                },
-                Err(Failed::Status(status)) => return self.fail(conn, status).await,
-                Err(Failed::Stale) => return self.fail(conn, 502).await,
-                Err(Failed::Client) => 0,
-            };
-            drop(in_flight);
-            return (status, false);
         }
     }
 

@@ -27,6 +27,9 @@ pub struct Head {
     pub close: bool,
     /// A `HEAD` request: the response has no body whatever its headers say.
     pub is_head: bool,
+    /// An idempotent method (RFC 9110 §9.2.2): safe to send again when a pooled backend
+    /// connection turns out closed, as pingora's path does.
+    pub idempotent: bool,
     /// Where the Host value and the request target are in the buffer.
     pub host: Range<usize>,
     pub path: Range<usize>,
@@ -97,6 +100,10 @@ pub fn parse(buf: &[u8]) -> Parse {
         content_length: content_length.unwrap_or(0),
         close,
         is_head: method == "HEAD",
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
+        ),
         host,
         path: offset(buf, path.as_bytes()),
     })
@@ -287,9 +294,10 @@ mod tests {
         assert_eq!((h.content_length, h.close, h.is_head), (0, false, false));
 
         let h = head(b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: Keep-Alive, close\r\n\r\n");
-        assert!(h.close && h.is_head);
+        assert!(h.close && h.is_head && h.idempotent);
         let h = head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 65536\r\n\r\n");
         assert_eq!(h.content_length, MAX_BODY);
+        assert!(!h.idempotent);
     }
 
     #[test]
