@@ -14,6 +14,8 @@
 #                       thread, one fixed backend, no added headers: the floor under ours
 #   ours     127.0.0.5  flynn-router --threads 1, reading a real etcd (127.0.0.6) that holds one
 #                       route (Host bench.test) and one instance (the backend), written with etcdctl
+#   ours_pingora 127.0.0.8  the same router with --h1-fast-path false: every request through
+#                       pingora's proxy instead of the router's own HTTP/1.1 loop
 # The proxies are configured to do the header work ours does on every request: X-Forwarded-For,
 # -Proto, -Port, X-Request-Start and a fresh X-Request-Id.
 #
@@ -31,7 +33,7 @@
 # PIN=0 turns pinning off.
 #
 # Env: DURATION (10s), WARMUP (2s), CONNS (50), WRK_THREADS (1), ROUNDS (2),
-#      TARGETS ("direct nginx haproxy pingora ours"), PROXY_CPU (0), CLIENT_CPU (1), PIN (1),
+#      TARGETS ("direct nginx haproxy pingora ours_pingora ours"), PROXY_CPU (0), CLIENT_CPU (1), PIN (1),
 #      CARGO_TARGET_DIR (target), NO_BUILD (0), ROUTER_BIN (a router binary or wrapper to run
 #      instead of building one; a wrapper must `exec` the router), BARE_BIN (bare-pingora), PERF (0: 1 records a perf profile of ours during
 #      its last measured run and prints the top symbols; needs `perf`), WAIT_IDLE (0: seconds to
@@ -46,7 +48,7 @@ WARMUP=${WARMUP:-2s}
 CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 ROUNDS=${ROUNDS:-2}
-TARGETS=${TARGETS:-"direct nginx haproxy pingora ours"}
+TARGETS=${TARGETS:-"direct nginx haproxy pingora ours_pingora ours"}
 PROXY_CPU=${PROXY_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 PIN=${PIN:-1}
@@ -81,6 +83,7 @@ HAPROXY=127.0.0.4:$(free_port)
 OURS=127.0.0.5:$(free_port)
 BARE=127.0.0.7:$(free_port)
 OURS_ADMIN=127.0.0.5:$(free_port)
+OURS_PINGORA=127.0.0.8:$(free_port)
 OURS_HTTPS=127.0.0.5:$(free_port)
 ETCD=127.0.0.6:$(free_port)
 ETCD_PEER=127.0.0.6:$(free_port)
@@ -136,6 +139,19 @@ put_http_route "$ETCD" "$HOST_HEADER" "$BACKEND"
 OURS_PID=$!
 PIDS+=("$OURS_PID")
 
+OURS_PINGORA_PID=
+if [[ " $TARGETS " == *" ours_pingora "* ]]; then
+    (
+        export FLYNN_H1_FAST_PATH=false FLYNN_NO_HTTPS=true FLYNN_TCP_IP=127.0.0.8 \
+            FLYNN_UPGRADE_SOCK=$WORK/upgrade-pingora.sock
+        pin "$PROXY_CPU" "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$OURS_PINGORA" \
+            --admin-addr "127.0.0.8:$(free_port)" --threads 1 --log warn >"$WORK/router-pingora.log" 2>&1
+    ) &
+    OURS_PINGORA_PID=$!
+    PIDS+=("$OURS_PINGORA_PID")
+    wait_200 "http://$OURS_PINGORA/" "$HOST_HEADER"
+fi
+
 PINGORA_PID=
 if [[ -n ${BARE_BIN:-} ]]; then
     start_pinned "$PROXY_CPU" "$WORK/bare.log" "$BARE_BIN" "$BARE" "$BACKEND"
@@ -148,7 +164,7 @@ wait_200 "http://$NGINX/" "$HOST_HEADER"
 wait_200 "http://$HAPROXY/" "$HOST_HEADER"
 wait_200 "http://$OURS_ADMIN/health" || { tail -20 "$WORK/router.log" >&2; exit 1; }
 wait_200 "http://$OURS/" "$HOST_HEADER"
-for addr in "$BACKEND" "$NGINX" "$HAPROXY" "$OURS"; do
+for addr in "$BACKEND" "$NGINX" "$HAPROXY" "$OURS" ${OURS_PINGORA_PID:+"$OURS_PINGORA"}; do
     body=$(curl -s -H "Host: $HOST_HEADER" "http://$addr/")
     [[ $body == ok ]] || { echo "load.sh: $addr answered '$body', not ok" >&2; exit 1; }
 done
@@ -159,6 +175,7 @@ target_addr() {
         nginx) echo "$NGINX" ;;
         haproxy) echo "$HAPROXY" ;;
         ours) echo "$OURS" ;;
+        ours_pingora) echo "$OURS_PINGORA" ;;
         pingora) echo "$BARE" ;;
         *) echo "load.sh: unknown target $1" >&2; exit 1 ;;
     esac
@@ -209,7 +226,7 @@ measure() { # measure ROUND TARGET
     local round=$1 target=$2 rps p50 p99 errors proxy_cpu core0 core1 others
     quiet_run "$target" measure_once "$round" "$target"
     echo "$round $target $rps $p50 $p99 $proxy_cpu $core0 $core1 $errors $others" >>"$RESULTS"
-    printf '  round %s %-8s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  proxy %4s%%  others %3s%%  errors %s\n' \
+    printf '  round %s %-12s %10.0f req/s  p50 %7.0f us  p99 %7.0f us  proxy %4s%%  others %3s%%  errors %s\n' \
         "$round" "$target" "$rps" "$p50" "$p99" "$proxy_cpu" "$others" "$errors" >&2
 }
 
@@ -223,17 +240,17 @@ done
 echo
 echo "## Load: wrk -t$WRK_THREADS -c$CONNS -d$DURATION --latency, Host: $HOST_HEADER, response \"ok\\n\" ($(date -u +%Y-%m-%d), $(nproc) cores, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))"
 echo
-echo "| round | target  |    req/s | p50 (ms) | p99 (ms) | proxy CPU % | proxy CPU us/req | core$PROXY_CPU busy % | core$CLIENT_CPU busy % | errors | others % |"
-echo "|------:|---------|---------:|---------:|---------:|------------:|-----------------:|------------:|------------:|-------:|---------:|"
+echo "| round | target       |    req/s | p50 (ms) | p99 (ms) | proxy CPU % | proxy CPU us/req | core$PROXY_CPU busy % | core$CLIENT_CPU busy % | errors | others % |"
+echo "|------:|--------------|---------:|---------:|---------:|------------:|-----------------:|------------:|------------:|-------:|---------:|"
 awk '{
     per = $6 == "-" ? "-" : sprintf("%.1f", $6 / 100 / $3 * 1e6)
-    printf "| %5s | %-7s | %8.0f | %8.3f | %8.3f | %11s | %16s | %11s | %11s | %6s | %8s |\n", $1, $2, $3, $4 / 1000, $5 / 1000, $6, per, $7, $8, $9, $10
+    printf "| %5s | %-12s | %8.0f | %8.3f | %8.3f | %11s | %16s | %11s | %11s | %6s | %8s |\n", $1, $2, $3, $4 / 1000, $5 / 1000, $6, per, $7, $8, $9, $10
 }' "$RESULTS"
 echo
 echo "Mean over $ROUNDS round(s):"
 echo
-echo "| target  |    req/s | p50 (ms) | p99 (ms) | proxy CPU us/req | req/s vs nginx | p99 vs nginx |"
-echo "|---------|---------:|---------:|---------:|-----------------:|---------------:|-------------:|"
+echo "| target       |    req/s | p50 (ms) | p99 (ms) | proxy CPU us/req | req/s vs nginx | p99 vs nginx |"
+echo "|--------------|---------:|---------:|---------:|-----------------:|---------------:|-------------:|"
 awk -v order="$TARGETS" '
     { n[$2]++; rps[$2] += $3; p50[$2] += $4; p99[$2] += $5; if ($6 != "-") cpu[$2] += $6 / 100 / $3 * 1e6 }
     END {
@@ -247,7 +264,7 @@ awk -v order="$TARGETS" '
             ratio = base_rps > 0 ? sprintf("%.2f", r / base_rps) : "-"
             pr = base_p99 > 0 ? sprintf("%.2f", q / base_p99) : "-"
             per = (k in cpu) ? sprintf("%.1f", cpu[k] / n[k]) : "-"
-            printf "| %-7s | %8.0f | %8.3f | %8.3f | %16s | %14s | %12s |\n", k, r, p50[k] / n[k] / 1000, q / 1000, per, ratio, pr
+            printf "| %-12s | %8.0f | %8.3f | %8.3f | %16s | %14s | %12s |\n", k, r, p50[k] / n[k] / 1000, q / 1000, per, ratio, pr
         }
     }' "$RESULTS"
 

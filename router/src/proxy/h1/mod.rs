@@ -44,7 +44,10 @@ use response::{Chunks, Framing};
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// A request head longer than this goes to pingora, which answers it.
 const MAX_HEAD: usize = 32 * 1024;
-/// What a read asks for at least.
+/// What a read from a client asks room for: request heads are small, and an idle kept-alive
+/// connection holds this much.
+const CLIENT_READ: usize = 4 * 1024;
+/// What a read from a backend asks room for (allocated with a connection's first request).
 const READ_SIZE: usize = 16 * 1024;
 
 /// The HTTP app of the client listeners: the fast path in front of pingora's proxy.
@@ -134,10 +137,10 @@ impl Conn {
         };
         Conn {
             client,
-            buf: BytesMut::with_capacity(READ_SIZE),
+            buf: BytesMut::with_capacity(CLIENT_READ),
             upstream: Vec::with_capacity(1024),
             out: Vec::with_capacity(1024),
-            from_backend: BytesMut::with_capacity(READ_SIZE),
+            from_backend: BytesMut::new(),
             origin,
             shutdown,
         }
@@ -148,6 +151,15 @@ impl Conn {
         self.client.write_all(&self.out).await?;
         self.client.flush().await
     }
+}
+
+/// What the table says to do with a request.
+enum Plan {
+    /// The router's own answer: 404 (no route) or 503 (no live instance).
+    Answer(u16),
+    /// Sticky routes and routes to HTTP/2 backends are pingora's.
+    HandOver,
+    Forward(Arc<RouteEntry>, Arc<Service>),
 }
 
 /// A backend connection for one request, counted in flight on its instance while it lives.
@@ -194,41 +206,32 @@ impl FastH1 {
             };
             let start = Instant::now();
             let _in_flight = self.router.in_flight.enter();
-            let table = self.router.table.load();
-            let Some(route) =
-                table.lookup(&conn.buf[head.host.clone()], &conn.buf[head.path.clone()])
-            else {
-                if head.content_length > 0 {
-                    return End::HandOver;
-                }
-                let keep = self.answer(conn, &head, 404).await;
-                self.record(404, start);
-                if keep {
-                    continue;
-                }
-                return End::Close;
+            let (status, keep) = match self.plan(&conn.buf, &head) {
+                Plan::HandOver => return End::HandOver,
+                // A body sent with it would have to be read past: pingora does that.
+                Plan::Answer(_) if head.content_length > 0 => return End::HandOver,
+                Plan::Answer(status) => (status, self.answer(conn, &head, status).await),
+                Plan::Forward(route, service) => self.forward(conn, &head, &route, &service).await,
             };
-            if route.sticky || route.backend_protocol != BackendProtocol::Http1 {
-                return End::HandOver;
-            }
-            let Some(service) = table.service(&route.service).filter(|s| !s.is_empty()) else {
-                if head.content_length > 0 {
-                    return End::HandOver;
-                }
-                let keep = self.answer(conn, &head, 503).await;
-                self.record(503, start);
-                if keep {
-                    continue;
-                }
-                return End::Close;
-            };
-            let (route, service) = (route.clone(), service.clone());
-            drop(table);
-            let (status, keep) = self.forward(conn, &head, &route, &service).await;
             self.record(status, start);
             if !keep {
                 return End::Close;
             }
+        }
+    }
+
+    /// What becomes of the request `head` at the start of `buf`, by the current table.
+    fn plan(&self, buf: &[u8], head: &request::Head) -> Plan {
+        let table = self.router.table.load();
+        let Some(route) = table.lookup(&buf[head.host.clone()], &buf[head.path.clone()]) else {
+            return Plan::Answer(404);
+        };
+        if route.sticky || route.backend_protocol != BackendProtocol::Http1 {
+            return Plan::HandOver;
+        }
+        match table.service(&route.service).filter(|s| !s.is_empty()) {
+            Some(service) => Plan::Forward(route.clone(), service.clone()),
+            None => Plan::Answer(503),
         }
     }
 
@@ -253,7 +256,7 @@ impl FastH1 {
                     request::Parse::Partial => {}
                 }
             }
-            conn.buf.reserve(READ_SIZE);
+            conn.buf.reserve(CLIENT_READ);
             let read = if conn.buf.is_empty() {
                 // Between requests: a shutdown closes the idle connection.
                 if *conn.shutdown.borrow() {
@@ -407,7 +410,7 @@ impl FastH1 {
         }
         while body_left > 0 {
             if conn.buf.is_empty() {
-                conn.buf.reserve(READ_SIZE);
+                conn.buf.reserve(CLIENT_READ);
                 match timeout(KEEPALIVE, conn.client.read_buf(&mut conn.buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return Err(Failed::Client),
@@ -467,7 +470,7 @@ impl FastH1 {
             // the client sends meanwhile are its next request.
             let watch_client = conn.buf.len() < MAX_HEAD;
             if watch_client {
-                conn.buf.reserve(READ_SIZE);
+                conn.buf.reserve(CLIENT_READ);
             }
             tokio::select! {
                 read = read => match read {
