@@ -77,6 +77,10 @@ pub fn parse(
     let (Some(version), Some(status)) = (resp.version, resp.code) else {
         return Parse::Bad("malformed response head");
     };
+    if !(100..=599).contains(&status) {
+        // httparse takes any three digits (`020`); HTTP's status codes are 100 to 599.
+        return Parse::Bad("status code out of range");
+    }
     if status == 101 {
         return Parse::Bad("101 to a request that asked for no upgrade");
     }
@@ -348,6 +352,8 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 020 OK\r\n\r\n",
+            b"HTTP/1.1 600 Nope\r\n\r\n",
             b"NOT HTTP\r\n\r\n",
         ] {
             let mut out = Vec::new();
