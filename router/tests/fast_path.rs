@@ -5,11 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{echoed, raw_backend, raw_backend_with, Harness};
+use common::{echoed, raw_backend, raw_backend_with, raw_server, read_head, Harness};
 use flynn_testkit::backend::Backend;
 use flynn_testkit::client::Conn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 const HANDED_OVER: &str = "flynn_router_h1_handed_over_total";
 
@@ -186,41 +185,28 @@ async fn every_response_framing_reaches_the_client_on_a_kept_connection() {
 async fn a_client_that_hangs_up_frees_the_backend_connection() {
     // Answers `GET /` at once; on `GET /hang` answers nothing and reports how soon after the
     // request the router closed the connection.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let closed = closed_tx.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        continue;
-                    };
-                    if seen.starts_with(b"GET /hang ") {
-                        let asked = Instant::now();
-                        let eof =
-                            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf));
-                        let _ = closed.send(
-                            matches!(eof.await, Ok(Ok(0)) | Ok(Err(_))).then(|| asked.elapsed()),
-                        );
-                        return;
-                    }
-                    seen.drain(..end + 4);
-                    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if stream.write_all(ok).await.is_err() {
-                        return;
-                    }
+    let addr = raw_server(move |mut stream| {
+        let closed = closed_tx.clone();
+        async move {
+            let mut seen = Vec::new();
+            while let Some(len) = read_head(&mut stream, &mut seen).await {
+                if seen.starts_with(b"GET /hang ") {
+                    let asked = Instant::now();
+                    let eof = tokio::time::timeout(Duration::from_secs(10), stream.read_u8());
+                    let hung_up = matches!(eof.await, Ok(Err(_)));
+                    let _ = closed.send(hung_up.then(|| asked.elapsed()));
+                    return;
                 }
-            });
+                seen.drain(..len);
+                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                if stream.write_all(ok).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
+    })
+    .await;
     let h = Harness::start(&[]).await;
     h.instance("web", "thinker", addr).await;
     h.route("http-1", "hangup.test", "/", "web").await;
@@ -257,28 +243,17 @@ async fn stale_pooled_connection(router_flags: &[&str]) {
     // Answers the first request on each connection (keeping it open) and hangs up on the
     // second as soon as it arrives: the race of a backend closing an idle connection just as
     // the router reuses it, every time.
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                if stream.write_all(ok).await.is_err() {
-                    return;
-                }
-                // The next request's first bytes end the connection unanswered.
-                let _ = stream.read(&mut buf).await;
-            });
+    let addr = raw_server(|mut stream| async move {
+        if read_head(&mut stream, &mut Vec::new()).await.is_none() {
+            return;
         }
-    });
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        if stream.write_all(ok).await.is_ok() {
+            // The next request's first bytes end the connection unanswered.
+            let _ = stream.read_u8().await;
+        }
+    })
+    .await;
     let h = Harness::start(router_flags).await;
     h.instance("web", "flaky", addr).await;
     h.route("http-1", "stale.test", "/", "web").await;

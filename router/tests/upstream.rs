@@ -12,8 +12,6 @@ use flynn_testkit::backend::{Backend, Options};
 use flynn_testkit::client::{self, Conn};
 use flynn_testkit::{free_port, tls};
 use serde_json::json;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpListener;
 
 /// An address where nothing listens: connects are refused.
 fn dead_addr() -> SocketAddr {
@@ -23,26 +21,16 @@ fn dead_addr() -> SocketAddr {
 /// A backend that accepts, reads the request head, then closes without answering.
 /// Returns its address and how many connections it took.
 async fn hang_up_backend() -> (SocketAddr, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
     let accepted = Arc::new(AtomicUsize::new(0));
     let count = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                }
-                // Drop: the request was received, the response never comes.
-            });
+    let addr = common::raw_server(move |mut stream| {
+        count.fetch_add(1, Ordering::SeqCst);
+        // Dropped once the request is in: the response never comes.
+        async move {
+            let _ = common::read_head(&mut stream, &mut Vec::new()).await;
         }
-    });
+    })
+    .await;
     (addr, accepted)
 }
 

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -14,7 +15,7 @@ use flynn_testkit::client::{self, Response};
 use flynn_testkit::{eventually, free_port, Etcd};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
 /// How long the tests give the router to apply a store change. The contract is milliseconds;
@@ -280,6 +281,38 @@ pub fn backend_of(response: &Response) -> String {
         .to_owned()
 }
 
+/// A TCP server on 127.0.0.1 that runs `serve` on every connection it accepts, for backends that
+/// misbehave in ways a real HTTP server will not.
+pub async fn raw_server<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve(stream));
+        }
+    });
+    addr
+}
+
+/// Reads into `seen` until it starts with a whole request head: the head's length, or None when
+/// the connection ends first.
+pub async fn read_head(stream: &mut TcpStream, seen: &mut Vec<u8>) -> Option<usize> {
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// A backend that answers every request (head only, no body read) with a fixed raw response,
 /// keeping the connection open for the next one.
 pub async fn raw_backend(response: &'static [u8]) -> SocketAddr {
@@ -289,27 +322,14 @@ pub async fn raw_backend(response: &'static [u8]) -> SocketAddr {
 /// [`raw_backend`], closing each connection after its first response when `close` is set
 /// (for bodies that end when the connection does).
 pub async fn raw_backend_with(response: &'static [u8], close: bool) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut seen = Vec::new();
-                loop {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => seen.extend_from_slice(&buf[..n]),
-                    }
-                    while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..end + 4);
-                        if stream.write_all(response).await.is_err() || close {
-                            return;
-                        }
-                    }
-                }
-            });
+    raw_server(move |mut stream| async move {
+        let mut seen = Vec::new();
+        while let Some(len) = read_head(&mut stream, &mut seen).await {
+            seen.drain(..len);
+            if stream.write_all(response).await.is_err() || close {
+                return;
+            }
         }
-    });
-    addr
+    })
+    .await
 }
