@@ -86,6 +86,22 @@ async fn pipelined_requests_are_answered_in_order() {
         assert_eq!(echoed(&response)["body_len"], body_len);
     }
     assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
+
+    // A chunked upload in the middle: pingora answers it and what follows, in order.
+    conn.write(
+        b"GET /4 HTTP/1.1\r\nHost: pipe.test\r\n\r\n\
+          POST /5 HTTP/1.1\r\nHost: pipe.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+          2\r\nab\r\n0\r\n\r\n\
+          GET /6 HTTP/1.1\r\nHost: pipe.test\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    for (uri, body_len) in [("/4", 0), ("/5", 2), ("/6", 0)] {
+        let response = conn.read_response(false).await.expect("response");
+        assert_eq!(echoed(&response)["uri"], uri);
+        assert_eq!(echoed(&response)["body_len"], body_len);
+    }
+    assert_eq!(h.router.metric(HANDED_OVER).await, 1.0);
 }
 
 #[tokio::test]

@@ -566,6 +566,9 @@ impl FastH1 {
     async fn hand_over(&self, conn: Conn, shutdown: &ShutdownWatch) {
         let mut session = ServerSession::new_http1(conn.client);
         session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        // Requests the client pipelined behind this one are answered in order, as on the fast
+        // path (pingora's default closes the connection after the first instead).
+        session.set_pipelining_enabled(true);
         if !conn.buf.is_empty() {
             session.set_pipelined_prefix(conn.buf);
         }
