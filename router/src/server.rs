@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::{HttpServerOptions, ServerApp};
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
@@ -224,7 +225,13 @@ impl Listeners<'_> {
     ) -> Service<A> {
         let mut service = Service::new("flynn-router http".to_owned(), app);
         for addr in self.http {
-            service.add_tcp(&addr.to_string());
+            // Reads straight into the HTTP layer's own buffer: pingora's default puts a 64 KiB
+            // read buffer under every client connection (most of an idle connection's memory)
+            // and copies out of it. It stays on TLS listeners, where rustls reads in pieces.
+            service.endpoints().add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .l4_buffer(L4BufferSettings::default().read(0)),
+            );
         }
         for addr in self.https {
             service.add_tls_with_settings(

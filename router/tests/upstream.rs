@@ -490,7 +490,13 @@ async fn h2_backends_over_tls_are_verified_against_the_backend_ca() {
         assert_eq!(json["version"], "HTTP/2.0");
         assert_eq!(json["backend"], "trusted");
     }
-    assert_eq!(trusted.connections(), 1, "one TLS h2 connection, reused");
+    // One connection serves them all; a second one can appear when a request arrives before
+    // pingora has put the first back in its pool (a race seen on a loaded CI machine).
+    assert!(
+        (1..=2).contains(&trusted.connections()),
+        "{} TLS h2 connections for 6 requests: not reused",
+        trusted.connections()
+    );
 
     // An unverifiable backend is never talked to: the handshake fails, the client gets a 502.
     assert_eq!(h.get("/", "untrusted.test").await.status, 502);

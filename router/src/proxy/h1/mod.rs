@@ -44,11 +44,14 @@ use response::{Chunks, Framing};
 const KEEPALIVE: Duration = Duration::from_secs(60);
 /// A request head longer than this goes to pingora, which answers it.
 const MAX_HEAD: usize = 32 * 1024;
-/// What a read from a client asks room for: request heads are small, and an idle kept-alive
-/// connection holds this much.
-const CLIENT_READ: usize = 4 * 1024;
-/// What a read from a backend asks room for (allocated with a connection's first request).
-const READ_SIZE: usize = 16 * 1024;
+/// What a read asks room for while a head (or a small body) is awaited: an idle kept-alive
+/// connection holds this much per direction, as nginx's 4 KiB header and proxy buffers do.
+const HEAD_READ: usize = 4 * 1024;
+/// What a read of a response body asks room for: a connection that has passed a large body on
+/// keeps this much.
+const BODY_READ: usize = 16 * 1024;
+/// The least room a read gets: a buffer grows only when less than this is left in it.
+const MIN_ROOM: usize = 1024;
 
 /// The HTTP app of the client listeners: the fast path in front of pingora's proxy.
 pub struct FastH1 {
@@ -137,10 +140,10 @@ impl Conn {
         };
         Conn {
             client,
-            buf: BytesMut::with_capacity(CLIENT_READ),
+            buf: BytesMut::with_capacity(HEAD_READ),
             upstream: Vec::with_capacity(1024),
             out: Vec::with_capacity(1024),
-            from_backend: BytesMut::new(),
+            from_backend: BytesMut::with_capacity(HEAD_READ),
             origin,
             shutdown,
         }
@@ -256,7 +259,7 @@ impl FastH1 {
                     request::Parse::Partial => {}
                 }
             }
-            conn.buf.reserve(CLIENT_READ);
+            conn.buf.reserve(MIN_ROOM);
             let read = if conn.buf.is_empty() {
                 // Between requests: a shutdown closes the idle connection.
                 if *conn.shutdown.borrow() {
@@ -321,7 +324,7 @@ impl FastH1 {
         {
             // The backend had closed the pooled connection: an idempotent request goes once
             // more on a new one (all of it is still in `conn.upstream`).
-            let Ok(fresh) = self.connector.new_stream(&upstream.peer).await else {
+            let Ok(fresh) = self.new_stream(&upstream.peer).await else {
                 return self.fail(conn, 503).await;
             };
             upstream.stream = fresh;
@@ -359,7 +362,11 @@ impl FastH1 {
             let backend = service.pick(route.leader, &mut tried)?;
             let in_flight = InFlight::new(backend.clone());
             let peer = self.peer(&backend);
-            match self.connector.get_stream(&peer).await {
+            let connected = match self.connector.reused_stream(&peer).await {
+                Some(pooled) => Ok((pooled, true)),
+                None => self.new_stream(&peer).await.map(|fresh| (fresh, false)),
+            };
+            match connected {
                 Ok((stream, reused)) => {
                     backend.connect_succeeded();
                     return Some(Upstream {
@@ -386,6 +393,13 @@ impl FastH1 {
         }
     }
 
+    /// A new connection to `peer`. Boxed: connecting is a large future (TLS states included)
+    /// that would otherwise be part of, and size, every client connection's task for its whole
+    /// life; a new backend connection is rare next to the pooled ones.
+    async fn new_stream(&self, peer: &HttpPeer) -> pingora::Result<Stream> {
+        Box::pin(self.connector.new_stream(peer)).await
+    }
+
     /// The peer pingora's connector connects to (and pools by).
     fn peer(&self, backend: &Backend) -> HttpPeer {
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
@@ -410,7 +424,7 @@ impl FastH1 {
         }
         while body_left > 0 {
             if conn.buf.is_empty() {
-                conn.buf.reserve(CLIENT_READ);
+                conn.buf.reserve(MIN_ROOM);
                 match timeout(KEEPALIVE, conn.client.read_buf(&mut conn.buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return Err(Failed::Client),
@@ -460,7 +474,7 @@ impl FastH1 {
                     response::Parse::Partial => {}
                 }
             }
-            conn.from_backend.reserve(READ_SIZE);
+            conn.from_backend.reserve(MIN_ROOM);
             let read = timeout(
                 self.router.timeouts.read,
                 upstream.read_buf(&mut conn.from_backend),
@@ -470,7 +484,7 @@ impl FastH1 {
             // the client sends meanwhile are its next request.
             let watch_client = conn.buf.len() < MAX_HEAD;
             if watch_client {
-                conn.buf.reserve(CLIENT_READ);
+                conn.buf.reserve(MIN_ROOM);
             }
             tokio::select! {
                 read = read => match read {
@@ -538,7 +552,7 @@ impl FastH1 {
                     }
                     conn.send_out().await.map_err(drop)?;
                     conn.out.clear();
-                    conn.from_backend.reserve(READ_SIZE);
+                    conn.from_backend.reserve(BODY_READ);
                     match timeout(read_timeout, upstream.read_buf(&mut conn.from_backend)).await {
                         Ok(Ok(0)) => break,
                         Ok(Ok(_)) => {}
@@ -585,7 +599,7 @@ impl FastH1 {
 
 /// Reads more of a response body; the end of the connection or a timeout is an error here.
 async fn read_more(upstream: &mut Stream, buf: &mut BytesMut, wait: Duration) -> Result<(), ()> {
-    buf.reserve(READ_SIZE);
+    buf.reserve(BODY_READ);
     match timeout(wait, upstream.read_buf(buf)).await {
         Ok(Ok(n)) if n > 0 => Ok(()),
         _ => Err(()),
