@@ -289,7 +289,11 @@ pub fn h1_messages(data: &[u8]) {
             port: Some(80),
         };
         let mut out = Vec::new();
-        request::write_upstream(data, &head, &origin, true, &mut out);
+        let rewrite = request::Rewrite {
+            close_backend: true,
+            strip_cookie: Some("_backend"),
+        };
+        request::write_upstream(data, &head, &origin, rewrite, &mut out);
         let mut slots = [httparse::EMPTY_HEADER; 128];
         let mut sent = httparse::Request::new(&mut slots);
         assert_eq!(

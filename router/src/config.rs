@@ -103,7 +103,7 @@ pub struct RouterArgs {
 
     /// Proxy plain HTTP/1.1 requests (no body, or a Content-Length one up to 64 KiB) with the
     /// router's own request loop, about twice as many per second as pingora's proxy; anything
-    /// else (HTTP/2, upgrades, chunked or larger uploads, sticky routes, HTTP/1.0) goes to
+    /// else (HTTP/2, upgrades, chunked or larger uploads, HTTP/2 backends, HTTP/1.0) goes to
     /// pingora's proxy either way. `false` sends everything there.
     #[arg(long, env = "FLYNN_H1_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
     pub h1_fast_path: bool,

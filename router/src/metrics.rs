@@ -108,7 +108,7 @@ impl Metrics {
             h1_handed_over: int_counter(
                 "flynn_router_h1_handed_over_total",
                 "Client connections the HTTP/1.1 fast path handed to pingora's proxy \
-                 (upgrades, chunked uploads, sticky routes, HTTP/1.0, unusual requests)",
+                 (upgrades, chunked or large uploads, HTTP/2 backends, HTTP/1.0, unusual requests)",
             ),
             connected: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),

@@ -107,6 +107,11 @@ async fn a_client_stays_on_its_instance_until_that_instance_is_gone() {
     };
     assert_eq!(backend_of(&response), new_home);
     assert_eq!(sticky_cookie(&response), None);
+    // All of it on the router's HTTP/1.1 fast path (router/src/proxy/h1).
+    assert_eq!(
+        h.router.metric("flynn_router_h1_handed_over_total").await,
+        0.0
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
 //! Where a request is routed: pingora's `ProxyHttp` phases, in the order they run. Plain
-//! HTTP/1.1 requests take the router's own loop in [`h1`] instead, with the same behaviour; this
-//! path serves the rest (HTTP/2, upgrades, chunked and large uploads, sticky routes, HTTP/1.0).
+//! HTTP/1.1 requests take the router's own loop in [`h1`] instead, with the same behaviour;
+//! this path serves the rest (HTTP/2, upgrades, chunked and large uploads, HTTP/2 backends,
+//! HTTP/1.0).
 //!
 //! 1. `request_filter`: match host and path in the current table snapshot (no lock); answer
 //!    404 or 503 right here when there is no route or no live instance.

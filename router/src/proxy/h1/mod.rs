@@ -10,7 +10,7 @@
 //! What is taken is decided per request before anything is consumed (`request::parse`):
 //! HTTP/1.1 in origin form, one plain Host, no body or a Content-Length one, no
 //! Transfer-Encoding, Upgrade or Expect, Connection naming only keep-alive or close, on a route
-//! that is neither sticky nor to an HTTP/2 backend. Anything else hands the connection, with
+//! to HTTP/1 backends. Anything else hands the connection, with
 //! what was read of it, to pingora for the rest of its life. The behaviour is the router's
 //! either way: same routing, headers, errors, retries, metrics.
 
@@ -35,7 +35,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::headers::Origin;
-use super::{responses, Proxy};
+use super::{responses, sticky, Proxy};
 use crate::backend::{Backend, InFlight, Service, Tried, MAX_ATTEMPTS};
 use crate::table::RouteEntry;
 use response::{Chunks, Framing};
@@ -160,7 +160,7 @@ impl Conn {
 enum Plan {
     /// The router's own answer: 404 (no route) or 503 (no live instance).
     Answer(u16),
-    /// Sticky routes and routes to HTTP/2 backends are pingora's.
+    /// Routes to HTTP/2 backends are pingora's.
     HandOver,
     Forward(Arc<RouteEntry>, Arc<Service>),
 }
@@ -170,7 +170,8 @@ struct Upstream {
     stream: Stream,
     reused: bool,
     peer: HttpPeer,
-    _in_flight: InFlight,
+    /// Counts the request in flight on its instance (and names the instance).
+    in_flight: InFlight,
 }
 
 /// Why a request could not be proxied.
@@ -229,7 +230,7 @@ impl FastH1 {
         let Some(route) = table.lookup(&buf[head.host.clone()], &buf[head.path.clone()]) else {
             return Plan::Answer(404);
         };
-        if route.sticky || route.backend_protocol != BackendProtocol::Http1 {
+        if route.backend_protocol != BackendProtocol::Http1 {
             return Plan::HandOver;
         }
         match table.service(&route.service).filter(|s| !s.is_empty()) {
@@ -296,14 +297,20 @@ impl FastH1 {
         route: &RouteEntry,
         service: &Service,
     ) -> (u16, bool) {
+        // Sticky routes: the instance the client's cookie pins (if it still opens).
+        let pinned = if route.sticky {
+            request::cookie(&conn.buf, head, sticky::COOKIE)
+                .and_then(|sealed| std::str::from_utf8(sealed).ok())
+                .and_then(|sealed| self.router.sticky.open(sealed))
+        } else {
+            None
+        };
         conn.upstream.clear();
-        request::write_upstream(
-            &conn.buf,
-            head,
-            &conn.origin,
-            route.disable_keep_alives,
-            &mut conn.upstream,
-        );
+        let rewrite = request::Rewrite {
+            close_backend: route.disable_keep_alives,
+            strip_cookie: route.sticky.then_some(sticky::COOKIE),
+        };
+        request::write_upstream(&conn.buf, head, &conn.origin, rewrite, &mut conn.upstream);
         let with_head = (conn.buf.len() - head.len).min(head.content_length as usize);
         conn.upstream
             .extend_from_slice(&conn.buf[head.len..head.len + with_head]);
@@ -311,7 +318,7 @@ impl FastH1 {
         let body_left = head.content_length - with_head as u64;
         let keep_client = !head.close && !*conn.shutdown.borrow();
 
-        let Some(mut upstream) = self.connect(route, service).await else {
+        let Some(mut upstream) = self.connect(route, service, pinned.as_deref()).await else {
             return self.fail(conn, 503).await;
         };
         let mut result = self
@@ -338,6 +345,14 @@ impl FastH1 {
             Err(Failed::Stale) => return self.fail(conn, 502).await,
             Err(Failed::Client) => return (0, false),
         };
+        let chosen = &upstream.in_flight.backend().id;
+        if route.sticky && pinned.as_ref() != Some(chosen) {
+            // The client is pinned to the instance that answered, from now on.
+            if let Some(sealed) = self.router.sticky.seal(chosen) {
+                let cookie = sticky::set_cookie(&sealed, conn.origin.proto == "https");
+                response::add_header(&mut conn.out, b"Set-Cookie", cookie.as_bytes());
+            }
+        }
         match self.relay(conn, &mut upstream.stream, resp.framing).await {
             Ok(clean) => {
                 if clean && resp.reusable && !route.disable_keep_alives {
@@ -356,10 +371,19 @@ impl FastH1 {
 
     /// A connection to an instance of `service`: pooled, or new (connect failures are tried
     /// again on other instances, as pingora's path does). None: no instance could be reached.
-    async fn connect(&self, route: &RouteEntry, service: &Service) -> Option<Upstream> {
+    async fn connect(
+        &self,
+        route: &RouteEntry,
+        service: &Service,
+        pinned: Option<&str>,
+    ) -> Option<Upstream> {
         let mut tried = Tried::default();
         loop {
-            let backend = service.pick(route.leader, &mut tried)?;
+            // The pinned instance first (once: then it counts as tried), unless leader-only.
+            let pinned = pinned
+                .filter(|_| !route.leader)
+                .and_then(|id| service.pick_by_id(id, &mut tried));
+            let backend = pinned.or_else(|| service.pick(route.leader, &mut tried))?;
             let in_flight = InFlight::new(backend.clone());
             let peer = self.peer(&backend);
             let connected = match self.connector.reused_stream(&peer).await {
@@ -373,7 +397,7 @@ impl FastH1 {
                         stream,
                         reused,
                         peer,
-                        _in_flight: in_flight,
+                        in_flight,
                     });
                 }
                 Err(e) => {

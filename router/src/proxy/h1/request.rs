@@ -128,14 +128,43 @@ const HOP_BY_HOP: [&[u8]; 7] = [
     b"trailer",
 ];
 
+/// The value of the cookie `name` in the request `head` at the start of `buf`, if it has one.
+pub fn cookie<'b>(buf: &'b [u8], head: &Head, name: &str) -> Option<&'b [u8]> {
+    let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut header_slots);
+    // `parse` accepted this head: it parses again the same way.
+    let _ = req.parse(&buf[..head.len]);
+    req.headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+        .flat_map(|h| h.value.split(|&b| b == b';'))
+        .find_map(|pair| cookie_named(pair, name))
+}
+
+/// `pair` (`name=value`, spaces around) when it is the cookie `name`: its value.
+fn cookie_named<'b>(pair: &'b [u8], name: &str) -> Option<&'b [u8]> {
+    let pair = trim(pair);
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+}
+
+/// What the router changes in a request on its way upstream, besides the forwarding headers.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rewrite<'a> {
+    /// `Connection: close`: the route wants no keep-alive to its backends.
+    pub close_backend: bool,
+    /// The cookie to take out of the `Cookie` header (the sticky-session one).
+    pub strip_cookie: Option<&'a str>,
+}
+
 /// Writes the head sent upstream for the request `head` at the start of `buf` into `out`: the
 /// request line and headers as the client sent them, minus hop-by-hop ones, with the forwarding
-/// headers appended (see [`headers`]) and `Connection: close` when the route wants no keep-alive.
+/// headers appended (see [`headers`]) and the changes `rewrite` asks for.
 pub fn write_upstream(
     buf: &[u8],
     head: &Head,
     origin: &Origin,
-    close_backend: bool,
+    rewrite: Rewrite,
     out: &mut Vec<u8>,
 ) {
     let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -147,6 +176,14 @@ pub fn write_upstream(
     out.extend_from_slice(&buf[head.path.clone()]);
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
+    // The sticky cookie goes: the `Cookie` lines are then joined into one without it.
+    let strip_cookie = rewrite.strip_cookie.filter(|name| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .flat_map(|h| h.value.split(|&b| b == b';'))
+            .any(|pair| cookie_named(pair, name).is_some())
+    });
     let keep_request_id = req
         .headers
         .iter()
@@ -158,13 +195,32 @@ pub fn write_upstream(
             || name.eq_ignore_ascii_case(b"x-forwarded-proto")
             || name.eq_ignore_ascii_case(b"x-forwarded-port")
             || name.eq_ignore_ascii_case(b"x-request-start")
-            || (!keep_request_id && name.eq_ignore_ascii_case(b"x-request-id"));
+            || (!keep_request_id && name.eq_ignore_ascii_case(b"x-request-id"))
+            || (strip_cookie.is_some() && name.eq_ignore_ascii_case(b"cookie"));
         if replaced || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
         }
         put_header(out, name, header.value);
     }
-    if close_backend {
+    if let Some(stripped) = strip_cookie {
+        let kept = req
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
+            .flat_map(|h| h.value.split(|&b| b == b';'))
+            .map(trim)
+            .filter(|pair| !pair.is_empty() && cookie_named(pair, stripped).is_none());
+        let mut first = true;
+        for pair in kept {
+            out.extend_from_slice(if first { b"Cookie: " } else { b"; " });
+            out.extend_from_slice(pair);
+            first = false;
+        }
+        if !first {
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+    if rewrite.close_backend {
         out.extend_from_slice(b"Connection: close\r\n");
     }
 
@@ -350,7 +406,11 @@ mod tests {
             port: Some(8080),
         };
         let mut out = Vec::new();
-        write_upstream(raw, &h, &origin, true, &mut out);
+        let rewrite = Rewrite {
+            close_backend: true,
+            strip_cookie: None,
+        };
+        write_upstream(raw, &h, &origin, rewrite, &mut out);
         let text = String::from_utf8(out).expect("text");
         let lines: Vec<&str> = text.split("\r\n").collect();
         assert_eq!(lines[0], "GET /p?q HTTP/1.1");
@@ -374,10 +434,44 @@ mod tests {
             port: None,
         };
         let mut out = Vec::new();
-        write_upstream(raw, &head(raw), &origin, false, &mut out);
+        write_upstream(raw, &head(raw), &origin, Rewrite::default(), &mut out);
         let text = String::from_utf8(out).expect("text");
         assert_eq!(text.matches("X-Request-Id").count(), 1, "{text}");
         assert!(text.contains("X-Request-Id: abcdefghij0123456789\r\n"));
         assert!(!text.contains("Connection"));
+    }
+
+    #[test]
+    fn the_sticky_cookie_is_found_and_taken_out() {
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; _backend=sealed\r\n\
+            Cookie: b=2\r\n\r\n";
+        let h = head(raw);
+        assert_eq!(cookie(raw, &h, "_backend"), Some(&b"sealed"[..]));
+        assert_eq!(cookie(raw, &h, "_backen"), None);
+        let origin = Origin {
+            client_ip: None,
+            proto: "http",
+            port: None,
+        };
+        let rewrite = Rewrite {
+            close_backend: false,
+            strip_cookie: Some("_backend"),
+        };
+        let mut out = Vec::new();
+        write_upstream(raw, &h, &origin, rewrite, &mut out);
+        let text = String::from_utf8(out).expect("text");
+        assert_eq!(text.matches("Cookie").count(), 1, "{text}");
+        assert!(text.contains("\r\nCookie: a=1; b=2\r\n"), "{text}");
+
+        // Only the sticky cookie: no Cookie header at all.
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: _backend=x\r\n\r\n";
+        let mut out = Vec::new();
+        write_upstream(raw, &head(raw), &origin, rewrite, &mut out);
+        assert!(!String::from_utf8_lossy(&out).contains("Cookie"));
+        // Without it, the Cookie lines pass untouched.
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1;b=2\r\n\r\n";
+        let mut out = Vec::new();
+        write_upstream(raw, &head(raw), &origin, rewrite, &mut out);
+        assert!(String::from_utf8_lossy(&out).contains("\r\nCookie: a=1;b=2\r\n"));
     }
 }

@@ -180,6 +180,15 @@ pub fn parse(
     })
 }
 
+/// Adds a header to a head `parse` wrote into `out` (before its final empty line).
+pub fn add_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    if out.ends_with(b"\r\n\r\n") {
+        out.truncate(out.len() - 2);
+        put_header(out, name, value);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Follows a chunked body through the bytes passed on, to find where it ends.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub enum Chunks {
