@@ -295,3 +295,32 @@ async fn stale_pooled_connection(router_flags: &[&str]) {
         .expect("POST");
     assert_eq!(response.status, 502);
 }
+
+#[tokio::test]
+async fn a_connection_idle_long_enough_to_give_its_buffers_back_is_served_as_before() {
+    let (h, _echo) = with_echo("idle.test").await;
+    let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+    let response = conn.get("/before", "idle.test", &[]).await.expect("GET");
+    assert_eq!(echoed(&response)["uri"], "/before");
+
+    // Idle past the 1 s after which the fast path gives the connection's buffers back; the next
+    // request (longer than what is first read into a small buffer) takes new ones.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let long_path = format!("/after/{}", "x".repeat(300));
+    let response = conn
+        .request(
+            format!(
+                "POST {long_path} HTTP/1.1\r\nHost: idle.test\r\nContent-Length: 4\r\n\
+                 X-Padding: {}\r\n\r\nbody",
+                "p".repeat(200)
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("POST after idling");
+    assert_eq!(echoed(&response)["uri"], long_path.as_str());
+    assert_eq!(echoed(&response)["body_len"], 4);
+    let response = conn.get("/again", "idle.test", &[]).await.expect("GET");
+    assert_eq!(echoed(&response)["uri"], "/again");
+    assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
+}

@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# Memory of idle kept-alive client connections: what N browsers or mobile clients that each made
+# one request and keep their connection open cost each proxy.
+#
+#   benches/idle.sh                      # N=5000
+#   N=10000 benches/idle.sh
+#
+# nginx (1 worker, upstream keepalive), HAProxy (nbthread 1) and flynn-router (--threads 1, a
+# real etcd, HTTP/1.1 fast path; ours_pingora: --h1-fast-path false) in front of one nginx
+# backend, as in load.sh. For each target: N connections, one `GET /` each (answered `ok`),
+# all left open; then the growth of the proxy's resident memory (VmRSS of its processes, nginx's
+# worker included) divided by N. Kernel socket buffers are not in it (they are the same for all).
+#
+# Env: N (5000; at most the open-file limit less a margin), TARGETS ("nginx haproxy ours_pingora
+#      ours"), ROUTER_BIN, NO_BUILD, CARGO_TARGET_DIR.
+set -euo pipefail
+
+N=${N:-5000}
+TARGETS=${TARGETS:-"nginx haproxy ours_pingora ours"}
+BENCH=idle.sh PIN=0 PROXY_CPU=0 CLIENT_CPU=1 WAIT_IDLE=0 IDLE_BUSY=10
+HOST_HEADER=bench.test
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=benches/lib.sh
+source "$ROOT/benches/lib.sh"
+
+need_tools nginx haproxy etcd etcdctl curl python3
+router_bin
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+(($(ulimit -n) > N + 100)) || bench_die "N=$N needs more open files than $(ulimit -n)"
+bench_workdir flynn-idle.XXXXXX
+
+BACKEND=127.0.0.2:$(free_port)
+nginx_conf "$WORK/backend" "server {
+        listen $BACKEND;
+        $NGINX_OK
+    }"
+start_nginx "$CLIENT_CPU" "$WORK/backend"
+
+NGINX=127.0.0.3:$(free_port)
+nginx_conf "$WORK/nginx" "server {
+        listen $NGINX;
+        keepalive_timeout 300s;
+        $(nginx_proxy_location)
+    }" "$(nginx_upstream "$BACKEND")" "worker_rlimit_nofile $((N + 1000));"
+sed -i "s/worker_connections 4096/worker_connections $((N + 1000))/" "$WORK/nginx/nginx.conf"
+start_nginx "$PROXY_CPU" "$WORK/nginx"
+NGINX_PID=$STARTED
+
+HAPROXY=127.0.0.4:$(free_port)
+mkdir -p "$WORK/haproxy"
+cat >"$WORK/haproxy/haproxy.cfg" <<CFG
+$(haproxy_head | sed "s/maxconn 4096/maxconn $((N + 1000))/")
+    mode http
+    timeout http-keep-alive 300s
+    option http-keep-alive
+    http-reuse always
+
+frontend fe
+    bind $HAPROXY
+$(haproxy_forwarding http)
+    default_backend be
+
+backend be
+    server s1 $BACKEND
+CFG
+start_pinned "$PROXY_CPU" "$WORK/haproxy/log" haproxy -db -f "$WORK/haproxy/haproxy.cfg"
+HAPROXY_PID=$STARTED
+
+ETCD=127.0.0.6:$(free_port)
+start_etcd "$ETCD" "127.0.0.6:$(free_port)"
+put_http_route "$ETCD" "$HOST_HEADER" "$BACKEND"
+start_router() { # start_router ADDR LOG [FLAG...]
+    local addr=$1 log=$2
+    shift 2
+    "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$addr" --admin-addr "${addr%:*}:$(free_port)" \
+        --no-https --tcp-ip "${addr%:*}" --upgrade-sock "$WORK/$log.sock" --threads 1 --log warn \
+        "$@" >"$WORK/$log.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+OURS=127.0.0.5:$(free_port)
+start_router "$OURS" ours
+OURS_PID=$STARTED
+OURS_PINGORA=127.0.0.8:$(free_port)
+start_router "$OURS_PINGORA" ours-pingora --h1-fast-path false
+OURS_PINGORA_PID=$STARTED
+for addr in "$NGINX" "$HAPROXY" "$OURS" "$OURS_PINGORA"; do
+    wait_200 "http://$addr/" "$HOST_HEADER"
+done
+
+rss_kib() { # rss_kib PID: VmRSS of the process and its children, in KiB
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status")))
+    done
+    echo "$total"
+}
+
+echo "| target       | idle connections | RSS before (MiB) | RSS after (MiB) | KiB per connection |"
+echo "|--------------|-----------------:|-----------------:|----------------:|-------------------:|"
+for target in $TARGETS; do
+    case $target in
+        nginx) addr=$NGINX ;;
+        haproxy) addr=$HAPROXY ;;
+        ours) addr=$OURS ;;
+        ours_pingora) addr=$OURS_PINGORA ;;
+        *) bench_die "unknown target $target" ;;
+    esac
+    pid=$(target_pid "$target")
+    before=$(rss_kib "$pid")
+    # The connections stay open while python sleeps; it is killed after the reading.
+    python3 - "$addr" "$N" "$HOST_HEADER" >"$WORK/client-$target.log" 2>&1 <<'PY' &
+import socket, sys, time
+host, port = sys.argv[1].rsplit(":", 1)
+n, name = int(sys.argv[2]), sys.argv[3]
+conns = []
+for _ in range(n):
+    s = socket.create_connection((host, int(port)))
+    s.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+    got = b""
+    while not got.endswith(b"ok\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            sys.exit("connection closed")
+        got += chunk
+    conns.append(s)
+print("open", flush=True)
+time.sleep(3600)
+PY
+    client=$!
+    for _ in $(seq 600); do
+        grep -q open "$WORK/client-$target.log" 2>/dev/null && break
+        kill -0 "$client" 2>/dev/null || bench_die "$target: $(cat "$WORK/client-$target.log")"
+        sleep 0.1
+    done
+    # Idle connections may give memory back after a while (ours after 1 s): measured after 5.
+    sleep 5
+    after=$(rss_kib "$pid")
+    kill "$client" 2>/dev/null || true
+    wait "$client" 2>/dev/null || true
+    awk -v t="$target" -v n="$N" -v b="$before" -v a="$after" \
+        'BEGIN { printf "| %-12s | %16d | %16.1f | %15.1f | %18.1f |\n", t, n, b / 1024, a / 1024, (a - b) / n }'
+    sleep 2
+done
