@@ -10,13 +10,15 @@
 # backend, as in load.sh. For each target: N connections, one `GET /` each (answered `ok`),
 # all left open; then the growth of the proxy's resident memory (VmRSS of its processes, nginx's
 # worker included) divided by N. Kernel socket buffers are not in it (they are the same for all).
+# `ours_https`: the same over TLS 1.3 to our HTTPS listener (its generated self-signed
+# certificate), for what TLS adds per connection (no nginx/HAProxy counterpart here).
 #
 # Env: N (5000; at most the open-file limit less a margin), TARGETS ("nginx haproxy ours_pingora
-#      ours"), ROUTER_BIN, NO_BUILD, CARGO_TARGET_DIR.
+#      ours ours_https"), ROUTER_BIN, NO_BUILD, CARGO_TARGET_DIR.
 set -euo pipefail
 
 N=${N:-5000}
-TARGETS=${TARGETS:-"nginx haproxy ours_pingora ours"}
+TARGETS=${TARGETS:-"nginx haproxy ours_pingora ours ours_https"}
 BENCH=idle.sh PIN=0 PROXY_CPU=0 CLIENT_CPU=1 WAIT_IDLE=0 IDLE_BUSY=10
 HOST_HEADER=bench.test
 
@@ -75,16 +77,20 @@ start_router() { # start_router ADDR LOG [FLAG...]
     local addr=$1 log=$2
     shift 2
     "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$addr" --admin-addr "${addr%:*}:$(free_port)" \
-        --no-https --tcp-ip "${addr%:*}" --upgrade-sock "$WORK/$log.sock" --threads 1 --log warn \
+        --tcp-ip "${addr%:*}" --upgrade-sock "$WORK/$log.sock" --threads 1 --log warn \
         "$@" >"$WORK/$log.log" 2>&1 &
     STARTED=$!
     PIDS+=("$STARTED")
 }
 OURS=127.0.0.5:$(free_port)
-start_router "$OURS" ours
+start_router "$OURS" ours --no-https
 OURS_PID=$STARTED
+# Its own process, so that one target's freed memory does not serve the next.
+OURS_HTTPS=127.0.0.9:$(free_port)
+start_router "127.0.0.9:$(free_port)" ours-https --https-addr "$OURS_HTTPS"
+OURS_HTTPS_PID=$STARTED
 OURS_PINGORA=127.0.0.8:$(free_port)
-start_router "$OURS_PINGORA" ours-pingora --h1-fast-path false
+start_router "$OURS_PINGORA" ours-pingora --no-https --h1-fast-path false
 OURS_PINGORA_PID=$STARTED
 for addr in "$NGINX" "$HAPROXY" "$OURS" "$OURS_PINGORA"; do
     wait_200 "http://$addr/" "$HOST_HEADER"
@@ -106,18 +112,24 @@ for target in $TARGETS; do
         haproxy) addr=$HAPROXY ;;
         ours) addr=$OURS ;;
         ours_pingora) addr=$OURS_PINGORA ;;
+        ours_https) addr=$OURS_HTTPS ;;
         *) bench_die "unknown target $target" ;;
     esac
     pid=$(target_pid "$target")
     before=$(rss_kib "$pid")
     # The connections stay open while python sleeps; it is killed after the reading.
-    python3 - "$addr" "$N" "$HOST_HEADER" >"$WORK/client-$target.log" 2>&1 <<'PY' &
-import socket, sys, time
+    python3 - "$addr" "$N" "$HOST_HEADER" "$target" >"$WORK/client-$target.log" 2>&1 <<'PY' &
+import socket, ssl, sys, time
 host, port = sys.argv[1].rsplit(":", 1)
-n, name = int(sys.argv[2]), sys.argv[3]
+n, name, tls = int(sys.argv[2]), sys.argv[3], sys.argv[4].endswith("_https")
+ctx = ssl.create_default_context()
+ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+ctx.set_alpn_protocols(["http/1.1"])
 conns = []
 for _ in range(n):
     s = socket.create_connection((host, int(port)))
+    if tls:
+        s = ctx.wrap_socket(s, server_hostname=name)
     s.sendall(f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
     got = b""
     while not got.endswith(b"ok\n"):

@@ -191,6 +191,9 @@ pub fn build(config: RouterConfig) -> Server {
     server
 }
 
+/// The read buffer under each TLS client connection.
+const TLS_READ_BUFFER: usize = 16 * 1024;
+
 /// The client-facing listeners of the HTTP app.
 struct Listeners<'a> {
     http: &'a [SocketAddr],
@@ -234,10 +237,12 @@ impl Listeners<'_> {
             );
         }
         for addr in self.https {
-            service.add_tls_with_settings(
-                &addr.to_string(),
-                None,
-                tls_settings(self.resolver.clone()),
+            // One TLS record (16 KiB) of read buffer, not pingora's 64 KiB: rustls takes records
+            // from it in pieces, and a larger one only costs idle connections memory.
+            service.endpoints().add_listener(
+                ListenerConfig::tcp(addr.to_string())
+                    .tls(tls_settings(self.resolver.clone()))
+                    .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
             );
         }
         if let Some(trusted) = proxy_header {
