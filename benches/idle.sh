@@ -51,24 +51,7 @@ start_nginx "$PROXY_CPU" "$WORK/nginx"
 NGINX_PID=$STARTED
 
 HAPROXY=127.0.0.4:$(free_port)
-mkdir -p "$WORK/haproxy"
-cat >"$WORK/haproxy/haproxy.cfg" <<CFG
-$(haproxy_head | sed "s/maxconn 4096/maxconn $((N + 1000))/")
-    mode http
-    timeout http-keep-alive 300s
-    option http-keep-alive
-    http-reuse always
-
-frontend fe
-    bind $HAPROXY
-$(haproxy_forwarding http)
-    default_backend be
-
-backend be
-    server s1 $BACKEND
-CFG
-start_pinned "$PROXY_CPU" "$WORK/haproxy/log" haproxy -db -f "$WORK/haproxy/haproxy.cfg"
-HAPROXY_PID=$STARTED
+start_haproxy_http "$HAPROXY" "$BACKEND" 300s $((N + 1000))
 
 ETCD=127.0.0.6:$(free_port)
 start_etcd "$ETCD" "127.0.0.6:$(free_port)"

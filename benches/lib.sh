@@ -142,18 +142,41 @@ start_nginx() { # start_nginx CPU DIR
     start_pinned "$1" "$2/stdout.log" nginx -p "$2" -e "$2/error.log" -c "$2/nginx.conf"
 }
 
-# HAProxy's `global` and the timeouts every frontend and backend share.
-haproxy_head() {
+# HAProxy's `global` and the timeouts every frontend and backend share (MAXCONN: 4096).
+haproxy_head() { # haproxy_head [MAXCONN]
     cat <<EOF
 global
     nbthread 1
-    maxconn 4096
+    maxconn ${1:-4096}
 
 defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
 EOF
+}
+
+# HAProxy as an HTTP reverse proxy on FRONT for BACKEND (kept-alive both ways, the same added
+# headers as ours), pinned to PROXY_CPU; sets HAPROXY_PID.
+start_haproxy_http() { # start_haproxy_http FRONT BACKEND KEEPALIVE [MAXCONN]
+    mkdir -p "$WORK/haproxy"
+    cat >"$WORK/haproxy/haproxy.cfg" <<EOF
+$(haproxy_head "${4:-}")
+    mode http
+    timeout http-keep-alive $3
+    option http-keep-alive
+    http-reuse always
+
+frontend fe
+    bind $1
+$(haproxy_forwarding http)
+    default_backend be
+
+backend be
+    server s1 $2
+EOF
+    start_pinned "$PROXY_CPU" "$WORK/haproxy/log" haproxy -db -f "$WORK/haproxy/haproxy.cfg"
+    HAPROXY_PID=$STARTED
 }
 
 # The backend's answer: 200 "ok\n", from nginx itself (no upstream, no file I/O).

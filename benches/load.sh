@@ -106,24 +106,7 @@ start_nginx "$PROXY_CPU" "$WORK/nginx"
 NGINX_PID=$STARTED
 
 # --- HAProxy -----------------------------------------------------------------------------------
-mkdir -p "$WORK/haproxy"
-cat >"$WORK/haproxy/haproxy.cfg" <<EOF
-$(haproxy_head)
-    mode http
-    timeout http-keep-alive 60s
-    option http-keep-alive
-    http-reuse always
-
-frontend fe
-    bind $HAPROXY
-$(haproxy_forwarding http)
-    default_backend be
-
-backend be
-    server s1 $BACKEND
-EOF
-start_pinned "$PROXY_CPU" "$WORK/haproxy/log" haproxy -db -f "$WORK/haproxy/haproxy.cfg"
-HAPROXY_PID=$STARTED
+start_haproxy_http "$HAPROXY" "$BACKEND" 60s
 
 # --- etcd and our router ---------------------------------------------------------------------
 # etcd is idle while wrk runs; it sits with the load side, away from the proxies.
