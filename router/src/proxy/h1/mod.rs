@@ -379,6 +379,8 @@ impl FastH1 {
             // The backend had closed the pooled connection: an idempotent request goes once
             // more on a new one (all of it is still in `conn.upstream`).
             let Ok(fresh) = self.new_stream(&upstream.peer).await else {
+                self.router.metrics.upstream_connect_errors.inc();
+                upstream.in_flight.backend().connect_failed();
                 return self.fail(conn, 503).await;
             };
             upstream.stream = fresh;
