@@ -291,7 +291,7 @@ pub fn h1_messages(data: &[u8]) {
         let mut out = Vec::new();
         let rewrite = request::Rewrite {
             close_backend: true,
-            strip_cookie: Some("_backend"),
+            sticky: true,
         };
         request::write_upstream(data, &head, &origin, rewrite, &mut out);
         let mut slots = [httparse::EMPTY_HEADER; 128];

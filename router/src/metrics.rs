@@ -141,8 +141,14 @@ impl Metrics {
         metrics
     }
 
+    /// Records one answered request: its status (0: nothing was sent) and how long it took.
+    pub fn record_request(&self, status: u16, start: std::time::Instant) {
+        self.count_status(status);
+        self.request_duration.observe(start.elapsed().as_secs_f64());
+    }
+
     /// Counts one answered request by its status (0: nothing was sent).
-    pub fn count_status(&self, status: u16) {
+    fn count_status(&self, status: u16) {
         if let Some(counter) = (status / 100)
             .checked_sub(1)
             .and_then(|i| self.requests_by_class.get(i as usize))

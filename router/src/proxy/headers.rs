@@ -15,12 +15,12 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
 /// A header the router adds: its name as sent upstream and, lower-case, as looked up.
-struct Added {
+pub struct Added {
     /// pingora keeps each header name's case, and a `&'static str` is the one name it takes
     /// without a copy.
-    sent: &'static str,
+    pub sent: &'static str,
     /// A `HeaderName` is looked up without parsing a string.
-    key: HeaderName,
+    pub key: HeaderName,
 }
 
 const fn added(sent: &'static str, key: &'static str) -> Added {
@@ -30,15 +30,15 @@ const fn added(sent: &'static str, key: &'static str) -> Added {
     }
 }
 
-static X_FORWARDED_FOR: Added = added("X-Forwarded-For", "x-forwarded-for");
-static X_FORWARDED_PROTO: Added = added("X-Forwarded-Proto", "x-forwarded-proto");
-static X_FORWARDED_PORT: Added = added("X-Forwarded-Port", "x-forwarded-port");
-static X_REQUEST_ID: Added = added("X-Request-Id", "x-request-id");
-const X_REQUEST_START: &str = "X-Request-Start";
+pub static X_FORWARDED_FOR: Added = added("X-Forwarded-For", "x-forwarded-for");
+pub static X_FORWARDED_PROTO: Added = added("X-Forwarded-Proto", "x-forwarded-proto");
+pub static X_FORWARDED_PORT: Added = added("X-Forwarded-Port", "x-forwarded-port");
+pub static X_REQUEST_ID: Added = added("X-Request-Id", "x-request-id");
+pub static X_REQUEST_START: Added = added("X-Request-Start", "x-request-start");
 
 /// Hop-by-hop response headers (RFC 9110 §7.6.1) that never cross the router.
 /// `Transfer-Encoding` is left to pingora, which re-frames the body itself.
-const HOP_BY_HOP: [&str; 6] = [
+pub const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -66,17 +66,21 @@ pub fn add_forwarding(req: &mut RequestHeader, origin: &Origin) -> Result<()> {
         let mut digits = itoa::Buffer::new();
         append(req, &X_FORWARDED_PORT, digits.format(port).as_bytes())?;
     }
-    req.insert_header(X_REQUEST_START, itoa::Buffer::new().format(now_ms()))?;
+    req.insert_header(X_REQUEST_START.sent, itoa::Buffer::new().format(now_ms()))?;
     let keep = req
         .headers
         .get(&X_REQUEST_ID.key)
         .is_some_and(|v| valid_request_id(v.as_bytes()));
     if !keep {
         let mut buf = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        req.insert_header(X_REQUEST_ID.sent, &*id)?;
+        req.insert_header(X_REQUEST_ID.sent, new_request_id(&mut buf))?;
     }
     Ok(())
+}
+
+/// A fresh `X-Request-Id` (a random UUID, hyphenated, lower case), written into `buf`.
+pub fn new_request_id(buf: &mut [u8; 45]) -> &str {
+    uuid::Uuid::new_v4().hyphenated().encode_lower(buf)
 }
 
 /// The time now in Unix milliseconds, as `X-Request-Start` carries it.
@@ -202,6 +206,7 @@ mod tests {
             &X_FORWARDED_PROTO,
             &X_FORWARDED_PORT,
             &X_REQUEST_ID,
+            &X_REQUEST_START,
         ] {
             assert_eq!(header.key.as_str(), header.sent.to_ascii_lowercase());
         }

@@ -26,7 +26,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::FailToProxy;
-use pingora::upstreams::peer::H1UpgradePolicy;
+use pingora::upstreams::peer::{H1UpgradePolicy, PeerOptions};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
 use crate::backend::{InFlight, Service, Tried, MAX_ATTEMPTS};
@@ -47,6 +47,15 @@ pub struct UpstreamTimeouts {
     pub read: Duration,
     /// How long an unused pooled connection to a backend is kept.
     pub idle: Duration,
+}
+
+impl UpstreamTimeouts {
+    /// Sets these timeouts on a backend peer's options.
+    pub fn apply(&self, options: &mut PeerOptions) {
+        options.connection_timeout = Some(self.connect);
+        options.read_timeout = Some(self.read);
+        options.idle_timeout = Some(self.idle);
+    }
 }
 
 impl Default for UpstreamTimeouts {
@@ -188,9 +197,7 @@ impl ProxyHttp for Proxy {
         if route.backend_protocol != BackendProtocol::Http1 {
             peer.options.set_http_version(2, 2);
         }
-        peer.options.connection_timeout = Some(self.timeouts.connect);
-        peer.options.read_timeout = Some(self.timeouts.read);
-        peer.options.idle_timeout = Some(self.timeouts.idle);
+        self.timeouts.apply(&mut peer.options);
         // Any upgrade (not only WebSocket) reaches the backend with its handshake intact.
         peer.options.http_upstream_request_policy.h1_upgrade = H1UpgradePolicy::Preserve;
 
@@ -307,10 +314,7 @@ impl ProxyHttp for Proxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        self.metrics.count_status(status);
-        self.metrics
-            .request_duration
-            .observe(ctx.start.elapsed().as_secs_f64());
+        self.metrics.record_request(status, ctx.start);
     }
 }
 

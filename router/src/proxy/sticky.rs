@@ -114,39 +114,61 @@ fn less_safe(bytes: &[u8]) -> Result<LessSafeKey, BadKey> {
     Ok(LessSafeKey::new(key))
 }
 
-/// The value of the `_backend` cookie in a request, if any.
-pub fn cookie_value(req: &RequestHeader) -> Option<&str> {
+/// The cookies in `Cookie` header values: their `name=value` pairs, trimmed, empty ones skipped.
+pub fn cookie_pairs<'v>(values: impl Iterator<Item = &'v [u8]>) -> impl Iterator<Item = &'v [u8]> {
+    values
+        .flat_map(|value| value.split(|&b| b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|pair| !pair.is_empty())
+}
+
+/// A cookie pair's value when it is the `_backend` cookie.
+pub fn sticky_value(pair: &[u8]) -> Option<&[u8]> {
+    let eq = pair.iter().position(|&b| b == b'=')?;
+    (&pair[..eq] == COOKIE.as_bytes()).then(|| &pair[eq + 1..])
+}
+
+fn cookie_headers(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
     req.headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == COOKIE).then_some(value)
-        })
+        .map(|v| v.as_bytes())
 }
 
-/// Removes the `_backend` cookie from a request going to a backend, keeping the others.
+/// The value of the `_backend` cookie in a request, if any.
+pub fn cookie_value(req: &RequestHeader) -> Option<&str> {
+    cookie_pairs(cookie_headers(req))
+        .find_map(sticky_value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// Removes the `_backend` cookie from a request going to a backend, keeping the others (joined
+/// into one `Cookie` line).
 pub fn strip_cookie(req: &mut RequestHeader) -> pingora::Result<()> {
-    if cookie_value(req).is_none() {
+    if !cookie_pairs(cookie_headers(req)).any(|pair| sticky_value(pair).is_some()) {
         return Ok(());
     }
-    let kept: Vec<String> = req
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| !pair.is_empty() && pair.split_once('=').map(|(n, _)| n) != Some(COOKIE))
-        .map(str::to_owned)
-        .collect();
+    let mut kept = Vec::new();
+    let any = append_others(cookie_headers(req), &mut kept);
     req.remove_header(&http::header::COOKIE);
-    if !kept.is_empty() {
-        req.insert_header(http::header::COOKIE, kept.join("; "))?;
+    if any {
+        req.insert_header(http::header::COOKIE, kept)?;
     }
     Ok(())
+}
+
+/// Appends the cookies of `Cookie` header values other than `_backend` to `out`, joined by
+/// `; `: the `Cookie` value a backend gets. Whether there were any.
+pub fn append_others<'v>(values: impl Iterator<Item = &'v [u8]>, out: &mut Vec<u8>) -> bool {
+    let mut any = false;
+    for pair in cookie_pairs(values).filter(|pair| sticky_value(pair).is_none()) {
+        if any {
+            out.extend_from_slice(b"; ");
+        }
+        out.extend_from_slice(pair);
+        any = true;
+    }
+    any
 }
 
 /// The `Set-Cookie` value pinning a client to the sealed instance.

@@ -238,7 +238,7 @@ impl FastH1 {
                 Plan::Answer(status) => (status, self.answer(conn, &head, status).await),
                 Plan::Forward(route, service) => self.forward(conn, &head, &route, &service).await,
             };
-            self.record(status, start);
+            self.router.metrics.record_request(status, start);
             if !keep {
                 return End::Close;
             }
@@ -258,14 +258,6 @@ impl FastH1 {
             Some(service) => Plan::Forward(route.clone(), service.clone()),
             None => Plan::Answer(503),
         }
-    }
-
-    fn record(&self, status: u16, start: Instant) {
-        let metrics = &self.router.metrics;
-        metrics.count_status(status);
-        metrics
-            .request_duration
-            .observe(start.elapsed().as_secs_f64());
     }
 
     /// Waits for a whole request head at the start of `conn.buf`.
@@ -344,20 +336,17 @@ impl FastH1 {
         route: &RouteEntry,
         service: &Service,
     ) -> (u16, bool) {
-        // Sticky routes: the instance the client's cookie pins (if it still opens).
-        let pinned = if route.sticky {
-            request::cookie(&conn.buf, head, sticky::COOKIE)
-                .and_then(|sealed| std::str::from_utf8(sealed).ok())
-                .and_then(|sealed| self.router.sticky.open(sealed))
-        } else {
-            None
-        };
         conn.upstream.clear();
         let rewrite = request::Rewrite {
             close_backend: route.disable_keep_alives,
-            strip_cookie: route.sticky.then_some(sticky::COOKIE),
+            sticky: route.sticky,
         };
-        request::write_upstream(&conn.buf, head, &conn.origin, rewrite, &mut conn.upstream);
+        let sticky_cookie =
+            request::write_upstream(&conn.buf, head, &conn.origin, rewrite, &mut conn.upstream);
+        // Sticky routes: the instance the client's cookie pins (if it still opens).
+        let pinned = sticky_cookie
+            .and_then(|sealed| std::str::from_utf8(sealed).ok())
+            .and_then(|sealed| self.router.sticky.open(sealed));
         let with_head = (conn.buf.len() - head.len).min(head.content_length as usize);
         conn.upstream
             .extend_from_slice(&conn.buf[head.len..head.len + with_head]);
@@ -476,8 +465,7 @@ impl FastH1 {
     /// The peer pingora's connector connects to (and pools by).
     fn peer(&self, backend: &Backend) -> HttpPeer {
         let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        peer.options.connection_timeout = Some(self.router.timeouts.connect);
-        peer.options.idle_timeout = Some(self.router.timeouts.idle);
+        self.router.timeouts.apply(&mut peer.options);
         peer
     }
 

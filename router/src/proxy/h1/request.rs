@@ -9,6 +9,7 @@ use std::ops::Range;
 use httparse::Status;
 
 use crate::proxy::headers::{self, Origin};
+use crate::proxy::sticky;
 
 /// More headers than this and the request goes to pingora (which allows more).
 const MAX_HEADERS: usize = 64;
@@ -81,7 +82,7 @@ pub fn parse(buf: &[u8]) -> Parse {
                 _ => return Parse::HandOver,
             }
         } else if name.eq_ignore_ascii_case(b"connection") {
-            for token in value.split(|&b| b == b',').map(trim) {
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if !token.eq_ignore_ascii_case(b"keep-alive") {
@@ -128,45 +129,26 @@ const HOP_BY_HOP: [&[u8]; 7] = [
     b"trailer",
 ];
 
-/// The value of the cookie `name` in the request `head` at the start of `buf`, if it has one.
-pub fn cookie<'b>(buf: &'b [u8], head: &Head, name: &str) -> Option<&'b [u8]> {
-    let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut header_slots);
-    // `parse` accepted this head: it parses again the same way.
-    let _ = req.parse(&buf[..head.len]);
-    req.headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-        .flat_map(|h| h.value.split(|&b| b == b';'))
-        .find_map(|pair| cookie_named(pair, name))
-}
-
-/// `pair` (`name=value`, spaces around) when it is the cookie `name`: its value.
-fn cookie_named<'b>(pair: &'b [u8], name: &str) -> Option<&'b [u8]> {
-    let pair = trim(pair);
-    let eq = pair.iter().position(|&b| b == b'=')?;
-    (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-}
-
 /// What the router changes in a request on its way upstream, besides the forwarding headers.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Rewrite<'a> {
+pub struct Rewrite {
     /// `Connection: close`: the route wants no keep-alive to its backends.
     pub close_backend: bool,
-    /// The cookie to take out of the `Cookie` header (the sticky-session one).
-    pub strip_cookie: Option<&'a str>,
+    /// A sticky route: the `_backend` cookie is taken out of what the backend gets.
+    pub sticky: bool,
 }
 
 /// Writes the head sent upstream for the request `head` at the start of `buf` into `out`: the
 /// request line and headers as the client sent them, minus hop-by-hop ones, with the forwarding
-/// headers appended (see [`headers`]) and the changes `rewrite` asks for.
-pub fn write_upstream(
-    buf: &[u8],
+/// headers appended (see [`headers`]) and the changes `rewrite` asks for. Returns the value of
+/// the `_backend` cookie it took out (sticky routes).
+pub fn write_upstream<'b>(
+    buf: &'b [u8],
     head: &Head,
     origin: &Origin,
     rewrite: Rewrite,
     out: &mut Vec<u8>,
-) {
+) -> Option<&'b [u8]> {
     let mut header_slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut header_slots);
     // `parse` accepted this head: it parses again the same way.
@@ -176,63 +158,63 @@ pub fn write_upstream(
     out.extend_from_slice(&buf[head.path.clone()]);
     out.extend_from_slice(b" HTTP/1.1\r\n");
 
-    // The sticky cookie goes: the `Cookie` lines are then joined into one without it.
-    let strip_cookie = rewrite.strip_cookie.filter(|name| {
+    let named = |header: &'static headers::Added| {
+        req.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(header.key.as_str()))
+            .map(|h| h.value)
+    };
+    let cookies = || {
         req.headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-            .flat_map(|h| h.value.split(|&b| b == b';'))
-            .any(|pair| cookie_named(pair, name).is_some())
-    });
-    let keep_request_id = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("x-request-id"))
-        .is_some_and(|h| headers::valid_request_id(h.value));
+            .map(|h| h.value)
+    };
+    // Sticky routes: the `_backend` cookie goes, the other cookies are joined into one line.
+    let sticky_cookie = rewrite
+        .sticky
+        .then(|| sticky::cookie_pairs(cookies()).find_map(sticky::sticky_value))
+        .flatten();
+    let keep_request_id = named(&headers::X_REQUEST_ID)
+        .next()
+        .is_some_and(headers::valid_request_id);
+    let replaced = [
+        &headers::X_FORWARDED_FOR,
+        &headers::X_FORWARDED_PROTO,
+        &headers::X_FORWARDED_PORT,
+        &headers::X_REQUEST_START,
+    ];
     for header in req.headers.iter() {
-        let name = header.name.as_bytes();
-        let replaced = name.eq_ignore_ascii_case(b"x-forwarded-for")
-            || name.eq_ignore_ascii_case(b"x-forwarded-proto")
-            || name.eq_ignore_ascii_case(b"x-forwarded-port")
-            || name.eq_ignore_ascii_case(b"x-request-start")
-            || (!keep_request_id && name.eq_ignore_ascii_case(b"x-request-id"))
-            || (strip_cookie.is_some() && name.eq_ignore_ascii_case(b"cookie"));
-        if replaced || HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
-            continue;
+        let name = header.name;
+        let dropped = replaced.iter().any(|h| name.eq_ignore_ascii_case(h.sent))
+            || (!keep_request_id && name.eq_ignore_ascii_case(headers::X_REQUEST_ID.sent))
+            || (sticky_cookie.is_some() && name.eq_ignore_ascii_case("cookie"))
+            || HOP_BY_HOP
+                .iter()
+                .any(|h| name.as_bytes().eq_ignore_ascii_case(h));
+        if !dropped {
+            put_header(out, name.as_bytes(), header.value);
         }
-        put_header(out, name, header.value);
     }
-    if let Some(stripped) = strip_cookie {
-        let kept = req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("cookie"))
-            .flat_map(|h| h.value.split(|&b| b == b';'))
-            .map(trim)
-            .filter(|pair| !pair.is_empty() && cookie_named(pair, stripped).is_none());
-        let mut first = true;
-        for pair in kept {
-            out.extend_from_slice(if first { b"Cookie: " } else { b"; " });
-            out.extend_from_slice(pair);
-            first = false;
-        }
-        if !first {
+    if sticky_cookie.is_some() {
+        let start = out.len();
+        out.extend_from_slice(b"Cookie: ");
+        if sticky::append_others(cookies(), out) {
             out.extend_from_slice(b"\r\n");
+        } else {
+            out.truncate(start);
         }
     }
     if rewrite.close_backend {
         out.extend_from_slice(b"Connection: close\r\n");
     }
 
-    let mut appended = |name: &str, ours: &[u8]| {
-        out.extend_from_slice(name.as_bytes());
+    // Appended to what came in: one line, the earlier values first.
+    let mut appended = |header: &'static headers::Added, ours: &[u8]| {
+        out.extend_from_slice(header.sent.as_bytes());
         out.extend_from_slice(b": ");
-        for earlier in req
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-        {
-            out.extend_from_slice(earlier.value);
+        for earlier in named(header) {
+            out.extend_from_slice(earlier);
             out.extend_from_slice(b", ");
         }
         out.extend_from_slice(ours);
@@ -240,26 +222,27 @@ pub fn write_upstream(
     };
     if let Some(ip) = origin.client_ip {
         let mut text = [0u8; 64];
-        appended("X-Forwarded-For", headers::format_ip(ip, &mut text));
+        appended(&headers::X_FORWARDED_FOR, headers::format_ip(ip, &mut text));
     }
-    appended("X-Forwarded-Proto", origin.proto.as_bytes());
+    appended(&headers::X_FORWARDED_PROTO, origin.proto.as_bytes());
     if let Some(port) = origin.port {
-        appended(
-            "X-Forwarded-Port",
-            itoa::Buffer::new().format(port).as_bytes(),
-        );
+        let mut digits = itoa::Buffer::new();
+        appended(&headers::X_FORWARDED_PORT, digits.format(port).as_bytes());
     }
+    let mut digits = itoa::Buffer::new();
+    let now = digits.format(headers::now_ms());
     put_header(
         out,
-        b"X-Request-Start",
-        itoa::Buffer::new().format(headers::now_ms()).as_bytes(),
+        headers::X_REQUEST_START.sent.as_bytes(),
+        now.as_bytes(),
     );
     if !keep_request_id {
         let mut text = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-        put_header(out, b"X-Request-Id", id.as_bytes());
+        let id = headers::new_request_id(&mut text);
+        put_header(out, headers::X_REQUEST_ID.sent.as_bytes(), id.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
+    sticky_cookie
 }
 
 /// `name: value\r\n`.
@@ -276,13 +259,9 @@ fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     start..start + part.len()
 }
 
-pub fn trim(s: &[u8]) -> &[u8] {
-    s.trim_ascii()
-}
-
 /// A Content-Length value: 1 to 18 digits, nothing else.
 pub fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = trim(value);
+    let value = value.trim_ascii();
     if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -408,7 +387,7 @@ mod tests {
         let mut out = Vec::new();
         let rewrite = Rewrite {
             close_backend: true,
-            strip_cookie: None,
+            sticky: false,
         };
         write_upstream(raw, &h, &origin, rewrite, &mut out);
         let text = String::from_utf8(out).expect("text");
@@ -446,8 +425,6 @@ mod tests {
         let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1; _backend=sealed\r\n\
             Cookie: b=2\r\n\r\n";
         let h = head(raw);
-        assert_eq!(cookie(raw, &h, "_backend"), Some(&b"sealed"[..]));
-        assert_eq!(cookie(raw, &h, "_backen"), None);
         let origin = Origin {
             client_ip: None,
             proto: "http",
@@ -455,10 +432,11 @@ mod tests {
         };
         let rewrite = Rewrite {
             close_backend: false,
-            strip_cookie: Some("_backend"),
+            sticky: true,
         };
         let mut out = Vec::new();
-        write_upstream(raw, &h, &origin, rewrite, &mut out);
+        let found = write_upstream(raw, &h, &origin, rewrite, &mut out);
+        assert_eq!(found, Some(&b"sealed"[..]));
         let text = String::from_utf8(out).expect("text");
         assert_eq!(text.matches("Cookie").count(), 1, "{text}");
         assert!(text.contains("\r\nCookie: a=1; b=2\r\n"), "{text}");
@@ -468,10 +446,14 @@ mod tests {
         let mut out = Vec::new();
         write_upstream(raw, &head(raw), &origin, rewrite, &mut out);
         assert!(!String::from_utf8_lossy(&out).contains("Cookie"));
-        // Without it, the Cookie lines pass untouched.
-        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1;b=2\r\n\r\n";
+        // Without it (a name that only starts the same does not count), the Cookie lines pass
+        // untouched.
+        let raw = b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1;_backen=2\r\n\r\n";
         let mut out = Vec::new();
-        write_upstream(raw, &head(raw), &origin, rewrite, &mut out);
-        assert!(String::from_utf8_lossy(&out).contains("\r\nCookie: a=1;b=2\r\n"));
+        assert_eq!(
+            write_upstream(raw, &head(raw), &origin, rewrite, &mut out),
+            None
+        );
+        assert!(String::from_utf8_lossy(&out).contains("\r\nCookie: a=1;_backen=2\r\n"));
     }
 }

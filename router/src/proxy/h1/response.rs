@@ -2,24 +2,22 @@
 
 use httparse::Status;
 
-use super::request::{parse_length, put_header, trim};
+use super::request::{parse_length, put_header};
+use crate::proxy::headers;
 
 /// More headers than this from a backend is a 502.
 const MAX_HEADERS: usize = 128;
 /// More names in a `Connection` header than this is a 502.
 const MAX_NOMINATED: usize = 16;
 
-/// Hop-by-hop response headers (RFC 9110 §7.6.1) that never reach the client; `Date` is the
-/// router's own (as pingora sets it).
-const DROPPED: [&[u8]; 7] = [
-    b"connection",
-    b"keep-alive",
-    b"proxy-connection",
-    b"proxy-authenticate",
-    b"te",
-    b"upgrade",
-    b"date",
-];
+/// Whether a backend's response header stays away from the client: hop-by-hop ones (the same
+/// list as on pingora's path) and `Date`, which the router sets itself (as pingora does).
+fn dropped(name: &[u8]) -> bool {
+    name.eq_ignore_ascii_case(b"date")
+        || headers::HOP_BY_HOP
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+}
 
 /// How a response body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +91,7 @@ pub fn parse(
     for header in resp.headers.iter() {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"connection") {
-            for token in header.value.split(|&b| b == b',').map(trim) {
+            for token in header.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 if token.eq_ignore_ascii_case(b"close") {
                     backend_close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -113,7 +111,7 @@ pub fn parse(
                 (_, n) => length = n,
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if chunked || !trim(header.value).eq_ignore_ascii_case(b"chunked") {
+            if chunked || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
                 return Parse::Bad("a Transfer-Encoding other than chunked");
             }
             chunked = true;
@@ -125,7 +123,7 @@ pub fn parse(
             h.name.eq_ignore_ascii_case("connection")
                 && h.value
                     .split(|&b| b == b',')
-                    .any(|t| trim(t).eq_ignore_ascii_case(b"keep-alive"))
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"keep-alive"))
         });
     }
 
@@ -148,7 +146,7 @@ pub fn parse(
     out.extend_from_slice(b"\r\n");
     for header in resp.headers.iter() {
         let name = header.name.as_bytes();
-        let dropped = DROPPED.iter().any(|h| name.eq_ignore_ascii_case(h))
+        let dropped = dropped(name)
             || nominated[..nominations]
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
