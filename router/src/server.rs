@@ -141,7 +141,7 @@ pub fn build(config: RouterConfig) -> Server {
         )
     });
     if config.h1_fast_path {
-        let app = FastH1::new(proxy, router, &server.configuration, config.h2c);
+        let app = FastH1::new(proxy, router, &server.configuration);
         server.add_boxed_service(listeners.service(app, trusted));
     } else {
         server.add_boxed_service(listeners.service(proxy, trusted));
@@ -230,7 +230,7 @@ impl Listeners<'_> {
         for addr in self.http {
             // Reads straight into the HTTP layer's own buffer: pingora's default puts a 64 KiB
             // read buffer under every client connection (most of an idle connection's memory)
-            // and copies out of it. It stays on TLS listeners, where rustls reads in pieces.
+            // and copies out of it.
             service.endpoints().add_listener(
                 ListenerConfig::tcp(addr.to_string())
                     .l4_buffer(L4BufferSettings::default().read(0)),

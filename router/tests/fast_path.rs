@@ -69,38 +69,41 @@ async fn plain_requests_stay_on_the_fast_path_and_the_rest_are_handed_over() {
     assert_eq!(h.router.metric(HANDED_OVER).await, 1.0);
 }
 
+/// Writes `requests` at once, then reads one response per `(uri, body_len)` the backend echoed,
+/// in that order.
+async fn pipeline(conn: &mut Conn, requests: &[u8], answers: &[(&str, usize)]) {
+    conn.write(requests).await.expect("write");
+    for (uri, body_len) in answers {
+        let response = conn.read_response(false).await.expect("response");
+        assert_eq!(echoed(&response)["uri"], *uri);
+        assert_eq!(echoed(&response)["body_len"], *body_len);
+    }
+}
+
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let (h, _echo) = with_echo("pipe.test").await;
     let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
-    conn.write(
+    pipeline(
+        &mut conn,
         b"GET /1 HTTP/1.1\r\nHost: pipe.test\r\n\r\n\
           POST /2 HTTP/1.1\r\nHost: pipe.test\r\nContent-Length: 3\r\n\r\nabc\
           GET /3 HTTP/1.1\r\nHost: pipe.test\r\n\r\n",
+        &[("/1", 0), ("/2", 3), ("/3", 0)],
     )
-    .await
-    .expect("write");
-    for (uri, body_len) in [("/1", 0), ("/2", 3), ("/3", 0)] {
-        let response = conn.read_response(false).await.expect("response");
-        assert_eq!(echoed(&response)["uri"], uri);
-        assert_eq!(echoed(&response)["body_len"], body_len);
-    }
+    .await;
     assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
 
     // A chunked upload in the middle: pingora answers it and what follows, in order.
-    conn.write(
+    pipeline(
+        &mut conn,
         b"GET /4 HTTP/1.1\r\nHost: pipe.test\r\n\r\n\
           POST /5 HTTP/1.1\r\nHost: pipe.test\r\nTransfer-Encoding: chunked\r\n\r\n\
           2\r\nab\r\n0\r\n\r\n\
           GET /6 HTTP/1.1\r\nHost: pipe.test\r\n\r\n",
+        &[("/4", 0), ("/5", 2), ("/6", 0)],
     )
-    .await
-    .expect("write");
-    for (uri, body_len) in [("/4", 0), ("/5", 2), ("/6", 0)] {
-        let response = conn.read_response(false).await.expect("response");
-        assert_eq!(echoed(&response)["uri"], uri);
-        assert_eq!(echoed(&response)["body_len"], body_len);
-    }
+    .await;
     assert_eq!(h.router.metric(HANDED_OVER).await, 1.0);
 }
 

@@ -305,8 +305,13 @@ async fn h2c_with_prior_knowledge_behind_a_flag() {
         .output()
         .expect("curl");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "200 2");
-    // HTTP/1.1 still works on the same listener.
+    // HTTP/1.1 still works on the same listener, on the HTTP/1.1 fast path: a connection that
+    // starts with the HTTP/2 preface goes to pingora from the start, not by a hand-over.
     assert_eq!(h.get("/", "h2c.test").await.status, 200);
+    assert_eq!(
+        h.router.metric("flynn_router_h1_handed_over_total").await,
+        0.0
+    );
 }
 
 /// Runs h2load: 2000 requests on 4 connections with 25 streams in flight each, to `uri` at

@@ -10,16 +10,20 @@ pub struct Canned {
     pub body: Bytes,
 }
 
+/// The headers of every answer of the router's own, besides its length.
+const CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+const CACHE_CONTROL: &str = "no-store";
+
 fn canned(status: u16, body: &'static str) -> Canned {
     let mut header = ResponseHeader::build(status, Some(3)).expect("valid status");
     header
-        .insert_header("content-type", "text/plain; charset=utf-8")
+        .insert_header("content-type", CONTENT_TYPE)
         .expect("valid header");
     header
         .insert_header("content-length", body.len().to_string())
         .expect("valid header");
     header
-        .insert_header("cache-control", "no-store")
+        .insert_header("cache-control", CACHE_CONTROL)
         .expect("valid header");
     Canned {
         header,
@@ -40,4 +44,42 @@ pub fn body_for(status: u16) -> &'static str {
         504 => "Gateway Timeout\n",
         _ => "Internal Server Error\n",
     }
+}
+
+/// The answer with `status` and its body as HTTP/1.1 bytes, into `out` (cleared first), for the
+/// fast path: the headers of [`Canned`], the date, and `Connection` as `keep_alive` says.
+pub fn write_http1(out: &mut Vec<u8>, status: u16, keep_alive: bool, date: &[u8]) {
+    let body = body_for(status);
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    let mut length = itoa::Buffer::new();
+    out.clear();
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in [
+        ("content-type", CONTENT_TYPE.as_bytes()),
+        ("content-length", length.format(body.len()).as_bytes()),
+        ("cache-control", CACHE_CONTROL.as_bytes()),
+        ("Date", date),
+        (
+            "Connection",
+            if keep_alive {
+                &b"keep-alive"[..]
+            } else {
+                b"close"
+            },
+        ),
+    ] {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body.as_bytes());
 }
