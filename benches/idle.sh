@@ -56,24 +56,17 @@ start_haproxy_http "$HAPROXY" "$BACKEND" 300s $((N + 1000))
 ETCD=127.0.0.6:$(free_port)
 start_etcd "$ETCD" "127.0.0.6:$(free_port)"
 put_http_route "$ETCD" "$HOST_HEADER" "$BACKEND"
-start_router() { # start_router ADDR LOG [FLAG...]
-    local addr=$1 log=$2
-    shift 2
-    "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$addr" --admin-addr "${addr%:*}:$(free_port)" \
-        --tcp-ip "${addr%:*}" --upgrade-sock "$WORK/$log.sock" --threads 1 --log warn \
-        "$@" >"$WORK/$log.log" 2>&1 &
-    STARTED=$!
-    PIDS+=("$STARTED")
-}
 OURS=127.0.0.5:$(free_port)
-start_router "$OURS" ours --no-https
+start_router ours "$OURS" "127.0.0.5:$(free_port)" FLYNN_NO_HTTPS=true
 OURS_PID=$STARTED
 # Its own process, so that one target's freed memory does not serve the next.
 OURS_HTTPS=127.0.0.9:$(free_port)
-start_router "127.0.0.9:$(free_port)" ours-https --https-addr "$OURS_HTTPS"
+start_router ours-https "127.0.0.9:$(free_port)" "127.0.0.9:$(free_port)" \
+    FLYNN_HTTPS_ADDR="$OURS_HTTPS"
 OURS_HTTPS_PID=$STARTED
 OURS_PINGORA=127.0.0.8:$(free_port)
-start_router "$OURS_PINGORA" ours-pingora --no-https --h1-fast-path false
+start_router ours-pingora "$OURS_PINGORA" "127.0.0.8:$(free_port)" \
+    FLYNN_NO_HTTPS=true FLYNN_H1_FAST_PATH=false
 OURS_PINGORA_PID=$STARTED
 for addr in "$NGINX" "$HAPROXY" "$OURS" "$OURS_PINGORA"; do
     wait_200 "http://$addr/" "$HOST_HEADER"

@@ -240,6 +240,22 @@ start_etcd() { # start_etcd ADDR PEER-ADDR
     wait_200 "http://$1/health"
 }
 
+# flynn-router on the plain HTTP address ADDR, reading the etcd at ETCD, one worker thread,
+# pinned to PROXY_CPU, its log in WORK/NAME.log; its TCP routes and upgrade socket on its own
+# address and path. Further settings come as FLYNN_* assignments (environment, which an older
+# binary given as ROUTER_BIN ignores where it would refuse an unknown flag). Sets STARTED.
+start_router() { # start_router NAME ADDR ADMIN-ADDR [FLYNN_VAR=VALUE...]
+    local name=$1 addr=$2 admin=$3
+    shift 3
+    (
+        export FLYNN_TCP_IP="${addr%:*}" FLYNN_UPGRADE_SOCK="$WORK/$name.sock" "$@"
+        pin "$PROXY_CPU" "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$addr" \
+            --admin-addr "$admin" --threads 1 --log warn >"$WORK/$name.log" 2>&1
+    ) &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
 # The PID of TARGET's proxy, from the variable named after it (NGINX_PID, HAPROXY_PID, OURS_PID,
 # PINGORA_PID); empty for a target without one (direct).
 target_pid() { # target_pid TARGET

@@ -113,25 +113,15 @@ start_haproxy_http "$HAPROXY" "$BACKEND" 60s
 start_etcd "$ETCD" "$ETCD_PEER"
 put_http_route "$ETCD" "$HOST_HEADER" "$BACKEND"
 
-# Listeners other than plain HTTP go to our own address too (by env, which older binaries ignore).
-(
-    export FLYNN_HTTPS_ADDR=$OURS_HTTPS FLYNN_TCP_IP=127.0.0.5 FLYNN_UPGRADE_SOCK=$WORK/upgrade.sock
-    pin "$PROXY_CPU" "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$OURS" \
-        --admin-addr "$OURS_ADMIN" --threads 1 --log warn >"$WORK/router.log" 2>&1
-) &
-OURS_PID=$!
-PIDS+=("$OURS_PID")
+# Its HTTPS listener goes to our own address too.
+start_router router "$OURS" "$OURS_ADMIN" FLYNN_HTTPS_ADDR="$OURS_HTTPS"
+OURS_PID=$STARTED
 
 OURS_PINGORA_PID=
 if [[ " $TARGETS " == *" ours_pingora "* ]]; then
-    (
-        export FLYNN_H1_FAST_PATH=false FLYNN_NO_HTTPS=true FLYNN_TCP_IP=127.0.0.8 \
-            FLYNN_UPGRADE_SOCK=$WORK/upgrade-pingora.sock
-        pin "$PROXY_CPU" "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$OURS_PINGORA" \
-            --admin-addr "127.0.0.8:$(free_port)" --threads 1 --log warn >"$WORK/router-pingora.log" 2>&1
-    ) &
-    OURS_PINGORA_PID=$!
-    PIDS+=("$OURS_PINGORA_PID")
+    start_router router-pingora "$OURS_PINGORA" "127.0.0.8:$(free_port)" \
+        FLYNN_H1_FAST_PATH=false FLYNN_NO_HTTPS=true
+    OURS_PINGORA_PID=$STARTED
     wait_200 "http://$OURS_PINGORA/" "$HOST_HEADER"
 fi
 
