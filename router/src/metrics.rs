@@ -22,6 +22,7 @@ pub struct Metrics {
     pub store_revision: IntGauge,
     store_sync_age: Gauge,
     pub store_invalid_entries: IntCounter,
+    pub store_relists: IntCounter,
     pub certificates: IntGauge,
     pub tls_no_certificate: IntCounter,
     pub tcp_listeners: IntGauge,
@@ -85,6 +86,11 @@ impl Metrics {
                 "flynn_router_store_invalid_entries_total",
                 "Store keys or values that could not be parsed and were skipped",
             ),
+            store_relists: int_counter(
+                "flynn_router_store_relists_total",
+                "Listings of a store prefix after the first: its history compacted away, or the \
+                 store replaced or gone back in time",
+            ),
             certificates: int_gauge(
                 "flynn_router_certificates",
                 "TLS certificates loaded from the store",
@@ -115,7 +121,7 @@ impl Metrics {
             last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 15] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
             Box::new(requests),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_connect_errors.clone()),
@@ -125,6 +131,7 @@ impl Metrics {
             Box::new(metrics.store_revision.clone()),
             Box::new(metrics.store_sync_age.clone()),
             Box::new(metrics.store_invalid_entries.clone()),
+            Box::new(metrics.store_relists.clone()),
             Box::new(metrics.certificates.clone()),
             Box::new(metrics.tls_no_certificate.clone()),
             Box::new(metrics.tcp_listeners.clone()),

@@ -3,11 +3,12 @@
 //! an immutable snapshot after each batch of changes.
 
 use std::collections::HashSet;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use flynn_store::mirror::{self, Backoff, MirrorEvent};
+use flynn_store::mirror::{self, ListPage, MirrorEvent, Options};
 use flynn_store::types::{Certificate, Instance, Route};
 use flynn_store::{KeyValue, Keys, Listing, Store};
 use tokio::sync::{mpsc, watch};
@@ -19,6 +20,11 @@ use crate::tls;
 
 /// Most changes applied before a snapshot is published.
 const MAX_BATCH: usize = 4096;
+/// Mirror messages queued per feed (a listing page counts as one: this bounds the memory of a
+/// listing that arrives faster than it is applied).
+const QUEUE: usize = 256;
+/// Keys per listing page; `FLYNN_STORE_PAGE_SIZE` overrides it (for tests of paging).
+const PAGE_SIZE_ENV: &str = "FLYNN_STORE_PAGE_SIZE";
 
 /// The prefixes the router mirrors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +43,37 @@ pub struct TableWriter {
     revision: i64,
     /// Bumped after each publish, for those who react to table changes (TCP listeners).
     published: watch::Sender<u64>,
+    /// Per feed, the listing under way: what its pages held so far.
+    listings: [Option<Seen>; 3],
+}
+
+/// The keys a listing has held so far, as hashes (8 bytes per key instead of a copy of each
+/// id: a million routes cost 8 MB while they are listed, not 60).
+struct Seen {
+    hasher: RandomState,
+    keys: HashSet<u64>,
+}
+
+impl Seen {
+    fn new() -> Seen {
+        Seen {
+            hasher: RandomState::new(),
+            keys: HashSet::new(),
+        }
+    }
+
+    fn hash(&self, key: &(impl std::hash::Hash + ?Sized)) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn insert(&mut self, key: &(impl std::hash::Hash + ?Sized)) {
+        let hash = self.hash(key);
+        self.keys.insert(hash);
+    }
+
+    fn contains(&self, key: &(impl std::hash::Hash + ?Sized)) -> bool {
+        self.keys.contains(&self.hash(key))
+    }
 }
 
 impl TableWriter {
@@ -48,6 +85,7 @@ impl TableWriter {
             metrics,
             revision: 0,
             published: watch::Sender::new(0),
+            listings: [None, None, None],
         }
     }
 
@@ -81,46 +119,12 @@ impl TableWriter {
 
     /// Replaces every route with those listed.
     pub fn reset_routes(&mut self, listing: &Listing) {
-        let mut seen = HashSet::with_capacity(listing.kvs.len());
-        for kv in &listing.kvs {
-            if let Some(id) = self.put_route(kv) {
-                seen.insert(id);
-            }
-        }
-        let gone: Vec<String> = self
-            .table
-            .route_ids()
-            .filter(|id| !seen.contains(id.as_str()))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.table.remove_route(&id);
-        }
-        self.revision = self.revision.max(listing.revision);
+        self.apply_whole(Feed::Routes, listing);
     }
 
     /// Replaces every instance with those listed.
     pub fn reset_instances(&mut self, listing: &Listing) {
-        let mut seen = HashSet::with_capacity(listing.kvs.len());
-        for kv in &listing.kvs {
-            if let Some(key) = self.put_instance(kv) {
-                seen.insert(key);
-            }
-        }
-        let mut gone = Vec::new();
-        for name in self.table.service_names() {
-            if let Some(service) = self.table.service(name) {
-                for b in service.backends() {
-                    if !seen.contains(&(name.clone(), b.id.clone())) {
-                        gone.push((name.clone(), b.id.clone()));
-                    }
-                }
-            }
-        }
-        for (service, id) in gone {
-            self.table.remove_instance(&service, &id);
-        }
-        self.revision = self.revision.max(listing.revision);
+        self.apply_whole(Feed::Services, listing);
     }
 
     /// Applies a route put; returns the route id when the key is a route key.
@@ -186,22 +190,84 @@ impl TableWriter {
 
     /// Replaces every certificate with those listed.
     pub fn reset_certs(&mut self, listing: &Listing) {
-        let mut seen = HashSet::with_capacity(listing.kvs.len());
-        for kv in &listing.kvs {
-            if let Some(id) = self.put_cert(kv) {
-                seen.insert(id);
+        self.apply_whole(Feed::Certs, listing);
+    }
+
+    /// A whole listing as one page.
+    fn apply_whole(&mut self, feed: Feed, listing: &Listing) {
+        self.list_page(
+            feed,
+            ListPage {
+                kvs: listing.kvs.clone(),
+                revision: listing.revision,
+                first: true,
+                last: true,
+            },
+        );
+    }
+
+    /// Applies a page of a listing; its last page removes what none of the listing's pages held.
+    fn list_page(&mut self, feed: Feed, page: ListPage) {
+        let i = feed as usize;
+        if page.first || self.listings[i].is_none() {
+            self.listings[i] = Some(Seen::new());
+        }
+        for kv in &page.kvs {
+            let key = match feed {
+                Feed::Routes => self.put_route(kv),
+                Feed::Services => self.put_instance(kv).map(|(s, id)| format!("{s}/{id}")),
+                Feed::Certs => self.put_cert(kv),
+            };
+            if let (Some(key), Some(seen)) = (key, self.listings[i].as_mut()) {
+                seen.insert(key.as_str());
             }
         }
-        let gone: Vec<String> = self
-            .table
-            .certificate_ids()
-            .filter(|id| !seen.contains(id.as_str()))
-            .cloned()
-            .collect();
-        for id in gone {
-            self.table.remove_certificate(&id);
+        if !page.last {
+            return;
         }
-        self.revision = self.revision.max(listing.revision);
+        let Some(seen) = self.listings[i].take() else {
+            return;
+        };
+        match feed {
+            Feed::Routes => {
+                let gone: Vec<String> = self
+                    .table
+                    .route_ids()
+                    .filter(|id| !seen.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    self.table.remove_route(&id);
+                }
+            }
+            Feed::Services => {
+                let mut gone = Vec::new();
+                for name in self.table.service_names() {
+                    if let Some(service) = self.table.service(name) {
+                        for b in service.backends() {
+                            if !seen.contains(format!("{name}/{}", b.id).as_str()) {
+                                gone.push((name.clone(), b.id.clone()));
+                            }
+                        }
+                    }
+                }
+                for (service, id) in gone {
+                    self.table.remove_instance(&service, &id);
+                }
+            }
+            Feed::Certs => {
+                let gone: Vec<String> = self
+                    .table
+                    .certificate_ids()
+                    .filter(|id| !seen.contains(id.as_str()))
+                    .cloned()
+                    .collect();
+                for id in gone {
+                    self.table.remove_certificate(&id);
+                }
+            }
+        }
+        self.revision = self.revision.max(page.revision);
     }
 
     /// Applies a certificate put: a bad PEM or a key that does not match is skipped (counted),
@@ -238,15 +304,13 @@ impl TableWriter {
 
     fn apply(&mut self, feed: Feed, event: MirrorEvent) {
         match (feed, event) {
-            (Feed::Routes, MirrorEvent::Reset(listing)) => self.reset_routes(&listing),
-            (Feed::Certs, MirrorEvent::Reset(listing)) => self.reset_certs(&listing),
+            (_, MirrorEvent::Page(page)) => self.list_page(feed, page),
             (Feed::Certs, MirrorEvent::Put(kv)) => {
                 self.put_cert(&kv);
             }
             (Feed::Certs, MirrorEvent::Delete { key, mod_revision }) => {
                 self.delete_cert(&key, mod_revision)
             }
-            (Feed::Services, MirrorEvent::Reset(listing)) => self.reset_instances(&listing),
             (Feed::Routes, MirrorEvent::Put(kv)) => {
                 self.put_route(&kv);
             }
@@ -259,6 +323,12 @@ impl TableWriter {
             (Feed::Services, MirrorEvent::Delete { key, mod_revision }) => {
                 self.delete_instance(&key, mod_revision)
             }
+            (_, MirrorEvent::Relisting(why)) => {
+                // The store may have gone back: the listing says where it is now.
+                self.revision = 0;
+                self.metrics.store_relists.inc();
+                tracing::warn!(?feed, ?why, "listing the store again");
+            }
             (_, MirrorEvent::Connected | MirrorEvent::Disconnected(_)) => {}
         }
     }
@@ -267,13 +337,20 @@ impl TableWriter {
 /// Keeps the shared table in step with the store until the process ends.
 pub async fn run(store: Arc<dyn Store>, writer: TableWriter, metrics: Arc<Metrics>) {
     let keys = writer.keys.clone();
-    let (routes_tx, routes_rx) = mpsc::channel(MAX_BATCH);
-    let (services_tx, services_rx) = mpsc::channel(MAX_BATCH);
-    let (certs_tx, certs_rx) = mpsc::channel(MAX_BATCH);
-    let backoff = Backoff::default();
-    let _routes = mirror::spawn(store.clone(), keys.routes(), routes_tx, backoff);
-    let _services = mirror::spawn(store.clone(), keys.services(), services_tx, backoff);
-    let _certs = mirror::spawn(store, keys.certs(), certs_tx, backoff);
+    let (routes_tx, routes_rx) = mpsc::channel(QUEUE);
+    let (services_tx, services_rx) = mpsc::channel(QUEUE);
+    let (certs_tx, certs_rx) = mpsc::channel(QUEUE);
+    let mut options = Options::default();
+    if let Some(size) = std::env::var(PAGE_SIZE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        options.page_size = size;
+    }
+    let _routes = mirror::spawn(store.clone(), keys.routes(), routes_tx, options);
+    let _services = mirror::spawn(store.clone(), keys.services(), services_tx, options);
+    let _certs = mirror::spawn(store, keys.certs(), certs_tx, options);
     consume(writer, metrics, [routes_rx, services_rx, certs_rx]).await;
 }
 
@@ -308,7 +385,7 @@ async fn consume(
         for (feed, event) in batch {
             let i = feed as usize;
             match &event {
-                MirrorEvent::Reset(_) => listed[i] = true,
+                MirrorEvent::Page(page) if page.last => listed[i] = true,
                 MirrorEvent::Connected => connected[i] = true,
                 MirrorEvent::Disconnected(_) => connected[i] = false,
                 _ => {}

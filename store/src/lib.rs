@@ -51,6 +51,32 @@ pub struct Listing {
     pub revision: Revision,
 }
 
+/// Up to a page of the keys under a prefix, read at one revision ([`Store::range_page`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    /// Sorted by key.
+    pub kvs: Vec<KeyValue>,
+    /// The store revision the page was read at: ask for the next page at this revision.
+    pub revision: Revision,
+    /// Whether keys after the last one of this page remain.
+    pub more: bool,
+}
+
+/// Who a store is and how far it has got ([`Store::status`]). A consumer that compares it with
+/// what it saw before can tell a store that was only out of reach from one that was replaced or
+/// went back in time (restored from an older backup, an empty one started in its place).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// The same for as long as the store keeps its data: etcd's cluster id, the embedded
+    /// store's id (drawn when its file, or the in-memory store, was created).
+    pub id: String,
+    /// The server that answered (etcd's member id; the embedded store's id again). Members of
+    /// one cluster share the id and the revisions; this only says which one was asked.
+    pub member: String,
+    /// The store's current revision.
+    pub revision: Revision,
+}
+
 /// A change seen by a watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchEvent {
@@ -94,7 +120,25 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError>;
 
     /// Every key starting with `prefix`, sorted by key, and the revision they were read at.
+    /// Read in pages at one revision when the store answers in pages (a big prefix never
+    /// needs one huge answer).
     async fn range(&self, prefix: &str) -> Result<Listing, StoreError>;
+
+    /// Up to `limit` keys (at least one) starting with `prefix`, after the key `after` (from
+    /// the first when None), sorted by key, read at `revision` (the current one when None).
+    /// Listing page after page at the first page's revision gives a consistent listing; a
+    /// revision that can no longer be read is [`StoreError::Compacted`] (start over), one
+    /// above the current revision is [`StoreError::Rejected`].
+    async fn range_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<Page, StoreError>;
+
+    /// The store's identity and current revision.
+    async fn status(&self) -> Result<StoreStatus, StoreError>;
 
     /// Writes `value`; with a lease, the key is deleted when the lease ends. Returns the new revision.
     async fn put(
@@ -136,6 +180,46 @@ pub trait Store: Send + Sync + 'static {
     /// [`StoreError::Compacted`]. Compacting to a revision that is already compacted does nothing;
     /// a revision above the current one is [`StoreError::Rejected`].
     async fn compact(&self, revision: Revision) -> Result<(), StoreError>;
+}
+
+/// Keys per page when [`list`] reads a prefix.
+pub const DEFAULT_PAGE: usize = 10_000;
+
+/// Every key under `prefix`, read page by page at the first page's revision; starts over when
+/// that revision is compacted away in the middle. What a backend's [`Store::range`] can be.
+pub async fn list(store: &dyn Store, prefix: &str, page: usize) -> Result<Listing, StoreError> {
+    'listing: loop {
+        let mut listing = Listing::default();
+        let mut at = None;
+        loop {
+            let after = listing.kvs.last().map(|kv| kv.key.as_str());
+            let next = match store.range_page(prefix, after, page, at).await {
+                Ok(next) => next,
+                Err(StoreError::Compacted { .. }) if at.is_some() => continue 'listing,
+                Err(e) => return Err(e),
+            };
+            at = Some(next.revision);
+            listing.revision = next.revision;
+            let done = !next.more || next.kvs.is_empty();
+            listing.kvs.extend(next.kvs);
+            if done {
+                return Ok(listing);
+            }
+        }
+    }
+}
+
+/// The smallest key greater than every key starting with `prefix` (None: there is none, the
+/// prefix is empty or all 0xff bytes).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }
 
 /// Opens a store from a URL: `etcd://host:port[,host:port...]`, `file:///path/to/store.redb`

@@ -1,10 +1,13 @@
 //! A watch that never silently loses an event.
 //!
-//! [`run`] lists a prefix, then watches it from the next revision. When the watch breaks it resumes
-//! from the last revision it delivered; when that revision has been compacted away it lists again
-//! and sends a [`MirrorEvent::Reset`] that replaces everything the consumer had for the prefix.
-//! While the store is unreachable it retries with a capped exponential back-off and says so with
-//! [`MirrorEvent::Disconnected`]; the consumer keeps its last state meanwhile.
+//! [`run`] lists a prefix, page by page at one revision, then watches it from the next revision.
+//! When the watch breaks it resumes from the last revision it delivered, once it has checked
+//! that the store it reaches is the one it listed ([`Store::status`]: the same id, and a
+//! revision no lower than the mirror's). When that history has been compacted away, or the
+//! store was replaced or went back in time (an empty one started in its place, a restore from
+//! an older backup), it lists again; the new listing replaces everything the consumer had for
+//! the prefix. While the store is unreachable it retries with a capped exponential back-off and
+//! says so with [`MirrorEvent::Disconnected`]; the consumer keeps its last state meanwhile.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +15,39 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use crate::{KeyValue, Listing, Revision, Store, StoreError, WatchEvent};
+use crate::{KeyValue, Revision, Store, StoreError, WatchEvent, DEFAULT_PAGE};
+
+/// One page of a listing of the mirror's prefix.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListPage {
+    /// Sorted by key, after the keys of the listing's earlier pages.
+    pub kvs: Vec<KeyValue>,
+    /// The revision the whole listing is read at.
+    pub revision: Revision,
+    /// The first page of a listing: forget what earlier pages of an unfinished listing said.
+    pub first: bool,
+    /// The last page: the keys of the prefix are now exactly those the listing's pages held.
+    pub last: bool,
+}
+
+/// Why a mirror lists again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Relist {
+    /// The history needed to resume the watch was compacted away.
+    Compacted,
+    /// The store answering is not the one listed before (another id).
+    Replaced,
+    /// The store's revision is lower than the last one the mirror delivered.
+    WentBack,
+}
 
 /// What a mirror tells its consumer, in store order for its prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MirrorEvent {
-    /// Every key of the prefix at `listing.revision`: replaces all earlier state.
-    Reset(Listing),
+    /// A page of a listing of the prefix. A listing starts with a `first` page and may start
+    /// over before its `last` page (the store broke off, or its revision was compacted
+    /// meanwhile); once the `last` page has come, the listing replaces all earlier state.
+    Page(ListPage),
     Put(KeyValue),
     Delete {
         key: String,
@@ -28,6 +57,8 @@ pub enum MirrorEvent {
     Connected,
     /// The store is unreachable or the watch broke; the mirror is retrying.
     Disconnected(String),
+    /// The mirror is about to list again, for this reason (a listing follows).
+    Relisting(Relist),
 }
 
 impl From<WatchEvent> for MirrorEvent {
@@ -55,14 +86,51 @@ impl Default for Backoff {
     }
 }
 
+/// How a mirror works.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    pub backoff: Backoff,
+    /// Keys per listing page.
+    pub page_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            backoff: Backoff::default(),
+            page_size: DEFAULT_PAGE,
+        }
+    }
+}
+
+impl From<Backoff> for Options {
+    fn from(backoff: Backoff) -> Self {
+        Options {
+            backoff,
+            ..Options::default()
+        }
+    }
+}
+
 /// Starts a mirror of `prefix` on the current runtime; it ends when `tx` is closed.
 pub fn spawn(
     store: Arc<dyn Store>,
     prefix: String,
     tx: mpsc::Sender<MirrorEvent>,
-    backoff: Backoff,
+    options: impl Into<Options>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(store, prefix, tx, backoff))
+    tokio::spawn(run(store, prefix, tx, options.into()))
+}
+
+/// The consumer has gone: the mirror stops.
+struct Gone;
+
+/// Where a mirror stands between two watches.
+enum Next {
+    /// List first.
+    List,
+    /// Watch from this revision once the store is known to be the same (after an interruption).
+    Check(Revision),
 }
 
 /// Mirrors `prefix` into `tx` until `tx` is closed.
@@ -70,21 +138,42 @@ pub async fn run(
     store: Arc<dyn Store>,
     prefix: String,
     tx: mpsc::Sender<MirrorEvent>,
-    backoff: Backoff,
+    options: Options,
 ) {
+    let backoff = options.backoff;
     let mut delay = backoff.initial;
-    // Where the next watch starts; None: list first.
-    let mut resume: Option<Revision> = None;
+    // The id of the store listed, once it has been.
+    let mut listed_from: Option<String> = None;
+    let mut next = Next::List;
     loop {
-        let from = match resume {
-            Some(from) => from,
-            None => match store.range(&prefix).await {
-                Ok(listing) => {
-                    let from = listing.revision + 1;
-                    if tx.send(MirrorEvent::Reset(listing)).await.is_err() {
-                        return;
+        let from = match next {
+            Next::Check(from) => match store.status().await {
+                Ok(status) => {
+                    let why = if listed_from.as_deref() != Some(status.id.as_str()) {
+                        Some(Relist::Replaced)
+                    } else if status.revision < from - 1 {
+                        Some(Relist::WentBack)
+                    } else {
+                        None
+                    };
+                    match why {
+                        None => from,
+                        Some(why) => {
+                            tracing::warn!(
+                                prefix,
+                                ?why,
+                                id = status.id,
+                                revision = status.revision,
+                                last_seen = from - 1,
+                                "the store is not the one listed: listing again"
+                            );
+                            if tx.send(MirrorEvent::Relisting(why)).await.is_err() {
+                                return;
+                            }
+                            next = Next::List;
+                            continue;
+                        }
                     }
-                    from
                 }
                 Err(e) => {
                     if !pause(&tx, e, &mut delay, backoff).await {
@@ -93,15 +182,46 @@ pub async fn run(
                     continue;
                 }
             },
+            Next::List => {
+                let id = match store.status().await {
+                    Ok(status) => status.id,
+                    Err(e) => {
+                        if !pause(&tx, e, &mut delay, backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                match list(store.as_ref(), &prefix, options.page_size, &tx).await {
+                    Ok(Ok(revision)) => {
+                        listed_from = Some(id);
+                        revision + 1
+                    }
+                    Ok(Err(e)) => {
+                        if !pause(&tx, e, &mut delay, backoff).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(Gone) => return,
+                }
+            }
         };
-        resume = Some(from);
         let mut stream = match store.watch(&prefix, from).await {
             Ok(stream) => stream,
             Err(StoreError::Compacted { .. }) => {
-                resume = None;
+                if tx
+                    .send(MirrorEvent::Relisting(Relist::Compacted))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                next = Next::List;
                 continue;
             }
             Err(e) => {
+                next = Next::Check(from);
                 if !pause(&tx, e, &mut delay, backoff).await {
                     return;
                 }
@@ -112,6 +232,7 @@ pub async fn run(
             return;
         }
         delay = backoff.initial;
+        let mut resume = from;
         let broke = loop {
             let item = tokio::select! {
                 item = stream.next() => item,
@@ -120,27 +241,82 @@ pub async fn run(
             };
             match item {
                 Some(Ok(event)) => {
-                    resume = Some(event.revision() + 1);
+                    resume = event.revision() + 1;
                     if tx.send(event.into()).await.is_err() {
                         return;
                     }
                 }
-                Some(Err(StoreError::Compacted { .. })) => {
-                    resume = None;
-                    break None;
-                }
+                Some(Err(StoreError::Compacted { .. })) => break None,
                 Some(Err(e)) => break Some(e),
                 None => break Some(StoreError::Unavailable("watch stream ended".into())),
             }
         };
-        if let Some(e) = broke {
-            if !pause(&tx, e, &mut delay, backoff).await {
-                return;
+        match broke {
+            Some(e) => {
+                next = Next::Check(resume);
+                if !pause(&tx, e, &mut delay, backoff).await {
+                    return;
+                }
+            }
+            None => {
+                if tx
+                    .send(MirrorEvent::Relisting(Relist::Compacted))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                next = Next::List;
             }
         }
     }
 }
 
+/// Lists `prefix` page by page at the first page's revision into `tx`; starts over when that
+/// revision is compacted meanwhile. The revision listed at, or why the store failed.
+async fn list(
+    store: &dyn Store,
+    prefix: &str,
+    page_size: usize,
+    tx: &mpsc::Sender<MirrorEvent>,
+) -> Result<Result<Revision, StoreError>, Gone> {
+    'listing: loop {
+        let mut after: Option<String> = None;
+        let mut at = None;
+        let mut first = true;
+        loop {
+            let page = match store
+                .range_page(prefix, after.as_deref(), page_size, at)
+                .await
+            {
+                Ok(page) => page,
+                Err(StoreError::Compacted { .. }) if at.is_some() => {
+                    tracing::info!(prefix, "listing compacted midway: starting over");
+                    continue 'listing;
+                }
+                Err(e) => return Ok(Err(e)),
+            };
+            let last = !page.more || page.kvs.is_empty();
+            if let Some(kv) = page.kvs.last() {
+                after = Some(kv.key.clone());
+            }
+            at = Some(page.revision);
+            let event = MirrorEvent::Page(ListPage {
+                kvs: page.kvs,
+                revision: page.revision,
+                first,
+                last,
+            });
+            first = false;
+            if tx.send(event).await.is_err() {
+                return Err(Gone);
+            }
+            if last {
+                return Ok(Ok(page.revision));
+            }
+        }
+    }
+}
 /// Reports the failure and sleeps; false when the consumer has gone.
 async fn pause(
     tx: &mpsc::Sender<MirrorEvent>,

@@ -673,7 +673,118 @@ async fn empty_key_is_refused(b: &Backend) {
     assert!(s.range("").await.unwrap().kvs.is_empty());
 }
 
+/// Listing page by page at the first page's revision: pages are sorted, follow each other, say
+/// when more remain, and read the keys as they were at that revision (or, when a backend cannot
+/// read that revision any more, say Compacted, never something newer).
+async fn range_pages_at_one_revision(b: &Backend) {
+    let s = &b.store;
+    let key = |i: usize| format!("/p/{i:02}");
+    for i in 0..10 {
+        s.put(&key(i), b"1".to_vec(), None).await.unwrap();
+    }
+    s.put("/o", b"before".to_vec(), None).await.unwrap();
+    let last = s.put("/q", b"after".to_vec(), None).await.unwrap();
+    let full = s.range("/p/").await.unwrap();
+    assert_eq!(full.kvs.len(), 10);
+
+    let first = s.range_page("/p/", None, 4, None).await.unwrap();
+    assert_eq!(first.revision, last);
+    assert!(first.more);
+    assert_eq!(first.kvs, full.kvs[..4]);
+    let at = Some(first.revision);
+    let second = s.range_page("/p/", Some(&key(3)), 4, at).await.unwrap();
+    assert!(second.more);
+    assert_eq!(second.kvs, full.kvs[4..8]);
+    assert_eq!(second.revision, last);
+    let third = s.range_page("/p/", Some(&key(7)), 4, at).await.unwrap();
+    assert!(!third.more);
+    assert_eq!(third.kvs, full.kvs[8..]);
+    // A page that ends exactly at the last key may or may not know that none remain; the
+    // next one is empty.
+    let exact = s.range_page("/p/", Some(&key(5)), 4, at).await.unwrap();
+    assert_eq!(exact.kvs, full.kvs[6..]);
+    let empty = s.range_page("/p/", Some(&key(9)), 4, at).await.unwrap();
+    assert!(empty.kvs.is_empty() && !empty.more);
+    // A limit of 0 still moves on; `after` outside (before) the prefix starts at the prefix.
+    assert_eq!(s.range_page("/p/", None, 0, at).await.unwrap().kvs.len(), 1);
+    let from_outside = s.range_page("/p/", Some("/o"), 2, at).await.unwrap();
+    assert_eq!(from_outside.kvs, full.kvs[..2]);
+    let everything = s.range_page("", None, 100, None).await.unwrap();
+    assert_eq!(everything.kvs.len(), 12);
+    assert!(!everything.more);
+
+    // Writes to keys already listed do not disturb the rest of a listing.
+    s.put(&key(0), b"2".to_vec(), None).await.unwrap();
+    s.put("/o", b"2".to_vec(), None).await.unwrap();
+    let again = s.range_page("/p/", Some(&key(3)), 4, at).await.unwrap();
+    assert_eq!(again, second);
+    // A write to a key still to list: the page as at the listing's revision, or Compacted.
+    s.put(&key(5), b"2".to_vec(), None).await.unwrap();
+    s.delete(&key(6)).await.unwrap();
+    match s.range_page("/p/", Some(&key(3)), 4, at).await {
+        Ok(page) => assert_eq!(page, second),
+        Err(StoreError::Compacted { .. }) => assert!(b.etcd.is_none(), "etcd keeps history"),
+        Err(e) => panic!("{e}"),
+    }
+    // The listing as it is now, and one from the future.
+    let now = s.range_page("/p/", None, 100, None).await.unwrap();
+    assert_eq!(now.kvs.len(), 9);
+    assert_eq!(now.revision, b.revision().await);
+    assert!(matches!(
+        s.range_page("/p/", None, 4, Some(now.revision + 100)).await,
+        Err(StoreError::Rejected(_))
+    ));
+    // A revision compacted away is gone for good.
+    s.compact(now.revision).await.unwrap();
+    assert!(matches!(
+        s.range_page("/p/", Some(&key(3)), 4, at).await,
+        Err(StoreError::Compacted { .. })
+    ));
+}
+
+/// A listing of more keys than fit a page (the store's own `range` pages too) holds every key.
+async fn range_of_many_keys(b: &Backend) {
+    let s = &b.store;
+    let n = flynn_store::DEFAULT_PAGE + 7;
+    let keys: Vec<String> = (0..n).map(|i| format!("/many/{i:06}")).collect();
+    futures::future::try_join_all(keys.chunks(n / 8 + 1).map(|chunk| async move {
+        for key in chunk {
+            s.put(key, vec![b'v'; 8], None).await?;
+        }
+        Ok::<_, StoreError>(())
+    }))
+    .await
+    .unwrap();
+    let listing = s.range("/many/").await.unwrap();
+    assert_eq!(listing.revision, b.revision().await);
+    let listed: Vec<&str> = listing.kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(listed, keys.iter().map(String::as_str).collect::<Vec<_>>());
+    let paged = flynn_store::list(s.as_ref(), "/many/", 1000).await.unwrap();
+    assert_eq!(paged, listing);
+}
+
+/// `status` names the store and its current revision; another store has another id.
+async fn status_identifies_the_store(b: &Backend) {
+    let s = &b.store;
+    let before = s.status().await.unwrap();
+    let revision = s.put("/s", b"1".to_vec(), None).await.unwrap();
+    let after = s.status().await.unwrap();
+    assert_eq!(after.id, before.id);
+    assert!(!after.id.is_empty() && !after.member.is_empty());
+    assert_eq!(after.revision, revision);
+    assert_eq!(after.revision, b.revision().await);
+    let other = match (&b.etcd, &b.dir) {
+        (Some(_), _) => Backend::etcd().await,
+        (None, Some(_)) => Backend::file().await,
+        (None, None) => Backend::memory().await,
+    };
+    assert_ne!(other.store.status().await.unwrap().id, after.id);
+}
+
 for_each_backend!(
+    range_pages_at_one_revision,
+    range_of_many_keys,
+    status_identifies_the_store,
     empty_key_is_refused,
     get_put_delete,
     range_by_prefix_sorted,
@@ -697,7 +808,7 @@ for_each_backend!(
 async fn file_store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
-    let (revision, lease, created, kept) = {
+    let (revision, lease, created, kept, id) = {
         let store = EmbeddedStore::open(&path).unwrap();
         let created = store.put("/f/a", b"1".to_vec(), None).await.unwrap();
         store.put("/f/a", b"2".to_vec(), None).await.unwrap();
@@ -714,10 +825,13 @@ async fn file_store_survives_reopen() {
             .await
             .unwrap();
         let revision = store.range("").await.unwrap().revision;
-        (revision, lease, created, kept)
+        let id = store.status().await.unwrap().id;
+        (revision, lease, created, kept, id)
     };
 
     let store = EmbeddedStore::open(&path).unwrap();
+    // The same store: the id drawn when the file was created is kept.
+    assert_eq!(store.status().await.unwrap().id, id);
     // A lease restarts its TTL on reopen, and still ends.
     assert!(store.get("/g/short").await.unwrap().is_some());
     let mut short = store.watch("/g/", revision + 1).await.unwrap();

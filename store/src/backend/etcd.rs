@@ -16,7 +16,8 @@ use etcd_client::{
 };
 
 use crate::{
-    Cas, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream,
+    prefix_end, Cas, KeyValue, LeaseId, Listing, Page, Revision, Store, StoreError, StoreStatus,
+    WatchEvent, WatchStream, DEFAULT_PAGE,
 };
 
 /// Time to establish a TCP connection to one endpoint.
@@ -28,7 +29,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Time to wait for a ping's answer before the connection counts as dead.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Largest response accepted (a big range).
+/// Largest response accepted. Listings come in pages ([`DEFAULT_PAGE`] keys), so only keys
+/// with huge values come near it; etcd's own limit on a request (`--max-request-bytes`,
+/// 1.5 MiB by default) bounds what one write can hold.
 const MAX_MESSAGE: usize = 64 << 20;
 
 /// A store backed by an etcd cluster. Cloning shares the connection.
@@ -153,15 +156,86 @@ impl Store for EtcdStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<Listing, StoreError> {
-        let mut kv = self.kv();
-        let mut response = bounded(kv.get(prefix, Some(GetOptions::new().with_prefix()))).await?;
-        let revision = header_revision(response.header())?;
+        // One answer for a million keys would be hundreds of MB (over any message limit).
+        crate::list(self, prefix, DEFAULT_PAGE).await
+    }
+
+    async fn range_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<Page, StoreError> {
+        // From the key right after `after` (or the prefix) to the end of the prefix.
+        let start = match after {
+            Some(after) if after >= prefix => {
+                let mut start = after.as_bytes().to_vec();
+                start.push(0);
+                start
+            }
+            _ if prefix.is_empty() => vec![0],
+            _ => prefix.as_bytes().to_vec(),
+        };
+        let end = prefix_end(prefix.as_bytes()).unwrap_or_else(|| vec![0]);
+        let mut limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let mut response = loop {
+            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
+            if let Some(revision) = revision {
+                options = options.with_revision(revision);
+            }
+            let mut kv = self.kv();
+            match bounded(kv.get(start.clone(), Some(options))).await {
+                Ok(response) => break response,
+                // Keys with big values: a page of that many is over the message limit. Fewer.
+                Err(StoreError::Rejected(m))
+                    if m.contains("message length too large") && limit > 1 =>
+                {
+                    limit /= 2;
+                    tracing::debug!(
+                        limit,
+                        "etcd page over the message limit: asking for fewer keys"
+                    );
+                }
+                // etcd: "mvcc: required revision has been compacted".
+                Err(StoreError::Rejected(m)) if m.contains("compacted") && revision.is_some() => {
+                    return Err(StoreError::Compacted {
+                        compact_revision: revision.unwrap_or_default() + 1,
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // The header tells the current revision, also for a read at an older one.
+        let revision = match revision {
+            Some(at) => at,
+            None => header_revision(response.header())?,
+        };
+        let more = response.more();
         let kvs = response
             .take_kvs()
             .into_iter()
             .map(convert)
             .collect::<Result<_, _>>()?;
-        Ok(Listing { kvs, revision })
+        Ok(Page {
+            kvs,
+            revision,
+            more,
+        })
+    }
+
+    async fn status(&self) -> Result<StoreStatus, StoreError> {
+        let mut kv = self.kv();
+        let options = GetOptions::new().with_count_only();
+        let response = bounded(kv.get(vec![0], Some(options))).await?;
+        let header = response
+            .header()
+            .ok_or_else(|| StoreError::Unavailable("etcd answered without a header".into()))?;
+        Ok(StoreStatus {
+            id: format!("etcd:{:016x}", header.cluster_id()),
+            member: format!("{:016x}", header.member_id()),
+            revision: header.revision(),
+        })
     }
 
     async fn put(

@@ -27,7 +27,8 @@ use tokio::time::Instant;
 
 use self::state::{Plan, Published, State};
 use crate::{
-    Cas, KeyValue, LeaseId, Listing, Revision, Store, StoreError, WatchEvent, WatchStream,
+    Cas, KeyValue, LeaseId, Listing, Page, Revision, Store, StoreError, StoreStatus, WatchEvent,
+    WatchStream,
 };
 
 /// How many live revisions a watcher may lag behind before its stream breaks.
@@ -42,6 +43,8 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
+    /// [`StoreStatus::id`]: drawn with the file (or the in-memory store).
+    id: String,
     state: Mutex<State>,
     /// Held by one writer at a time, from planning to applying.
     writer: Mutex<()>,
@@ -72,18 +75,20 @@ impl EmbeddedStore {
             loaded.next_lease,
             loaded.leases,
         );
-        Ok(EmbeddedStore::with_state(state, Some(db)))
+        Ok(EmbeddedStore::with_state(state, Some(db), loaded.id))
     }
 
     /// A store that lives in memory only.
     pub fn in_memory() -> EmbeddedStore {
-        EmbeddedStore::with_state(State::new(Default::default(), 0, 1, Vec::new()), None)
+        let state = State::new(Default::default(), 0, 1, Vec::new());
+        EmbeddedStore::with_state(state, None, fresh_id())
     }
 
-    fn with_state(state: State, db: Option<redb::Database>) -> EmbeddedStore {
+    fn with_state(state: State, db: Option<redb::Database>, id: i64) -> EmbeddedStore {
         let (events, _) = broadcast::channel(WATCH_BUFFER);
         let store = EmbeddedStore {
             inner: Arc::new(Inner {
+                id: format!("embedded:{id:016x}"),
                 state: Mutex::new(state),
                 writer: Mutex::new(()),
                 db,
@@ -121,6 +126,18 @@ impl EmbeddedStore {
         self.ensure_reaper();
         self.inner.run(plan).await
     }
+}
+
+/// A random store id (std's hasher keys come from the OS; the clock and pid are mixed in).
+fn fresh_id() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(now);
+    hasher.write_u32(std::process::id());
+    i64::from_ne_bytes(hasher.finish().to_ne_bytes())
 }
 
 impl Inner {
@@ -206,6 +223,27 @@ impl Store for EmbeddedStore {
         Ok(Listing {
             kvs: state.range(prefix),
             revision: state.revision,
+        })
+    }
+
+    async fn range_page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<Page, StoreError> {
+        self.ensure_reaper();
+        lock(&self.inner.state).page(prefix, after, limit.max(1), revision)
+    }
+
+    async fn status(&self) -> Result<StoreStatus, StoreError> {
+        self.ensure_reaper();
+        let revision = lock(&self.inner.state).revision;
+        Ok(StoreStatus {
+            id: self.inner.id.clone(),
+            member: self.inner.id.clone(),
+            revision,
         })
     }
 

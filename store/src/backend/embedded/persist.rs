@@ -22,6 +22,8 @@ const LEASES: TableDefinition<i64, u64> = TableDefinition::new("leases");
 
 const REVISION: &str = "revision";
 const NEXT_LEASE: &str = "next_lease";
+/// Drawn when the file is created (or first opened by a version that did not have it).
+const STORE_ID: &str = "store_id";
 const HEADER: usize = 24;
 
 /// What the file held when it was opened.
@@ -30,6 +32,7 @@ pub(super) struct Loaded {
     pub revision: Revision,
     pub next_lease: LeaseId,
     pub leases: Vec<(LeaseId, Duration)>,
+    pub id: i64,
 }
 
 fn failed(e: impl Display) -> StoreError {
@@ -41,11 +44,20 @@ pub(super) fn open(path: &Path) -> Result<(Database, Loaded), StoreError> {
     let db = Database::create(path)
         .map_err(|e| StoreError::Embedded(format!("{}: {e}", path.display())))?;
     let txn = db.begin_write().map_err(failed)?;
-    {
+    let id = {
         txn.open_table(KVS).map_err(failed)?;
-        txn.open_table(META).map_err(failed)?;
         txn.open_table(LEASES).map_err(failed)?;
-    }
+        let mut meta = txn.open_table(META).map_err(failed)?;
+        let stored = meta.get(STORE_ID).map_err(failed)?.map(|v| v.value());
+        match stored {
+            Some(id) => id,
+            None => {
+                let id = super::fresh_id();
+                meta.insert(STORE_ID, id).map_err(failed)?;
+                id
+            }
+        }
+    };
     txn.commit().map_err(failed)?;
 
     let txn = db.begin_read().map_err(failed)?;
@@ -87,6 +99,7 @@ pub(super) fn open(path: &Path) -> Result<(Database, Loaded), StoreError> {
             revision,
             next_lease,
             leases,
+            id,
         },
     ))
 }

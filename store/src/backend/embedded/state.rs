@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 
-use crate::{KeyValue, LeaseId, Revision, StoreError, WatchEvent};
+use crate::{KeyValue, LeaseId, Page, Revision, StoreError, WatchEvent};
 
 /// How many events the history keeps; a watch from before them gets [`StoreError::Compacted`].
 pub(super) const HISTORY_LIMIT: usize = 10_000;
@@ -136,6 +136,70 @@ impl State {
             .take_while(|(key, _)| key.starts_with(prefix))
             .map(|(key, entry)| entry.to_kv(key))
             .collect()
+    }
+
+    /// Up to `limit` keys under `prefix` after `after`, as they were at revision `at` (now when
+    /// None). The store keeps only the latest values: an older revision can be read when no
+    /// change since then touched the keys still to list, which the history tells; otherwise
+    /// (or when the history no longer reaches back to it) the answer is `Compacted`.
+    pub fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        at: Option<Revision>,
+    ) -> Result<Page, StoreError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) if after >= prefix => Bound::Excluded(after),
+            _ => Bound::Included(prefix),
+        };
+        let revision = at.unwrap_or(self.revision);
+        if revision > self.revision {
+            return Err(StoreError::Rejected(format!(
+                "revision {revision} is in the future (the store is at {})",
+                self.revision
+            )));
+        }
+        if revision < self.revision {
+            if revision + 1 < self.first_available {
+                return Err(StoreError::Compacted {
+                    compact_revision: self.first_available,
+                });
+            }
+            let first_later = self.history.partition_point(|e| e.revision() <= revision);
+            let still_to_list = |key: &str| {
+                key.starts_with(prefix)
+                    && match start {
+                        Bound::Excluded(after) => key > after,
+                        _ => true,
+                    }
+            };
+            if let Some(changed) = self
+                .history
+                .range(first_later..)
+                .find(|e| still_to_list(e.key()))
+            {
+                return Err(StoreError::Compacted {
+                    compact_revision: changed.revision(),
+                });
+            }
+        }
+        let mut keys = self
+            .kvs
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(key, _)| key.starts_with(prefix));
+        let kvs: Vec<KeyValue> = keys
+            .by_ref()
+            .take(limit)
+            .map(|(key, entry)| entry.to_kv(key))
+            .collect();
+        let more = keys.next().is_some();
+        Ok(Page {
+            kvs,
+            revision,
+            more,
+        })
     }
 
     /// Fails unless `lease` exists and is not ending.

@@ -1,0 +1,160 @@
+//! The router against a store that changes under it: etcd replaced by an empty one on the same
+//! address, and a listing of more routes than fit one page.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, Router, APPLY};
+use flynn_store::{Keys, Store};
+use flynn_testkit::backend::Backend;
+use flynn_testkit::{eventually, Etcd};
+use serde_json::json;
+
+async fn wait_metric(router: &Router, sample: &str, want: impl Fn(f64) -> bool) {
+    let result = eventually(APPLY, sample, || async {
+        common::metric_value(&router.metrics().await, sample).is_some_and(&want)
+    })
+    .await;
+    if let Err(e) = result {
+        panic!("{e}\nmetrics:\n{}", router.metrics().await);
+    }
+}
+
+/// Retries a put until the store answers (etcd is starting).
+async fn put_when_up(store: &dyn Store, key: &str, value: String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match store.put(key, value.clone().into_bytes(), None).await {
+            Ok(_) => return,
+            Err(e) if e.is_transient() && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("etcd did not come back: {e}"),
+        }
+    }
+}
+
+fn route(id: &str, domain: &str, service: &str) -> String {
+    json!({"id": id, "type": "http", "domain": domain, "path": "/", "service": service}).to_string()
+}
+
+fn instance(id: &str, backend: &Backend) -> String {
+    json!({"id": id, "addr": backend.addr.to_string()}).to_string()
+}
+
+/// etcd is killed and an empty etcd (a new data dir) starts on the same client port: the router
+/// notices that the store went back, lists it, drops the old routes and serves the new ones.
+#[tokio::test]
+async fn an_empty_etcd_in_place_of_the_old_one_replaces_the_table() {
+    let mut h = Harness::start(&[]).await;
+    let web = Backend::start("old").await;
+    h.instance("web", "i1", web.addr).await;
+    h.route("http-old", "old.test", "/", "web").await;
+    // Enough writes that the old store's revision is well ahead of the new one's.
+    for i in 0..10 {
+        h.route(
+            &format!("http-extra-{i}"),
+            &format!("x{i}.test"),
+            "/",
+            "web",
+        )
+        .await;
+    }
+    h.wait_status("old.test", "/", 200).await;
+    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 1.0).await;
+
+    h.etcd.stop().await;
+    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 0.0).await;
+    std::fs::remove_dir_all(h.etcd.data_dir().join("etcd")).expect("wipe etcd's data");
+    h.etcd.restart().await;
+
+    let store = flynn_store::open(&h.etcd.url()).await.expect("reopen etcd");
+    h.store = store;
+    let fresh = Backend::start("new").await;
+    let keys = Keys::default();
+    put_when_up(
+        h.store.as_ref(),
+        &keys.instance("fresh", "i1"),
+        instance("i1", &fresh),
+    )
+    .await;
+    put_when_up(
+        h.store.as_ref(),
+        &keys.route("http-new"),
+        route("http-new", "new.test", "fresh"),
+    )
+    .await;
+
+    // The new store's truth, within a few seconds: the new route served, the old one gone.
+    h.wait_status("new.test", "/", 200).await;
+    h.wait_status("old.test", "/", 404).await;
+    wait_metric(&h.router, "flynn_router_routes", |v| v == 1.0).await;
+    wait_metric(&h.router, "flynn_router_instances", |v| v == 1.0).await;
+    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 1.0).await;
+    assert!(h.router.metric("flynn_router_store_relists_total").await >= 1.0);
+
+    // And it follows the new store live.
+    h.route("http-new-2", "new2.test", "/", "fresh").await;
+    h.wait_status("new2.test", "/", 200).await;
+}
+
+/// The router lists its routes in pages (a page size of 7 here): every route of a listing of
+/// many pages is served, and a route written while the router lists comes through too.
+#[tokio::test]
+async fn routes_are_listed_in_pages() {
+    let etcd = Etcd::start().await;
+    let store = flynn_store::open(&etcd.url()).await.expect("open etcd");
+    let keys = Keys::default();
+    let web = Backend::start("paged").await;
+    store
+        .put(
+            &keys.instance("web", "i1"),
+            instance("i1", &web).into_bytes(),
+            None,
+        )
+        .await
+        .expect("put");
+    let count = 100;
+    for i in 0..count {
+        let id = format!("http-{i:03}");
+        store
+            .put(
+                &keys.route(&id),
+                route(&id, &format!("r{i}.paged.test"), "web").into_bytes(),
+                None,
+            )
+            .await
+            .expect("put");
+    }
+    // Read by the router's mirrors at start-up (the child inherits the environment).
+    std::env::set_var("FLYNN_STORE_PAGE_SIZE", "7");
+    let router = Router::spawn(&etcd.url(), &[]);
+    let late = "http-late";
+    store
+        .put(
+            &keys.route(late),
+            route(late, "late.paged.test", "web").into_bytes(),
+            None,
+        )
+        .await
+        .expect("put");
+    router.wait_healthy().await;
+    wait_metric(&router, "flynn_router_routes", |v| {
+        v == f64::from(count + 1)
+    })
+    .await;
+    let http = router.http.to_string();
+    for i in 0..count {
+        let host = format!("r{i}.paged.test");
+        let response = flynn_testkit::client::get(&http, "/", &host)
+            .await
+            .expect("request");
+        assert_eq!(response.status, 200, "{host}");
+    }
+    let response = flynn_testkit::client::get(&http, "/", "late.paged.test")
+        .await
+        .expect("request");
+    assert_eq!(response.status, 200);
+    assert_eq!(router.metric("flynn_router_store_relists_total").await, 0.0);
+}
