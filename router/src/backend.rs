@@ -46,9 +46,10 @@ impl Backend {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Passive health: a refused or timed-out connect ejects the instance for a while (500 ms,
-    /// doubling per failure in a row up to 30 s); it is tried again once that has passed.
-    pub fn connect_failed(&self) {
+    /// Passive health: a refused or timed-out connect, or a response that did not come within
+    /// the upstream timeout, ejects the instance for a while (500 ms, doubling per failure in a
+    /// row up to 30 s); it is tried again once that has passed.
+    pub fn failed(&self) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
         let backoff = EJECT_FIRST.saturating_mul(1 << failures).min(EJECT_MAX);
         let until = now_ms() + backoff.as_millis() as u64;
@@ -56,7 +57,7 @@ impl Backend {
     }
 
     /// A connect worked: the instance is healthy again.
-    pub fn connect_succeeded(&self) {
+    pub fn succeeded(&self) {
         if self.failures.load(Ordering::Relaxed) != 0 {
             self.failures.store(0, Ordering::Relaxed);
             self.ejected_until_ms.store(0, Ordering::Relaxed);
@@ -295,8 +296,8 @@ mod tests {
     #[test]
     fn ejected_instances_are_avoided_until_nothing_else_is_left() {
         let s = service(3);
-        s.backends()[0].connect_failed();
-        s.backends()[1].connect_failed();
+        s.backends()[0].failed();
+        s.backends()[1].failed();
         for _ in 0..200 {
             let picked = s.pick(false, &mut Tried::default()).unwrap();
             assert_eq!(picked.id, s.backends()[2].id);
@@ -307,7 +308,7 @@ mod tests {
             .map(|_| s.pick(false, &mut tried).unwrap().id.clone())
             .collect();
         assert_eq!(ids[0], s.backends()[2].id);
-        s.backends()[0].connect_succeeded();
+        s.backends()[0].succeeded();
         assert!(!s.backends()[0].is_ejected());
         assert!(s.backends()[1].is_ejected());
     }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use flynn_store::Keys;
 
-use crate::proxy::UpstreamTimeouts;
+use crate::proxy::{ClientTimeouts, UpstreamTimeouts};
 use crate::server::{RouterConfig, StoreSource};
 use crate::tcp::TcpSettings;
 use crate::tls;
@@ -148,6 +148,27 @@ pub struct RouterArgs {
     #[arg(long, env = "FLYNN_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
 
+    /// How long a client connection may wait idle for its next request (HTTP/1.1 keep-alive,
+    /// or an HTTP/2 connection with no stream open) before the router closes it; also how long
+    /// a request body may pause between reads. nginx: `keepalive_timeout` 75 s.
+    #[arg(long, env = "FLYNN_KEEPALIVE_TIMEOUT", default_value = "60s", value_parser = parse_whole_seconds)]
+    pub keepalive_timeout: Duration,
+
+    /// How long a client may take to send a whole request head (from its first byte; from the
+    /// connection's start for the first request), its TLS handshake, its PROXY header or its
+    /// HTTP/2 preface; a slower one gets 408 and is closed (slowloris). nginx:
+    /// `client_header_timeout`, HAProxy: `timeout http-request`.
+    #[arg(long, env = "FLYNN_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Client connections open at once, across the HTTP, HTTPS and TCP route listeners. At the
+    /// limit the router stops accepting (new connections wait in the kernel's queue) until one
+    /// closes, so that it never runs out of file descriptors. Default: half the descriptor
+    /// limit, which the router raises to its hard maximum at start (the other half is for
+    /// backend connections).
+    #[arg(long, env = "FLYNN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
     /// On SIGTERM, how long in-flight requests may take to finish before the process exits.
     #[arg(long, env = "FLYNN_DRAIN_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
@@ -170,6 +191,12 @@ impl RouterArgs {
         }
         if self.threads == Some(0) {
             anyhow::bail!("--threads must be at least 1");
+        }
+        if self.max_connections == Some(0) {
+            anyhow::bail!("--max-connections must be at least 1");
+        }
+        if self.header_timeout.is_zero() {
+            anyhow::bail!("--header-timeout must be more than 0");
         }
         Ok(())
     }
@@ -242,6 +269,9 @@ impl RouterArgs {
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let max_connections = self
+            .max_connections
+            .unwrap_or_else(|| (crate::limits::raise_file_limit() / 2).max(16) as usize);
         Ok(RouterConfig {
             store,
             keys,
@@ -261,6 +291,11 @@ impl RouterArgs {
                 connect_timeout: self.connect_timeout,
             },
             threads,
+            client_timeouts: ClientTimeouts {
+                keepalive: self.keepalive_timeout,
+                header: self.header_timeout,
+            },
+            max_connections,
             timeouts: UpstreamTimeouts {
                 connect: self.connect_timeout,
                 read: self.upstream_timeout,
@@ -271,6 +306,15 @@ impl RouterArgs {
             upgrade_sock: self.upgrade_sock.unwrap_or_else(|| upgrade_sock.to_owned()),
         })
     }
+}
+
+/// A duration in whole seconds, at least one (HTTP/1 keep-alive timeouts are kept in seconds).
+fn parse_whole_seconds(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.as_secs() == 0 || d.subsec_nanos() != 0 {
+        return Err(format!("{s:?}: give whole seconds, at least 1s"));
+    }
+    Ok(d)
 }
 
 /// `3000-3500` → 3000..=3500.

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod backend;
 pub mod config;
 pub mod drain;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -2,6 +2,9 @@
 //! one process, as in tests and the all-in-one server).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pingora::services::listening::ConnectionLimit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::{
@@ -29,6 +32,11 @@ pub struct Metrics {
     pub tcp_connections: IntCounter,
     pub proxy_header_refused: IntCounter,
     pub h1_handed_over: IntCounter,
+    /// Read off the connection limit at each scrape.
+    client_connections: IntGauge,
+    client_connections_max: IntGauge,
+    accept_paused: IntCounter,
+    limit: std::sync::OnceLock<Arc<ConnectionLimit>>,
     connected: AtomicBool,
     synced_once: AtomicBool,
     last_contact_ms: AtomicU64,
@@ -116,12 +124,28 @@ impl Metrics {
                 "Client connections the HTTP/1.1 fast path handed to pingora's proxy \
                  (upgrades, chunked or large uploads, HTTP/2 backends, HTTP/1.0, unusual requests)",
             ),
+            client_connections: int_gauge(
+                "flynn_router_client_connections",
+                "Client connections open (HTTP, HTTPS and TCP route listeners)",
+            ),
+            client_connections_max: int_gauge(
+                "flynn_router_client_connections_max",
+                "The most client connections open at once (--max-connections)",
+            ),
+            accept_paused: int_counter(
+                "flynn_router_accept_paused_total",
+                "Times accepting paused because --max-connections were open",
+            ),
+            limit: std::sync::OnceLock::new(),
             connected: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
             last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+            Box::new(metrics.client_connections.clone()),
+            Box::new(metrics.client_connections_max.clone()),
+            Box::new(metrics.accept_paused.clone()),
             Box::new(requests),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.upstream_connect_errors.clone()),
@@ -185,8 +209,20 @@ impl Metrics {
         self.synced_once.load(Ordering::Relaxed)
     }
 
+    /// Reports the client connections `limit` counts.
+    pub fn watch_connections(&self, limit: Arc<ConnectionLimit>) {
+        self.client_connections_max.set(limit.max() as i64);
+        let _ = self.limit.set(limit);
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        if let Some(limit) = self.limit.get() {
+            self.client_connections.set(limit.open() as i64);
+            let paused = limit.paused();
+            self.accept_paused
+                .inc_by(paused.saturating_sub(self.accept_paused.get()));
+        }
         let age = if self.connected.load(Ordering::Relaxed) {
             0.0
         } else {

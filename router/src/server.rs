@@ -16,7 +16,7 @@ use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::listening::Service;
+use pingora::services::listening::{ConnectionLimit, Service};
 use rustls::sign::CertifiedKey;
 
 use crate::admin::Admin;
@@ -24,7 +24,7 @@ use crate::drain::{self, Drain};
 use crate::metrics::Metrics;
 use crate::proxy::h1::FastH1;
 use crate::proxy::sticky::StickyKey;
-use crate::proxy::{Proxy, UpstreamTimeouts};
+use crate::proxy::{ClientTimeouts, Proxy, UpstreamTimeouts};
 use crate::proxy_protocol::inbound::{Trusted, WithProxyHeader};
 use crate::sync::{self, TableWriter};
 use crate::table::Table;
@@ -62,6 +62,10 @@ pub struct RouterConfig {
     /// Where TCP route listeners open.
     pub tcp: TcpSettings,
     pub threads: usize,
+    /// Idle and request-head deadlines for clients.
+    pub client_timeouts: ClientTimeouts,
+    /// Client connections open at once, on every listener (TCP routes included).
+    pub max_connections: usize,
     pub timeouts: UpstreamTimeouts,
     pub drain_timeout: Duration,
     /// Take the listening sockets over from a running router (graceful binary upgrade).
@@ -118,11 +122,14 @@ pub fn build(config: RouterConfig) -> Server {
         in_flight.clone(),
     );
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, router.clone());
-    if config.h2c {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        proxy.server_options = Some(options);
-    }
+    let mut options = HttpServerOptions::default();
+    options.h2c = config.h2c;
+    options.keepalive_timeout = Some(config.client_timeouts.keepalive);
+    options.h2_idle_timeout = Some(config.client_timeouts.keepalive);
+    options.header_timeout = Some(config.client_timeouts.header);
+    proxy.server_options = Some(options);
+    let limit = Arc::new(ConnectionLimit::new(config.max_connections));
+    metrics.watch_connections(limit.clone());
     let resolver = Arc::new(SniResolver::new(
         table.clone(),
         config.default_cert.clone(),
@@ -133,6 +140,8 @@ pub fn build(config: RouterConfig) -> Server {
         https: &config.https_addrs,
         resolver,
         threads: config.threads,
+        handshake_timeout: config.client_timeouts.header,
+        limit: limit.clone(),
     };
     let trusted = (!config.proxy_protocol_from.is_empty()).then(|| {
         Trusted::new(
@@ -140,12 +149,8 @@ pub fn build(config: RouterConfig) -> Server {
             metrics.proxy_header_refused.clone(),
         )
     });
-    if config.h1_fast_path {
-        let app = FastH1::new(proxy, router, &server.configuration);
-        server.add_boxed_service(listeners.service(app, trusted));
-    } else {
-        server.add_boxed_service(listeners.service(proxy, trusted));
-    }
+    let app = FastH1::new(proxy, router, &server.configuration, config.h1_fast_path);
+    server.add_boxed_service(listeners.service(app, trusted));
 
     let mut admin = Service::new(
         "flynn-router admin".to_owned(),
@@ -160,11 +165,14 @@ pub fn build(config: RouterConfig) -> Server {
     let tcp_routes = background_service(
         "flynn-router tcp routes",
         TcpRoutes {
-            table,
+            shared: tcp::Shared {
+                table,
+                metrics: metrics.clone(),
+                in_flight: in_flight.clone(),
+                limit,
+            },
             changes: writer.subscribe(),
             settings: config.tcp,
-            metrics: metrics.clone(),
-            in_flight: in_flight.clone(),
         },
     );
     let drain = background_service(
@@ -200,6 +208,9 @@ struct Listeners<'a> {
     https: &'a [SocketAddr],
     resolver: Arc<SniResolver>,
     threads: usize,
+    /// How long a connection's PROXY header and TLS handshake may take.
+    handshake_timeout: Duration,
+    limit: Arc<ConnectionLimit>,
 }
 
 impl Listeners<'_> {
@@ -249,6 +260,8 @@ impl Listeners<'_> {
             service.endpoints().set_pre_tls_callback(Arc::new(trusted));
         }
         service.threads = Some(self.threads);
+        service.handshake_timeout = self.handshake_timeout;
+        service.connection_limit = Some(self.limit.clone());
         service
     }
 }
@@ -264,22 +277,18 @@ fn tls_settings(resolver: Arc<SniResolver>) -> TlsSettings {
 }
 
 struct TcpRoutes {
-    table: Arc<ArcSwap<Table>>,
+    shared: tcp::Shared,
     changes: tokio::sync::watch::Receiver<u64>,
     settings: TcpSettings,
-    metrics: Arc<Metrics>,
-    in_flight: Arc<drain::InFlight>,
 }
 
 #[async_trait]
 impl BackgroundService for TcpRoutes {
     async fn start(&self, shutdown: ShutdownWatch) {
         tcp::run(
-            self.table.clone(),
+            self.shared.clone(),
             self.changes.clone(),
             self.settings.clone(),
-            self.metrics.clone(),
-            self.in_flight.clone(),
             shutdown,
         )
         .await;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use flynn_store::types::{ProxyProtocol, TcpRoute};
+use pingora::services::listening::ConnectionLimit;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -35,6 +36,16 @@ pub struct TcpSettings {
     pub connect_timeout: Duration,
 }
 
+/// What every TCP route listener shares with the rest of the router.
+#[derive(Clone)]
+pub struct Shared {
+    pub table: Arc<ArcSwap<Table>>,
+    pub metrics: Arc<Metrics>,
+    pub in_flight: Arc<drain::InFlight>,
+    /// Client connections open at once, with the HTTP listeners'.
+    pub limit: Arc<ConnectionLimit>,
+}
+
 /// One open listener: the route it serves and its accept loop.
 struct Open {
     route_id: String,
@@ -50,24 +61,15 @@ impl Drop for Open {
 
 /// Keeps the open listeners equal to the TCP routes of the table until `stop` fires.
 pub async fn run(
-    table: Arc<ArcSwap<Table>>,
+    shared: Shared,
     mut changes: watch::Receiver<u64>,
     settings: TcpSettings,
-    metrics: Arc<Metrics>,
-    in_flight: Arc<drain::InFlight>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut open: HashMap<u16, Open> = HashMap::new();
     let mut refused: HashSet<String> = HashSet::new();
     loop {
-        reconcile(
-            &table,
-            &settings,
-            &metrics,
-            &in_flight,
-            &mut open,
-            &mut refused,
-        );
+        reconcile(&shared, &settings, &mut open, &mut refused);
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,
@@ -78,14 +80,13 @@ pub async fn run(
 }
 
 fn reconcile(
-    table: &Arc<ArcSwap<Table>>,
+    shared: &Shared,
     settings: &TcpSettings,
-    metrics: &Arc<Metrics>,
-    in_flight: &Arc<drain::InFlight>,
     open: &mut HashMap<u16, Open>,
     refused: &mut HashSet<String>,
 ) {
-    let snapshot = table.load();
+    let metrics = &shared.metrics;
+    let snapshot = shared.table.load();
     // The wanted port → route; a port claimed twice goes to the lowest id.
     let mut wanted: HashMap<u16, &TcpRoute> = HashMap::new();
     for route in snapshot.tcp_routes() {
@@ -113,10 +114,8 @@ fn reconcile(
                 let accept = tokio::spawn(accept_loop(
                     listener,
                     route.id.clone(),
-                    table.clone(),
+                    shared.clone(),
                     settings.connect_timeout,
-                    metrics.clone(),
-                    in_flight.clone(),
                 ));
                 let route_id = route.id.clone();
                 open.insert(port, Open { route_id, accept });
@@ -154,12 +153,11 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn accept_loop(
     listener: TcpListener,
     route_id: String,
-    table: Arc<ArcSwap<Table>>,
+    shared: Shared,
     connect_timeout: Duration,
-    metrics: Arc<Metrics>,
-    in_flight: Arc<drain::InFlight>,
 ) {
     loop {
+        shared.limit.wait_for_room().await;
         let (client, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
@@ -168,15 +166,16 @@ async fn accept_loop(
                 continue;
             }
         };
-        metrics.tcp_connections.inc();
-        let guard = in_flight.enter();
-        let table = table.clone();
+        let permit = shared.limit.acquire().await;
+        shared.metrics.tcp_connections.inc();
+        let guard = shared.in_flight.enter();
+        let table = shared.table.clone();
         let route_id = route_id.clone();
         tokio::spawn(async move {
             if let Err(why) = splice(client, peer, &route_id, &table, connect_timeout).await {
                 tracing::debug!(route = %route_id, %peer, why, "TCP connection ended early");
             }
-            drop(guard);
+            drop((guard, permit));
         });
     }
 }
@@ -216,10 +215,10 @@ async fn splice(
         let in_flight = InFlight::new(backend.clone());
         match tokio::time::timeout(connect_timeout, TcpStream::connect(backend.addr)).await {
             Ok(Ok(stream)) => {
-                backend.connect_succeeded();
+                backend.succeeded();
                 break (stream, in_flight);
             }
-            _ => backend.connect_failed(),
+            _ => backend.failed(),
         }
         if tried.count() >= MAX_ATTEMPTS {
             return Err("every connect failed");

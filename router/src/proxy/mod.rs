@@ -68,6 +68,26 @@ impl Default for UpstreamTimeouts {
     }
 }
 
+/// Deadlines for clients, on every engine and protocol.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientTimeouts {
+    /// How long a connection may wait for its next request (HTTP/1 keep-alive, or HTTP/2 with
+    /// no stream open), and a request body between two reads.
+    pub keepalive: Duration,
+    /// How long a request head may take from its first byte (from the connection's start for
+    /// the first request), and a connection's PROXY header, TLS handshake or HTTP/2 preface.
+    pub header: Duration,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            keepalive: Duration::from_secs(60),
+            header: Duration::from_secs(10),
+        }
+    }
+}
+
 /// The HTTP proxy: reads the shared table, writes metrics.
 #[derive(Clone)]
 pub struct Proxy {
@@ -133,17 +153,29 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    async fn refuse_request(
+        &self,
+        session: &mut pingora::protocols::http::ServerSession,
+        status: u16,
+    ) -> Result<()> {
+        let canned = responses::canned(status);
+        self.metrics.record_request(status, Instant::now());
+        session
+            .write_error_response(canned.header.clone(), canned.body.clone())
+            .await
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let table = self.table.load();
         let req = session.req_header();
         let host = request_host(req);
         let path = request_path(req);
         let Some(route) = table.lookup(host, path) else {
-            answer(session, &responses::NOT_FOUND).await?;
+            answer(session, responses::canned(404)).await?;
             return Ok(true);
         };
         let Some(service) = table.service(&route.service).filter(|s| !s.is_empty()) else {
-            answer(session, &responses::SERVICE_UNAVAILABLE).await?;
+            answer(session, responses::canned(503)).await?;
             return Ok(true);
         };
         if route.sticky {
@@ -214,7 +246,7 @@ impl ProxyHttp for Proxy {
     ) -> Box<Error> {
         self.metrics.upstream_connect_errors.inc();
         if let Some(current) = ctx.current.take() {
-            current.backend().connect_failed();
+            current.backend().failed();
         }
         let instances = match (&ctx.route, &ctx.service) {
             (Some(route), _) if route.leader => 1,
@@ -224,22 +256,6 @@ impl ProxyHttp for Proxy {
         let attempts = ctx.tried.count();
         e.set_retry(attempts < MAX_ATTEMPTS && attempts < instances);
         e
-    }
-
-    async fn connected_to_upstream(
-        &self,
-        _session: &mut Session,
-        _reused: bool,
-        _peer: &HttpPeer,
-        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
-        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
-        _digest: Option<&pingora::protocols::Digest>,
-        ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        if let Some(current) = &ctx.current {
-            current.backend().connect_succeeded();
-        }
-        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -276,6 +292,10 @@ impl ProxyHttp for Proxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The instance answered: healthy again, whatever failed before.
+        if let Some(current) = &ctx.current {
+            current.backend().succeeded();
+        }
         headers::strip_response_hop_by_hop(upstream_response);
         // A proxy answers with its own HTTP version (RFC 9110 §6.2): an HTTP/1.0 backend's
         // response goes out as HTTP/1.1, so the client's connection stays reusable.
@@ -293,12 +313,20 @@ impl ProxyHttp for Proxy {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let status = error_status(e);
+        if status == 504 {
+            // A backend that does not answer in time is avoided for a while, as one that does
+            // not accept connections is.
+            if let Some(current) = &ctx.current {
+                current.backend().failed();
+            }
+        }
         if status > 0 {
-            let body = bytes::Bytes::from_static(responses::body_for(status).as_bytes());
-            if let Err(write) = session.respond_error_with_body(status, body).await {
+            let canned = responses::canned(status);
+            let (header, body) = (canned.header.clone(), canned.body.clone());
+            if let Err(write) = session.write_error_response(header, body).await {
                 tracing::debug!(%write, "could not send the error response");
             }
         }
@@ -318,22 +346,23 @@ impl ProxyHttp for Proxy {
     }
 }
 
-/// The status the router answers with when proxying failed (0: the client is gone).
+/// The status the router answers with when proxying failed (0: the client is gone). What the
+/// client did wrong is a 4xx, never a 5xx counted against a backend.
 fn error_status(e: &Error) -> u16 {
     use ErrorType::*;
-    match e.etype() {
-        HTTPStatus(code) => *code,
-        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError
-        | BindError => 503,
-        ReadTimedout | WriteTimedout if e.esource() == &ErrorSource::Upstream => 504,
-        _ => match e.esource() {
-            ErrorSource::Upstream => 502,
-            ErrorSource::Downstream => match e.etype() {
-                WriteError | ReadError | ConnectionClosed => 0,
-                _ => 400,
-            },
-            ErrorSource::Internal | ErrorSource::Unset => 500,
-        },
+    let connect = matches!(
+        e.etype(),
+        ConnectTimedout | ConnectRefused | ConnectNoRoute | ConnectError | SocketError | BindError
+    );
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(code), _) => *code,
+        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+        (ReadTimedout, ErrorSource::Downstream) => 408,
+        (_, ErrorSource::Downstream) => 400,
+        _ if connect => 503,
+        (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
     }
 }
 
@@ -352,15 +381,15 @@ fn is_tls(session: &Session) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
-/// The Host header, or the authority of an absolute URI or HTTP/2 request.
+/// The authority of an absolute-form URI or HTTP/2 request (RFC 9112 3.2.2: it wins over the
+/// Host header; pingora refuses a Host that differs from it), else the Host header.
 fn request_host(req: &RequestHeader) -> &[u8] {
-    if let Some(host) = req.headers.get(http::header::HOST) {
-        return host.as_bytes();
+    if let Some(authority) = req.uri.authority() {
+        return authority.as_str().as_bytes();
     }
-    req.uri
-        .authority()
-        .map(|a| a.as_str().as_bytes())
-        .unwrap_or(b"")
+    req.headers
+        .get(http::header::HOST)
+        .map_or(&b""[..], |host| host.as_bytes())
 }
 
 /// The name a TLS backend's certificate is verified for: the request's host, without a port.
@@ -384,5 +413,37 @@ fn request_path(req: &RequestHeader) -> &[u8] {
         raw
     } else {
         req.uri.path().as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(etype: ErrorType, source: ErrorSource) -> Box<Error> {
+        let mut e = Error::new(etype);
+        e.esource = source;
+        e
+    }
+
+    #[test]
+    fn client_errors_are_never_blamed_on_a_backend() {
+        use ErrorSource::*;
+        use ErrorType::*;
+        for (etype, source, status) in [
+            (ConnectRefused, Upstream, 503),
+            (ConnectTimedout, Unset, 503),
+            (ReadTimedout, Upstream, 504),
+            (InvalidHTTPHeader, Upstream, 502),
+            (SocketError, Downstream, 400),
+            (InvalidHTTPHeader, Downstream, 400),
+            (ReadTimedout, Downstream, 408),
+            (ConnectionClosed, Downstream, 0),
+            (HTTPStatus(503), Internal, 503),
+            (InternalError, Internal, 500),
+        ] {
+            let e = error(etype.clone(), source.clone());
+            assert_eq!(error_status(&e), status, "{etype:?} from {source:?}");
+        }
     }
 }

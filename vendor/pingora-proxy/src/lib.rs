@@ -347,13 +347,25 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // flynn patch: a head too slow (408) or too large (431) is answered too, and
+                // every such answer goes through `ProxyHttp::refuse_request`.
+                let status = match &e.etype {
+                    InvalidHTTPHeader => 400,
+                    ReadTimedout => 408,
+                    Custom(what)
+                        if *what == pingora_core::protocols::http::v1::server::HEAD_TOO_LARGE =>
+                    {
+                        431
+                    }
+                    _ => 0,
+                };
+                if status > 0 {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(400)
+                    self.inner
+                        .refuse_request(&mut downstream_session, status)
                         .await
                         .unwrap_or_else(|e| {
                             error!("failed to send error response to downstream: {e}");
@@ -385,8 +397,8 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
+            self.inner
+                .refuse_request(&mut downstream_session, 405)
                 .await
                 .unwrap_or_else(|e| {
                     error!("failed to send error response to downstream: {e}");

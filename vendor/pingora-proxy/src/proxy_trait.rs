@@ -628,6 +628,16 @@ pub trait ProxyHttp {
     /// Additionally, the user can return whether this session may be reused in spite of the error.
     /// Today this reuse status is only respected for errors that occur prior to upstream peer
     /// selection, and the keepalive configured on the `Session` itself still takes precedent.
+    /// flynn patch: answers a request refused before any phase runs: 400 (malformed), 405
+    /// (CONNECT), 408 (head too slow), 431 (head too large). The connection closes after it.
+    async fn refuse_request(
+        &self,
+        session: &mut pingora_core::protocols::http::ServerSession,
+        status: u16,
+    ) -> Result<()> {
+        session.respond_error(status).await
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

@@ -36,15 +36,14 @@ use tokio::time::error::Elapsed;
 use tokio::time::timeout;
 
 use super::headers::Origin;
-use super::{responses, sticky, Proxy};
+use super::{responses, sticky, ClientTimeouts, Proxy};
 use crate::backend::{Backend, InFlight, Service, Tried, MAX_ATTEMPTS};
 use crate::table::RouteEntry;
 use response::{Chunks, Framing};
 
-/// How long a client connection may sit idle between requests (pingora's default too).
-const KEEPALIVE: Duration = Duration::from_secs(60);
-/// A request head longer than this goes to pingora, which answers it.
-const MAX_HEAD: usize = 32 * 1024;
+/// The longest request or response head (pingora's limit too, vendored): a longer request gets
+/// 431, a longer response 502.
+const MAX_HEAD: usize = 64 * 1024;
 /// What a read asks room for while a head (or a small body) is awaited: a busy kept-alive
 /// connection holds this much per direction.
 const HEAD_READ: usize = 4 * 1024;
@@ -65,17 +64,34 @@ pub struct FastH1 {
     /// pingora's proxy accepts HTTP/2 with prior knowledge: connections starting with its
     /// preface are its.
     h2c: bool,
+    /// `false`: every connection is handed to pingora's proxy as it comes.
+    enabled: bool,
+    timeouts: ClientTimeouts,
 }
 
 impl FastH1 {
-    /// `router` is the same state `proxy` was built with.
-    pub fn new(proxy: HttpProxy<Proxy>, router: Proxy, conf: &ServerConf) -> FastH1 {
-        let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
+    /// `router` is the same state `proxy` was built with; the client timeouts are read off
+    /// `proxy`'s server options. With `enabled` false, every request goes to pingora's proxy
+    /// (still through [`Self::hand_over`], so that both engines keep connections alike).
+    pub fn new(proxy: HttpProxy<Proxy>, router: Proxy, conf: &ServerConf, enabled: bool) -> FastH1 {
+        let options = proxy.server_options.as_ref();
+        let h2c = options.is_some_and(|o| o.h2c);
+        let defaults = ClientTimeouts::default();
+        let timeouts = ClientTimeouts {
+            keepalive: options
+                .and_then(|o| o.keepalive_timeout)
+                .unwrap_or(defaults.keepalive),
+            header: options
+                .and_then(|o| o.header_timeout)
+                .unwrap_or(defaults.header),
+        };
         FastH1 {
             proxy: Arc::new(proxy),
             router,
             connector: TransportConnector::new(Some(ConnectorOptions::from_server_conf(conf))),
             h2c,
+            enabled,
+            timeouts,
         }
     }
 }
@@ -84,6 +100,8 @@ impl FastH1 {
 enum End {
     Close,
     HandOver,
+    /// Answer with this status (the router's own), then close.
+    Refuse(u16),
 }
 
 /// A client connection and the buffers its requests reuse.
@@ -99,6 +117,9 @@ struct Conn {
     from_backend: BytesMut,
     origin: Origin,
     shutdown: ShutdownWatch,
+    /// When the request head being read started: the connection's start for the first
+    /// request, else the head's first byte; None between requests.
+    head_started: Option<Instant>,
 }
 
 #[async_trait]
@@ -108,10 +129,16 @@ impl ServerApp for FastH1 {
         mut client: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if !self.takes(&mut client).await {
-            return ServerApp::process_new(&self.proxy, client, shutdown).await;
+        match self.takes(&mut client).await {
+            Some(true) => {}
+            Some(false) => return ServerApp::process_new(&self.proxy, client, shutdown).await,
+            None => return None,
         }
         let mut conn = Conn::new(client, shutdown.clone());
+        if !self.enabled {
+            self.hand_over(conn, shutdown).await;
+            return None;
+        }
         if let End::HandOver = self.serve(&mut conn).await {
             self.router.metrics.h1_handed_over.inc();
             self.hand_over(conn, shutdown).await;
@@ -152,6 +179,7 @@ impl Conn {
             from_backend: BytesMut::new(),
             origin,
             shutdown,
+            head_started: Some(Instant::now()),
         };
         conn.take_buffers();
         conn
@@ -210,19 +238,23 @@ enum Failed {
 
 impl FastH1 {
     /// Whether the fast path takes this connection at all: not HTTP/2 (by ALPN or, with h2c,
-    /// by its preface).
-    async fn takes(&self, client: &mut Stream) -> bool {
+    /// by its preface). None: the client sent nothing within the header timeout.
+    async fn takes(&self, client: &mut Stream) -> Option<bool> {
         match client.selected_alpn_proto() {
             Some(ALPN::H1) | None => {}
-            Some(_) => return false,
+            Some(_) => return Some(false),
         }
         if self.h2c && client.get_ssl_digest().is_none() {
             const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
             let mut start = [0u8; PREFACE.len()];
             // Peeking waits for the client's first bytes, as pingora's own h2c check does.
-            return matches!(client.try_peek(&mut start).await, Ok(true)) && start != PREFACE;
+            let peeked = timeout(self.timeouts.header, client.try_peek(&mut start)).await;
+            return match peeked {
+                Err(_) => None,
+                Ok(peeked) => Some(matches!(peeked, Ok(true)) && start != PREFACE),
+            };
         }
-        true
+        Some(true)
     }
 
     /// Serves requests until the connection closes or one is for pingora.
@@ -230,6 +262,12 @@ impl FastH1 {
         loop {
             let head = match self.read_head(conn).await {
                 Ok(head) => head,
+                Err(End::Refuse(status)) => {
+                    let start = Instant::now();
+                    let sent = self.fail(conn, status).await.0;
+                    self.router.metrics.record_request(sent, start);
+                    return End::Close;
+                }
                 Err(end) => return end,
             };
             let start = Instant::now();
@@ -263,48 +301,71 @@ impl FastH1 {
         }
     }
 
-    /// Waits for a whole request head at the start of `conn.buf`.
+    /// Waits for a whole request head at the start of `conn.buf`: within the header timeout
+    /// from its start (408 after), at most [`MAX_HEAD`] long (431 beyond).
     async fn read_head(&self, conn: &mut Conn) -> Result<request::Head, End> {
         loop {
             if !conn.buf.is_empty() {
                 match request::parse(&conn.buf) {
-                    request::Parse::Head(head) => return Ok(head),
+                    request::Parse::Head(head) if head.len > MAX_HEAD => {
+                        return Err(End::Refuse(431))
+                    }
+                    request::Parse::Head(head) => {
+                        conn.head_started = None;
+                        return Ok(head);
+                    }
                     request::Parse::HandOver => return Err(End::HandOver),
                     request::Parse::Partial if conn.buf.len() >= MAX_HEAD => {
-                        return Err(End::HandOver)
+                        return Err(End::Refuse(431))
                     }
                     request::Parse::Partial => {}
                 }
             }
-            let read = if conn.buf.is_empty() {
-                self.wait_for_request(conn).await?
-            } else {
-                conn.buf.reserve(MIN_ROOM);
-                timeout(KEEPALIVE, conn.client.read_buf(&mut conn.buf)).await
+            let head_time_left = conn
+                .head_started
+                .map(|started| self.timeouts.header.saturating_sub(started.elapsed()));
+            let read = match head_time_left {
+                // Between requests: as long as keep-alive allows.
+                None => self.wait_for_request(conn, self.timeouts.keepalive).await?,
+                // A connection's first request: its first byte within the header timeout.
+                Some(left) if conn.buf.is_empty() => self.wait_for_request(conn, left).await?,
+                Some(left) => {
+                    conn.buf.reserve(MIN_ROOM);
+                    match timeout(left, conn.client.read_buf(&mut conn.buf)).await {
+                        Err(_) => return Err(End::Refuse(408)),
+                        Ok(read) => Ok(read),
+                    }
+                }
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return Err(End::Close),
             }
+            if conn.head_started.is_none() {
+                conn.head_started = Some(Instant::now());
+            }
         }
     }
 
-    /// Between requests: reads the start of the next one into the empty `conn.buf`. A shutdown
-    /// closes the idle connection. A connection idle for longer than [`IDLE_RELEASE`] gives its
-    /// buffers back meanwhile (an idle client then costs about 10 KiB instead of 16,
-    /// benches/idle.sh) and takes new ones when its next request comes.
+    /// Between requests: reads the start of the next one into the empty `conn.buf`, waiting
+    /// at most `limit`. A shutdown closes the idle connection. A connection idle for longer
+    /// than [`IDLE_RELEASE`] gives its buffers back meanwhile (an idle client then costs about
+    /// 10 KiB instead of 16, benches/idle.sh) and takes new ones when its next request comes.
     async fn wait_for_request(
         &self,
         conn: &mut Conn,
+        limit: Duration,
     ) -> Result<Result<std::io::Result<usize>, Elapsed>, End> {
         if *conn.shutdown.borrow() {
             return Err(End::Close);
         }
         conn.buf.reserve(MIN_ROOM);
         tokio::select! {
-            read = timeout(IDLE_RELEASE, conn.client.read_buf(&mut conn.buf)) => {
-                if let Ok(read) = read {
-                    return Ok(Ok(read));
+            read = timeout(IDLE_RELEASE.min(limit), conn.client.read_buf(&mut conn.buf)) => {
+                match read {
+                    Ok(read) => return Ok(Ok(read)),
+                    Err(elapsed) if limit <= IDLE_RELEASE => return Ok(Err(elapsed)),
+                    Err(_) => {}
                 }
             }
             _ = conn.shutdown.changed() => return Err(End::Close),
@@ -312,7 +373,7 @@ impl FastH1 {
         conn.release_buffers();
         let mut first = [0u8; 64];
         let read = tokio::select! {
-            read = timeout(KEEPALIVE - IDLE_RELEASE, conn.client.read(&mut first)) => read,
+            read = timeout(limit - IDLE_RELEASE, conn.client.read(&mut first)) => read,
             _ = conn.shutdown.changed() => return Err(End::Close),
         };
         if let Ok(Ok(n)) = read {
@@ -358,7 +419,11 @@ impl FastH1 {
         let body_left = head.content_length - with_head as u64;
         let keep_client = !head.close && !*conn.shutdown.borrow();
 
-        let Some(mut upstream) = self.connect(route, service, pinned.as_deref()).await else {
+        let mut tried = Tried::default();
+        let Some(mut upstream) = self
+            .connect(route, service, pinned.as_deref(), &mut tried)
+            .await
+        else {
             return self.fail(conn, 503).await;
         };
         let mut result = self
@@ -370,23 +435,42 @@ impl FastH1 {
             && body_left == 0
         {
             // The backend had closed the pooled connection: an idempotent request goes once
-            // more on a new one (all of it is still in `conn.upstream`).
-            let Ok(fresh) = self.new_stream(&upstream.peer).await else {
-                self.router.metrics.upstream_connect_errors.inc();
-                upstream.in_flight.backend().connect_failed();
-                return self.fail(conn, 503).await;
+            // more (all of it is still in `conn.upstream`), on a new connection to the same
+            // instance or, when that fails to connect, to the next ones.
+            upstream = match self.new_stream(&upstream.peer).await {
+                Ok(fresh) => Upstream {
+                    stream: fresh,
+                    reused: false,
+                    ..upstream
+                },
+                Err(e) => {
+                    self.connect_failed(&upstream.in_flight, &e);
+                    drop(upstream);
+                    let next = self.connect(route, service, None, &mut tried).await;
+                    let Some(next) = next else {
+                        return self.fail(conn, 503).await;
+                    };
+                    next
+                }
             };
-            upstream.stream = fresh;
             result = self
                 .exchange(conn, &mut upstream.stream, body_left, head, keep_client)
                 .await;
         }
         let resp = match result {
             Ok(resp) => resp,
-            Err(Failed::Status(status)) => return self.fail(conn, status).await,
+            Err(Failed::Status(status)) => {
+                if status == 504 {
+                    // Avoided for a while, as an instance that refuses connections is.
+                    upstream.in_flight.backend().failed();
+                }
+                return self.fail(conn, status).await;
+            }
             Err(Failed::Stale) => return self.fail(conn, 502).await,
             Err(Failed::Client) => return (0, false),
         };
+        // The instance answered: healthy again, whatever failed before.
+        upstream.in_flight.backend().succeeded();
         let chosen = &upstream.in_flight.backend().id;
         if route.sticky && pinned.as_ref() != Some(chosen) {
             // The client is pinned to the instance that answered, from now on.
@@ -411,21 +495,30 @@ impl FastH1 {
         }
     }
 
-    /// A connection to an instance of `service`: pooled, or new (connect failures are tried
-    /// again on other instances, as pingora's path does). None: no instance could be reached.
+    /// A connection to an instance of `service` not `tried` yet: pooled, or new (connect
+    /// failures are tried again on other instances, as pingora's path does). None: no instance
+    /// could be reached.
     async fn connect(
         &self,
         route: &RouteEntry,
         service: &Service,
         pinned: Option<&str>,
+        tried: &mut Tried,
     ) -> Option<Upstream> {
-        let mut tried = Tried::default();
+        let instances = if route.leader {
+            1
+        } else {
+            service.backends().len()
+        };
         loop {
+            if tried.count() >= MAX_ATTEMPTS || tried.count() >= instances {
+                return None;
+            }
             // The pinned instance first (once: then it counts as tried), unless leader-only.
             let pinned = pinned
                 .filter(|_| !route.leader)
-                .and_then(|id| service.pick_by_id(id, &mut tried));
-            let backend = pinned.or_else(|| service.pick(route.leader, &mut tried))?;
+                .and_then(|id| service.pick_by_id(id, tried));
+            let backend = pinned.or_else(|| service.pick(route.leader, tried))?;
             let in_flight = InFlight::new(backend.clone());
             let peer = self.peer(&backend);
             let connected = match self.connector.reused_stream(&peer).await {
@@ -434,7 +527,6 @@ impl FastH1 {
             };
             match connected {
                 Ok((stream, reused)) => {
-                    backend.connect_succeeded();
                     return Some(Upstream {
                         stream,
                         reused,
@@ -442,21 +534,16 @@ impl FastH1 {
                         in_flight,
                     });
                 }
-                Err(e) => {
-                    tracing::debug!(backend = %backend.addr, error = %e, "connect failed");
-                    self.router.metrics.upstream_connect_errors.inc();
-                    backend.connect_failed();
-                    let instances = if route.leader {
-                        1
-                    } else {
-                        service.backends().len()
-                    };
-                    if tried.count() >= MAX_ATTEMPTS || tried.count() >= instances {
-                        return None;
-                    }
-                }
+                Err(e) => self.connect_failed(&in_flight, &e),
             }
         }
+    }
+
+    /// Counts a failed connect and ejects its instance for a while.
+    fn connect_failed(&self, instance: &InFlight, e: &pingora::Error) {
+        tracing::debug!(backend = %instance.backend().addr, error = %e, "connect failed");
+        self.router.metrics.upstream_connect_errors.inc();
+        instance.backend().failed();
     }
 
     /// A new connection to `peer`. Boxed: connecting is a large future (TLS states included)
@@ -490,7 +577,8 @@ impl FastH1 {
         while body_left > 0 {
             if conn.buf.is_empty() {
                 conn.buf.reserve(MIN_ROOM);
-                match timeout(KEEPALIVE, conn.client.read_buf(&mut conn.buf)).await {
+                let wait = self.timeouts.keepalive;
+                match timeout(wait, conn.client.read_buf(&mut conn.buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return Err(Failed::Client),
                 }
@@ -519,6 +607,10 @@ impl FastH1 {
                     date.as_bytes(),
                     &mut conn.out,
                 ) {
+                    response::Parse::Final(resp) if resp.len > MAX_HEAD => {
+                        tracing::info!("response head from a backend too long");
+                        return Err(Failed::Status(502));
+                    }
                     response::Parse::Final(resp) => {
                         conn.from_backend.advance(resp.len);
                         return Ok(resp);
@@ -645,7 +737,14 @@ impl FastH1 {
     /// Hands the connection, with what was read of it, to pingora's proxy for good.
     async fn hand_over(&self, conn: Conn, shutdown: &ShutdownWatch) {
         let mut session = ServerSession::new_http1(conn.client);
-        session.set_keepalive(if *shutdown.borrow() { None } else { Some(60) });
+        let keepalive = self.timeouts.keepalive.as_secs().max(1);
+        session.set_keepalive(if *shutdown.borrow() {
+            None
+        } else {
+            Some(keepalive)
+        });
+        // The head under way keeps its deadline; the ones after start theirs at their first byte.
+        session.set_header_timeout(Some(self.timeouts.header), conn.head_started);
         // Requests the client pipelined behind this one are answered in order, as on the fast
         // path (pingora's default closes the connection after the first instead).
         session.set_pipelining_enabled(true);

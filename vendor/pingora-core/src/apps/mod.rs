@@ -89,6 +89,14 @@ pub struct HttpServerOptions {
     ///
     /// Default: `None`
     pub h2_idle_timeout: Option<Duration>,
+
+    /// flynn patch: how long an HTTP/1 connection may wait for its next request (pingora: 60 s
+    /// for the first, then forever).
+    pub keepalive_timeout: Option<Duration>,
+
+    /// flynn patch: how long a request head may take from its first byte (from the start of the
+    /// connection for the first), and an HTTP/2 connection its preface. None: no limit.
+    pub header_timeout: Option<Duration>,
 }
 
 /// Settings persisted across HTTP/1.x keepalive requests on the same downstream connection.
@@ -107,6 +115,8 @@ pub struct HttpServerOptions {
 pub struct HttpPersistentSettings {
     keepalive_timeout: Option<u64>,
     keepalive_reuses_remaining: Option<u32>,
+    /// flynn patch: the header timeout, kept for every request of the connection.
+    header_timeout: Option<Duration>,
     /// User-defined context to carry to the next request on this connection.
     user_context: Option<Box<dyn Any + Send + Sync>>,
     /// Bytes read past the end of the previous request's body, to be parsed
@@ -124,6 +134,7 @@ impl HttpPersistentSettings {
         HttpPersistentSettings {
             keepalive_timeout: session.get_keepalive(),
             keepalive_reuses_remaining: session.get_keepalive_reuses_remaining(),
+            header_timeout: session.get_header_timeout(),
             user_context: None,
             pipelined_prefix: None,
             pipelining_enabled: session.pipelining_enabled(),
@@ -152,6 +163,7 @@ impl HttpPersistentSettings {
         let Self {
             keepalive_timeout,
             mut keepalive_reuses_remaining,
+            header_timeout,
             user_context,
             pipelined_prefix,
             pipelining_enabled,
@@ -165,6 +177,7 @@ impl HttpPersistentSettings {
 
         session.set_keepalive(keepalive_timeout);
         session.set_keepalive_reuses_remaining(keepalive_reuses_remaining);
+        session.set_header_timeout(header_timeout, None);
 
         // Carry user context into the session for the proxy layer to consume
         session.set_connection_user_context(user_context);
@@ -307,7 +320,19 @@ where
             });
 
             let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
+            // flynn patch: a client that never completes the preface is not waited for forever.
+            let handshake = server::handshake(stream, h2_options);
+            let handshake = match self.server_options().and_then(|o| o.header_timeout) {
+                Some(limit) => match pingora_timeout::timeout(limit, handshake).await {
+                    Ok(done) => done,
+                    Err(_) => {
+                        debug!("H2 preface not received within {limit:?}");
+                        return None;
+                    }
+                },
+                None => handshake.await,
+            };
+            let h2_conn = match handshake {
                 Err(e) => {
                     error!("H2 handshake error {e}");
                     return None;
@@ -350,7 +375,12 @@ where
                 session.set_keepalive(None);
             } else {
                 // default 60s
-                session.set_keepalive(Some(60));
+                // flynn patch: or the server options' keep-alive timeout, and a header timeout
+                let options = self.server_options();
+                let keepalive = options.and_then(|o| o.keepalive_timeout);
+                session.set_keepalive(Some(keepalive.map_or(60, |d| d.as_secs().max(1))));
+                let header_timeout = options.and_then(|o| o.header_timeout);
+                session.set_header_timeout(header_timeout, Some(std::time::Instant::now()));
             }
             session.set_keepalive_reuses_remaining(
                 self.server_options()

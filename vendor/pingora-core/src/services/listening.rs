@@ -44,12 +44,76 @@ use std::time::Duration;
 pub type RuntimeOptsOverride = Arc<dyn Fn(&RuntimeOpts) -> Option<RuntimeOpts> + Send + Sync>;
 
 /// The type of service that is associated with a list of listening endpoints and a particular application
+/// flynn patch: at most `max` connections open at once across whoever shares it (the
+/// services' accept loops, and the router's TCP routes). At the limit, accepting pauses (new
+/// connections wait in the kernel's backlog) until one closes, instead of accept(2) failing with
+/// EMFILE once the descriptors run out and the process no longer being able to open anything.
+pub struct ConnectionLimit {
+    permits: Arc<tokio::sync::Semaphore>,
+    max: usize,
+    paused: std::sync::atomic::AtomicU64,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Self {
+        ConnectionLimit {
+            permits: Arc::new(tokio::sync::Semaphore::new(max)),
+            max,
+            paused: Default::default(),
+        }
+    }
+
+    /// A slot for one connection, held while it lives; waits while all are taken.
+    pub async fn acquire(&self) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            return permit;
+        }
+        self.paused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        log::warn!(
+            "{} connections open, the limit: accepting paused until one closes",
+            self.max
+        );
+        self.permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed")
+    }
+
+    /// Waits until a connection could be accepted, without taking its slot: an accept loop
+    /// calls this before accept(2) and [`Self::acquire`] after it, so that listeners waiting
+    /// for connections hold no slot (the limit may be passed by one connection per listener
+    /// that accepted at the same moment, and that one waits for a slot).
+    pub async fn wait_for_room(&self) {
+        drop(self.acquire().await);
+    }
+
+    /// The connections open now.
+    pub fn open(&self) -> usize {
+        self.max - self.permits.available_permits()
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// How many times accepting paused at the limit.
+    pub fn paused(&self) -> u64 {
+        self.paused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 pub struct Service<A> {
     name: String,
     listeners: Listeners,
     app_logic: Option<A>,
     /// The number of preferred threads. `None` to follow global setting.
     pub threads: Option<usize>,
+    /// flynn patch: how long a connection's handshake (PROXY header, TLS) may take (60 s).
+    pub handshake_timeout: Duration,
+    /// flynn patch: the connections this service may have open at once.
+    pub connection_limit: Option<Arc<ConnectionLimit>>,
     runtime_opts_override: Option<RuntimeOptsOverride>,
     #[cfg(feature = "connection_filter")]
     connection_filter: Arc<dyn ConnectionFilter>,
@@ -63,6 +127,8 @@ impl<A> Service<A> {
             listeners: Listeners::new(),
             app_logic: Some(app_logic),
             threads: None,
+            handshake_timeout: Duration::from_secs(60),
+            connection_limit: None,
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
@@ -77,6 +143,8 @@ impl<A> Service<A> {
             listeners,
             app_logic: Some(app_logic),
             threads: None,
+            handshake_timeout: Duration::from_secs(60),
+            connection_limit: None,
             runtime_opts_override: None,
             #[cfg(feature = "connection_filter")]
             connection_filter: Arc::new(AcceptAllFilter),
@@ -203,11 +271,25 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
         app_logic: Arc<A>,
         mut stack: TransportStack,
         mut shutdown: ShutdownWatch,
+        handshake_timeout: Duration,
+        limit: Option<Arc<ConnectionLimit>>,
     ) {
         // the accept loop, until the system is shutting down
         loop {
-            let new_io = tokio::select! { // TODO: consider biased for perf reason?
-                new_io = stack.accept() => new_io,
+            // flynn patch: a slot under the connection limit first.
+            let accept = async {
+                if let Some(limit) = &limit {
+                    limit.wait_for_room().await;
+                }
+                let accepted = stack.accept().await;
+                let permit = match &limit {
+                    Some(limit) => Some(limit.acquire().await),
+                    None => None,
+                };
+                (accepted, permit)
+            };
+            let (new_io, permit) = tokio::select! { // TODO: consider biased for perf reason?
+                new_io = accept => new_io,
                 shutdown_signal = shutdown.changed() => {
                     match shutdown_signal {
                         Ok(()) => {
@@ -230,11 +312,12 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
                     current_handle().spawn(async move {
+                        let _permit = permit;
                         let peer_addr = io.peer_addr();
                         // flynn patch: the handshake future (TLS state included) boxed, so
                         // that it is freed once done instead of sizing every connection's task
                         // for the whole life of the connection.
-                        match timeout(Duration::from_secs(60), Box::pin(io.handshake())).await {
+                        match timeout(handshake_timeout, Box::pin(io.handshake())).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
@@ -308,9 +391,12 @@ impl<A: ServerApp + Send + Sync + 'static> ServiceTrait for Service<A> {
                 let shutdown = shutdown.clone();
                 let my_app_logic = app_logic.clone();
                 let endpoint = endpoint.clone();
+                let (handshake_timeout, limit) =
+                    (self.handshake_timeout, self.connection_limit.clone());
 
                 let jh = runtime.spawn(async move {
-                    Self::run_endpoint(my_app_logic, endpoint, shutdown).await;
+                    Self::run_endpoint(my_app_logic, endpoint, shutdown, handshake_timeout, limit)
+                        .await;
                 });
 
                 handlers.push(jh);

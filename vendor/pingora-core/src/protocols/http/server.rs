@@ -322,6 +322,26 @@ impl Session {
         }
     }
 
+    /// flynn patch: bounds how long an HTTP/1 request head may take to arrive, from `started`
+    /// (else from its first byte). Noop for other sessions.
+    pub fn set_header_timeout(
+        &mut self,
+        timeout: Option<std::time::Duration>,
+        started: Option<std::time::Instant>,
+    ) {
+        if let Self::H1(s) = self {
+            s.set_header_timeout(timeout, started);
+        }
+    }
+
+    /// flynn patch: see [`Self::set_header_timeout`].
+    pub fn get_header_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::H1(s) => s.get_header_timeout(),
+            _ => None,
+        }
+    }
+
     /// Get the keepalive timeout. None if keepalive is disabled. Not applicable for h2 or
     /// subrequest
     pub fn get_keepalive(&self) -> Option<u64> {

@@ -333,6 +333,14 @@ impl HttpSession {
                             response_header.remove_header(&header::CONTENT_LENGTH);
                         }
 
+                        // flynn patch: a head that arrived in one large read is held to the
+                        // limit too (the check below only stops a further read).
+                        if s > MAX_HEADER_SIZE {
+                            return self.fail_response_header_read(Error::explain(
+                                InvalidHTTPHeader,
+                                format!("Response header larger than {MAX_HEADER_SIZE}"),
+                            ));
+                        }
                         self.raw_header = Some(BufRef(0, s));
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;

@@ -27,7 +27,9 @@ use crate::utils::KVRef;
 pub(super) const MAX_HEADERS: usize = 256;
 
 pub(super) const INIT_HEADER_BUF_SIZE: usize = 4096;
-pub(super) const MAX_HEADER_SIZE: usize = 1048575;
+/// flynn patch: 64 KiB for a request or a response head (pingora: 1 MiB, which let a client
+/// pin a megabyte per connection with an unfinished head).
+pub(super) const MAX_HEADER_SIZE: usize = 64 * 1024;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 

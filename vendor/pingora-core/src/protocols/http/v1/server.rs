@@ -158,6 +158,11 @@ pub struct HttpSession {
     /// [`super::super::HttpPersistentSettings`] into the next session.
     /// Scoped narrowly so it cannot affect FIN / `abort_on_close` semantics.
     pipelined_idle_bytes_stashed: bool,
+    /// flynn patch: how long a request head may take from its first byte (from the start of
+    /// the connection for its first request) before the read fails with `ReadTimedout`.
+    header_timeout: Option<Duration>,
+    /// flynn patch: when the head being read started (see `header_timeout`).
+    head_started: Option<std::time::Instant>,
 }
 
 impl HttpSession {
@@ -206,7 +211,32 @@ impl HttpSession {
             pipelining_enabled: false,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
+            header_timeout: None,
+            head_started: None,
         }
+    }
+
+    /// flynn patch: bounds how long a request head may take to arrive (slowloris): `timeout`
+    /// from `started` (the connection's start, or a head already begun), else from the head's
+    /// first byte. The wait for that first byte is the keep-alive timeout's.
+    pub fn set_header_timeout(
+        &mut self,
+        timeout: Option<Duration>,
+        started: Option<std::time::Instant>,
+    ) {
+        self.header_timeout = timeout;
+        self.head_started = started;
+    }
+
+    /// flynn patch: see [`Self::set_header_timeout`].
+    pub fn get_header_timeout(&self) -> Option<Duration> {
+        self.header_timeout
+    }
+
+    /// flynn patch: the time left for the head being read, once it has started.
+    fn head_time_left(&self) -> Option<Duration> {
+        let (timeout, started) = (self.header_timeout?, self.head_started?);
+        Some(timeout.saturating_sub(started.elapsed()))
     }
 
     async fn read_request_buf(
@@ -214,8 +244,31 @@ impl HttpSession {
         buf: &mut BytesMut,
         already_read: usize,
     ) -> Result<Option<usize>> {
+        // flynn patch: a head under way must be complete within the header timeout.
+        let head_time_left = self.head_time_left();
+        let header_timeout = self.header_timeout;
         let read_result = {
             let read_event = self.underlying_stream.read_buf(buf);
+            if let Some(left) = head_time_left {
+                return match timeout(left, read_event).await {
+                    Ok(Ok(0)) if already_read > 0 => Error::e_explain(
+                        ConnectionClosed,
+                        format!("while reading request headers, bytes already read: {already_read}"),
+                    ),
+                    Ok(Ok(0)) => Ok(None),
+                    Ok(Ok(n)) => Ok(Some(n)),
+                    Ok(Err(e)) if already_read > 0 => {
+                        Error::e_because(ReadError, "while reading request headers", e)
+                    }
+                    Ok(Err(_)) => Ok(None),
+                    // Nothing of a request came: closed quietly, as an idle connection is.
+                    Err(_) if already_read == 0 => Ok(None),
+                    Err(_) => Error::e_explain(
+                        ReadTimedout,
+                        format!("request head not complete within {header_timeout:?}"),
+                    ),
+                };
+            }
             match self.keepalive_timeout {
                 KeepaliveStatus::Timeout(d) => match timeout(d, read_event).await {
                     Ok(res) => res,
@@ -309,8 +362,9 @@ impl HttpSession {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
+                // flynn patch: its own error type, answered with 431.
                 return Error::e_explain(
-                    InvalidHTTPHeader,
+                    Custom(HEAD_TOO_LARGE),
                     format!("Request header larger than {MAX_HEADER_SIZE}"),
                 );
             }
@@ -328,6 +382,10 @@ impl HttpSession {
             } else {
                 return Ok(None);
             }
+            // flynn patch: the header timeout runs from the head's first byte at the latest.
+            if self.header_timeout.is_some() && self.head_started.is_none() {
+                self.head_started = Some(std::time::Instant::now());
+            }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
@@ -336,6 +394,14 @@ impl HttpSession {
                 let parsed = parse_req_buffer(&mut req, &buf);
                 match parsed {
                     HeaderParseState::Complete(s) => {
+                        // flynn patch: a head that arrived in one large read is held to the
+                        // limit too (the check above only stops a further read).
+                        if s > MAX_HEADER_SIZE {
+                            return Error::e_explain(
+                                Custom(HEAD_TOO_LARGE),
+                                format!("Request header larger than {MAX_HEADER_SIZE}"),
+                            );
+                        }
                         self.raw_header = Some(BufRef(0, s));
 
                         // We have the header name and values we parsed to be just 0 copy Bytes
@@ -420,6 +486,7 @@ impl HttpSession {
                         self.body_reader.reinit();
                         self.pipelined_idle_bytes_stashed = false;
                         self.response_written = None;
+                        self.head_started = None;
                         self.respect_keepalive();
 
                         // Disable keepalive if both Transfer-Encoding and Content-Length were present
@@ -434,7 +501,9 @@ impl HttpSession {
                         break; /* continue the read loop */
                     }
                     HeaderParseState::Invalid(e) => match e {
-                        httparse::Error::Token | httparse::Error::Version => {
+                        // flynn patch: a request line with bytes a URI may not hold (a space,
+                        // a NUL, ...) is refused (RFC 9112 3.2) instead of forwarded escaped.
+                        httparse::Error::Token | httparse::Error::Version if ESCAPE_URIS => {
                             // URI escaping rebuilds the current header. Detach any request body or
                             // pipelined suffix first so normalization never copies queued requests.
                             // `separator_start` is the index of the blank line itself, so the
@@ -792,6 +861,14 @@ impl HttpSession {
         Some(Duration::from_millis(ms as u64))
     }
 
+    /// flynn patch: keep-alive on, with the server's timeout when one was set (pingora made
+    /// every kept-alive connection wait for its next request forever).
+    fn keep_server_keepalive(&mut self) {
+        if !matches!(self.keepalive_timeout, KeepaliveStatus::Timeout(_)) {
+            self.set_keepalive(Some(0));
+        }
+    }
+
     /// Apply keepalive settings according to the client
     /// For HTTP 1.1, assume keepalive as long as there is no `Connection: Close` request header.
     /// For HTTP 1.0, only keepalive if there is an explicit header `Connection: keep-alive`.
@@ -802,13 +879,13 @@ impl HttpSession {
                 // TODO: respect max_use
                 match timeout {
                     Some(d) => self.set_keepalive(Some(d)),
-                    None => self.set_keepalive(Some(0)), // infinite
+                    None => self.keep_server_keepalive(), // infinite
                 }
             } else {
                 self.set_keepalive(None);
             }
         } else if self.req_header().version == Version::HTTP_11 {
-            self.set_keepalive(Some(0)); // on by default for http 1.1
+            self.keep_server_keepalive(); // on by default for http 1.1
         } else {
             self.set_keepalive(None); // off by default for http 1.0
         }
@@ -1762,6 +1839,13 @@ static REQUEST_LINE_REGEX: Lazy<Regex> =
 // Almost https://url.spec.whatwg.org/#query-percent-encode-set + {}
 const URI_ESC_CHARSET: &AsciiSet = &CONTROLS.add(b' ').add(b'<').add(b'>').add(b'"');
 
+/// flynn patch: whether request lines with illegal URI bytes are escaped (pingora) or refused.
+const ESCAPE_URIS: bool = false;
+
+/// flynn patch: `ErrorType::Custom` of a request head over [`MAX_HEADER_SIZE`].
+pub const HEAD_TOO_LARGE: &str = "RequestHeaderTooLarge";
+
+#[allow(dead_code)]
 fn escape_illegal_request_line(buf: &BytesMut) -> Option<BytesMut> {
     if let Some(captures) = REQUEST_LINE_REGEX.captures(buf) {
         // return if nothing matches: not a request line at all
