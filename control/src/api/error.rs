@@ -1,11 +1,14 @@
 //! The one error shape of the API: `{"code", "message", "detail"?}` with a status per code.
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use flynn_store::StoreError;
 use serde::{Deserialize, Serialize};
+
+/// The most bytes a request body may have; a longer one is a 413.
+pub const BODY_LIMIT: usize = 2 << 20;
 
 /// The JSON body of every error answer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +38,9 @@ pub enum ApiError {
     Unauthorized,
     #[error("{0} is not allowed here")]
     MethodNotAllowed(String),
+    /// The request body is over the limit; nothing was written.
+    #[error("{0}")]
+    PayloadTooLarge(String),
     /// The store failed; a transient failure is a 503.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -66,6 +72,14 @@ impl ApiError {
         ApiError::NotFound(message.into())
     }
 
+    /// A request body over [`BODY_LIMIT`].
+    pub fn body_too_large() -> ApiError {
+        ApiError::PayloadTooLarge(format!(
+            "the request body is over the limit of {} MiB",
+            BODY_LIMIT >> 20
+        ))
+    }
+
     /// The machine-readable code of the JSON body.
     pub fn code(&self) -> &'static str {
         match self {
@@ -74,6 +88,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Unauthorized => "unauthorized",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::Store(e) if e.is_transient() => "service_unavailable",
             ApiError::Store(_) | ApiError::Internal(_) => "unknown_error",
         }
@@ -86,6 +101,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Store(e) if e.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -125,6 +141,18 @@ impl IntoResponse for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::body_too_large();
+        }
+        ApiError::validation(format!("invalid request body: {}", rejection.body_text()))
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::body_too_large();
+        }
         ApiError::validation(format!("invalid request body: {}", rejection.body_text()))
     }
 }

@@ -16,8 +16,10 @@ pub mod error;
 mod events;
 mod extract;
 mod formations;
+pub mod metrics;
 mod releases;
 mod routes;
+pub mod serve;
 mod services;
 pub mod tls;
 pub mod types;
@@ -26,14 +28,19 @@ pub mod validate;
 use std::collections::BTreeSet;
 use std::ops::{Deref, RangeInclusive};
 use std::sync::Arc;
+use std::time::Duration;
 
+use axum::extract::DefaultBodyLimit;
 use axum::http::{Method, Uri};
 use axum::routing::{get, post};
 use axum::Router;
 use flynn_store::{Keys, Store};
 
 use self::db::Db;
-pub use self::error::{ApiError, ApiResult, ErrorBody};
+pub use self::error::{ApiError, ApiResult, ErrorBody, BODY_LIMIT};
+pub use self::events::{EventLog, Retention};
+use self::metrics::Metrics;
+pub use self::serve::{serve, ServeOptions};
 pub use self::services::id_for as id_for_addr;
 
 /// How the controller behaves.
@@ -48,6 +55,10 @@ pub struct ApiConfig {
     pub reserved_ports: BTreeSet<u16>,
     /// New apps get the route `<app>.<default_domain>` (service `<app>-web`) when set.
     pub default_domain: Option<String>,
+    /// How much event history the store keeps.
+    pub retention: Retention,
+    /// An `/events` stream whose client has read nothing for this long is ended.
+    pub events_stall_timeout: Duration,
 }
 
 impl ApiConfig {
@@ -60,6 +71,8 @@ impl ApiConfig {
             tcp_ports: 3000..=3500,
             reserved_ports: [80, 443, 8080, 8443, 8081, 8082].into_iter().collect(),
             default_domain: None,
+            retention: Retention::default(),
+            events_stall_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -71,6 +84,9 @@ pub struct ApiState(Arc<Shared>);
 pub struct Shared {
     pub db: Db,
     pub config: ApiConfig,
+    pub metrics: Arc<Metrics>,
+    /// The index of the recorded events; its tasks start with the first request that needs it.
+    pub events: EventLog,
 }
 
 impl Deref for ApiState {
@@ -83,9 +99,14 @@ impl Deref for ApiState {
 
 impl ApiState {
     pub fn new(store: Arc<dyn Store>, config: ApiConfig) -> ApiState {
+        let db = Db::new(store, config.keys.clone());
+        let metrics = Arc::new(Metrics::new());
+        let events = EventLog::new(db.clone(), config.retention, metrics.clone());
         ApiState(Arc::new(Shared {
-            db: Db::new(store, config.keys.clone()),
+            db,
             config,
+            metrics,
+            events,
         }))
     }
 }
@@ -151,8 +172,10 @@ pub fn router(state: ApiState) -> Router {
             post(services::heartbeat),
         )
         .route("/events", get(events::get))
+        .route("/metrics", get(metrics::get))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,

@@ -10,13 +10,14 @@ mod setup;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use flynn_router::config::RouterArgs;
 use flynn_router::server::StoreSource;
 use flynn_store::{Keys, Store};
 
-use crate::api::{self, ApiConfig};
+use crate::api::{self, ApiConfig, Retention, ServeOptions};
 
 /// Run the router and the controller on one node. Every flag is also a FLYNN_… variable.
 #[derive(clap::Args, Debug)]
@@ -70,6 +71,52 @@ pub struct Args {
     /// Do not write the client config (~/.flynnrc).
     #[arg(long = "no-client-config", env = "FLYNN_NO_CLIENT_CONFIG")]
     pub no_client_config: bool,
+
+    /// How long a client of the controller API has to send a request head (and how long an
+    /// idle kept-alive connection stays open).
+    #[arg(
+        long = "controller-header-timeout",
+        env = "FLYNN_CONTROLLER_HEADER_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration
+    )]
+    pub controller_header_timeout: Duration,
+
+    /// Events kept in the store at most (the oldest go first).
+    #[arg(
+        long = "events-max-count",
+        env = "FLYNN_EVENTS_MAX_COUNT",
+        default_value_t = 10_000
+    )]
+    pub events_max_count: usize,
+
+    /// Bytes of events kept in the store at most, e.g. 64MiB.
+    #[arg(
+        long = "events-max-bytes",
+        env = "FLYNN_EVENTS_MAX_BYTES",
+        default_value = "64MiB",
+        value_parser = parse_bytes
+    )]
+    pub events_max_bytes: u64,
+
+    /// Events older than this are deleted.
+    #[arg(
+        long = "events-max-age",
+        env = "FLYNN_EVENTS_MAX_AGE",
+        default_value = "7days",
+        value_parser = humantime::parse_duration
+    )]
+    pub events_max_age: Duration,
+
+    /// An /events stream whose client reads nothing for this long is ended (it reconnects
+    /// with Last-Event-ID).
+    #[arg(
+        long = "events-stall-timeout",
+        env = "FLYNN_EVENTS_STALL_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration
+    )]
+    pub events_stall_timeout: Duration,
 
     /// Log filter (tracing's env-filter syntax).
     #[arg(long, env = "FLYNN_LOG", default_value = "info")]
@@ -130,7 +177,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     config.tcp_ports = args.router.tcp_ports.clone();
     config.reserved_ports = reserved.iter().copied().collect();
     config.default_domain = Some(args.default_domain.trim().to_owned()).filter(|d| !d.is_empty());
-    let app = api::app(store.clone(), config);
+    config.retention = Retention {
+        max_count: args.events_max_count,
+        max_bytes: args.events_max_bytes,
+        max_age: args.events_max_age,
+    };
+    config.events_stall_timeout = args.events_stall_timeout;
+    let state = api::ApiState::new(store.clone(), config);
+    let app = api::router(state.clone());
+    let options = ServeOptions {
+        header_timeout: args.controller_header_timeout,
+    };
     let listener = {
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(controller_listener)?
@@ -139,7 +196,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     std::thread::Builder::new()
         .name("flynn-controller".to_owned())
         .spawn(move || {
-            let served = runtime.block_on(async move { axum::serve(listener, app).await });
+            let served = runtime.block_on(async move {
+                // Prunes the history from the start, not from the first change.
+                state.events.start();
+                api::serve(listener, app, options).await
+            });
             if let Err(e) = served {
                 tracing::error!(error = %e, "the controller API stopped");
             }
@@ -167,4 +228,49 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )?;
     let server = flynn_router::server::build(config);
     server.run_forever()
+}
+
+/// A size in bytes: a number with an optional unit (B, KB, KiB, MB, MiB, GB, GiB).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 64MiB)"))?;
+    let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "kib" | "k" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" | "m" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" | "g" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
+    };
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_bytes("100 KB"), Ok(100_000));
+        assert_eq!(parse_bytes("512"), Ok(512));
+        assert_eq!(parse_bytes("1g"), Ok(1 << 30));
+        assert!(parse_bytes("MiB").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+        assert!(parse_bytes("99999999999999GiB").is_err());
+    }
 }

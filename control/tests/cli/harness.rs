@@ -117,15 +117,20 @@ pub struct Server {
 impl Server {
     /// On the embedded store under a fresh data dir; writes `client`'s ~/.flynnrc.
     pub async fn embedded(client: &Client) -> Server {
-        Server::start(client, None).await
+        Server::start(client, None, &[]).await
+    }
+
+    /// On the embedded store, with extra flags.
+    pub async fn embedded_with(client: &Client, args: &[&str]) -> Server {
+        Server::start(client, None, args).await
     }
 
     /// On etcd (`etcd://…`).
     pub async fn etcd(client: &Client, store: &str) -> Server {
-        Server::start(client, Some(store)).await
+        Server::start(client, Some(store), &[]).await
     }
 
-    async fn start(client: &Client, store: Option<&str>) -> Server {
+    async fn start(client: &Client, store: Option<&str>, args: &[&str]) -> Server {
         let data = tempfile::tempdir().expect("data dir");
         let log = data.path().join("server.log");
         let addr = || SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -158,6 +163,7 @@ impl Server {
         if let Some(store) = store {
             command.args(["--store", store]);
         }
+        command.args(args);
         let child = command.spawn().expect("start flynn server");
         let server = Server {
             child,
@@ -188,6 +194,14 @@ impl Server {
         if let Err(e) = ready {
             panic!("{e}\nserver log:\n{}", self.log());
         }
+    }
+
+    /// The controller key it generated.
+    pub fn key(&self) -> String {
+        std::fs::read_to_string(self.data.path().join("controller.key"))
+            .expect("controller.key")
+            .trim()
+            .to_owned()
     }
 
     pub fn log(&self) -> String {

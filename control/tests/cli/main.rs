@@ -2,6 +2,7 @@
 
 mod apps;
 mod cluster;
+mod controller;
 mod etcd;
 mod harness;
 mod routes;
