@@ -6,6 +6,9 @@
 //! <prefix>/artifacts/<artifact id>              Artifact (never rewritten)
 //! <prefix>/formations/<app id>/<release id>     Formation
 //! <prefix>/events/<uuid>                        Event (its id is the key's create revision)
+//! <prefix>/hosts/<host id>                      Host (on the host agent's lease)
+//! <prefix>/jobs/<host id>/<job id>              Job (the scheduler's, and the host agent's)
+//! <prefix>/scheduler/leader                     the scheduler leader's id (on its lease)
 //! <prefix>/claims/apps/<name>                   Claim: an app name
 //! <prefix>/claims/http/<domain><path>           Claim: an HTTP domain + path
 //! <prefix>/claims/tcp/<port>                    Claim: a TCP port
@@ -63,11 +66,33 @@ impl Db {
     pub fn artifact(&self, id: &str) -> String {
         format!("{}{id}", self.artifacts())
     }
+    /// The formations of every app.
+    pub fn all_formations(&self) -> String {
+        self.under("formations")
+    }
     pub fn formations(&self, app_id: &str) -> String {
         format!("{}{app_id}/", self.under("formations"))
     }
     pub fn formation(&self, app_id: &str, release_id: &str) -> String {
         format!("{}{release_id}", self.formations(app_id))
+    }
+    pub fn hosts(&self) -> String {
+        self.under("hosts")
+    }
+    pub fn host(&self, id: &str) -> String {
+        format!("{}{id}", self.hosts())
+    }
+    pub fn jobs(&self) -> String {
+        self.under("jobs")
+    }
+    pub fn host_jobs(&self, host_id: &str) -> String {
+        format!("{}{host_id}/", self.jobs())
+    }
+    pub fn job(&self, host_id: &str, job_id: &str) -> String {
+        format!("{}{job_id}", self.host_jobs(host_id))
+    }
+    pub fn scheduler_leader(&self) -> String {
+        format!("{}leader", self.under("scheduler"))
     }
     pub fn events(&self) -> String {
         self.under("events")

@@ -16,6 +16,7 @@ pub mod error;
 mod events;
 mod extract;
 mod formations;
+pub mod jobs;
 pub mod metrics;
 mod releases;
 mod routes;
@@ -136,6 +137,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/apps/{app}/releases", get(releases::app_releases))
         .route("/apps/{app}/formations", get(formations::list))
+        .route("/apps/{app}/jobs", get(jobs::list))
         .route(
             "/apps/{app}/formations/{release}",
             get(formations::get)

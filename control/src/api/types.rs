@@ -336,3 +336,111 @@ pub struct Event {
     pub data: serde_json::Value,
     pub created_at: String,
 }
+
+/// Where a job is in its life. The scheduler creates jobs `pending`; the host agent moves them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Assigned to a host, not started yet.
+    #[default]
+    Pending,
+    /// The container runs; its port does not answer yet.
+    Starting,
+    /// Its port answers; registered as an instance of `<app>-<type>`.
+    Up,
+    /// Deregistered, being stopped.
+    Stopping,
+    /// Stopped because it was asked to.
+    Down,
+    /// Ended without being asked to (see `exit_status` and `error`).
+    Crashed,
+}
+
+impl JobState {
+    /// Pending, starting or up: counts towards a formation.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Pending | JobState::Starting | JobState::Up)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Starting => "starting",
+            JobState::Up => "up",
+            JobState::Stopping => "stopping",
+            JobState::Down => "down",
+            JobState::Crashed => "crashed",
+        }
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One process of a formation, placed on a host: `<prefix>/jobs/<host>/<id>`. The scheduler
+/// creates it and sets `stop`; the host agent writes everything about how it runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: String,
+    pub app_id: String,
+    pub app_name: String,
+    pub release_id: String,
+    #[serde(rename = "type")]
+    pub process_type: String,
+    pub host_id: String,
+    #[serde(default)]
+    pub state: JobState,
+    /// The scheduler wants it stopped.
+    #[serde(default)]
+    pub stop: bool,
+    /// How many jobs of this slot crashed before this one (Flynn's restart back-off).
+    #[serde(default)]
+    pub restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The instance address, ip:port on the host's external IP (processes with a port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_status: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    /// When it came up (Unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub up_at_ms: Option<u64>,
+    /// When it ended (Unix ms): stopped or crashed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<u64>,
+}
+
+/// A host agent, registered under its lease at `<prefix>/hosts/<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub id: String,
+    pub external_ip: std::net::IpAddr,
+    /// The agent's API (none yet: empty).
+    #[serde(default)]
+    pub api: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub capacity: HostCapacity,
+    /// The Docker Engine's version.
+    #[serde(default)]
+    pub docker_version: String,
+    pub registered_at: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCapacity {
+    /// Bytes.
+    #[serde(default)]
+    pub memory: u64,
+    #[serde(default)]
+    pub cpus: u64,
+}

@@ -9,6 +9,7 @@ pub mod client;
 mod cluster;
 pub mod config;
 pub mod git;
+mod jobs;
 pub mod output;
 mod routes;
 mod services;
@@ -63,10 +64,18 @@ pub enum Command {
     Route(routes::RouteArgs),
     /// List services and their instances, register and deregister instances
     Service(services::ServiceArgs),
+    /// Scale an app's process types (TYPE=COUNT...); without arguments, print the scale
+    Scale(jobs::ScaleArgs),
+    /// List an app's jobs
+    Ps(jobs::PsArgs),
+    /// Deploy an image from the Docker Engine as the app's new release
+    Deploy(jobs::DeployArgs),
     /// Manage the clusters in ~/.flynnrc
     Cluster(cluster::ClusterArgs),
-    /// Run the all-in-one server: router and controller on one node
+    /// Run the all-in-one server: router, controller, scheduler and host agent on one node
     Server(Box<crate::server::Args>),
+    /// Run a host agent: the jobs the scheduler places on this host, as Docker containers
+    Host(Box<crate::host::cmd::Args>),
 }
 
 /// Parses the command line, runs it, and turns an error into one line and exit code 1.
@@ -89,6 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         // The server runs its own runtimes.
         Command::Server(args) => crate::server::run(*args),
+        Command::Host(args) => crate::host::cmd::run(*args),
         Command::Cluster(args) => cluster::run(&ctx, args),
         command => {
             // A bug is still one line, never a backtrace.
@@ -110,7 +120,10 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Delete(args) => apps::delete(ctx, args).await,
         Command::Route(args) => routes::run(ctx, args).await,
         Command::Service(args) => services::run(ctx, args).await,
-        Command::Cluster(_) | Command::Server(_) => Ok(()),
+        Command::Scale(args) => jobs::scale(ctx, args).await,
+        Command::Ps(args) => jobs::ps(ctx, args).await,
+        Command::Deploy(args) => jobs::deploy(ctx, args).await,
+        Command::Cluster(_) | Command::Server(_) | Command::Host(_) => Ok(()),
     }
 }
 

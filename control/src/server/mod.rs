@@ -1,6 +1,8 @@
 //! `flynn server`: the all-in-one node. The router (pingora, on the main thread) and the
 //! controller API (axum, on its own runtime thread) share one store: the embedded one under
-//! the data directory by default, or etcd with `--store etcd://…`.
+//! the data directory by default, or etcd with `--store etcd://…`. The controller's runtime also
+//! runs a scheduler (it leads when no other controller does) and a host agent on the local
+//! Docker Engine (unless `--no-host-agent`).
 //!
 //! On first start it generates the controller key (`<data>/controller.key`) and writes the
 //! client config (`~/.flynnrc`, cluster `default`) so that `flynn create` works at once.
@@ -18,6 +20,10 @@ use flynn_router::server::StoreSource;
 use flynn_store::{Keys, Store};
 
 use crate::api::{self, ApiConfig, Retention, ServeOptions};
+use crate::host::{AgentConfig, HostArgs};
+use crate::scheduler::{self, SchedulerConfig};
+
+pub use self::setup::data_dir;
 
 /// Run the router and the controller on one node. Every flag is also a FLYNN_… variable.
 #[derive(clap::Args, Debug)]
@@ -122,6 +128,14 @@ pub struct Args {
     #[arg(long, env = "FLYNN_LOG", default_value = "info")]
     pub log: String,
 
+    /// Run no host agent here (jobs then run only on hosts of `flynn host`).
+    #[arg(long = "no-host-agent", env = "FLYNN_NO_HOST_AGENT")]
+    pub no_host_agent: bool,
+
+    /// The in-process host agent's flags (the same as `flynn host`'s).
+    #[command(flatten)]
+    pub host: HostArgs,
+
     /// The router's flags (the same as `flynn-router`'s).
     #[command(flatten)]
     pub router: RouterArgs,
@@ -184,6 +198,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     config.events_stall_timeout = args.events_stall_timeout;
     let state = api::ApiState::new(store.clone(), config);
+    let agent = if args.no_host_agent {
+        None
+    } else {
+        Some(AgentConfig::from_args(&args.host, &data)?)
+    };
+    let scheduler_id = format!(
+        "controller-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    runtime.spawn(scheduler::run(
+        state.db.clone(),
+        SchedulerConfig::new(scheduler_id),
+    ));
+    if let Some(agent) = agent {
+        runtime.spawn(crate::host::run(state.db.clone(), agent));
+    }
     let app = api::router(state.clone());
     let options = ServeOptions {
         header_timeout: args.controller_header_timeout,

@@ -1,0 +1,165 @@
+//! The scheduler: turns formations into jobs on hosts. Several may run (one per controller);
+//! the one holding `<prefix>/scheduler/leader` (created on its lease) acts, the others wait for
+//! that key to go. The leader plans ([`reconcile`]) whenever formations, jobs or hosts change,
+//! every few seconds, and when a restart back-off ends, and applies the plan with
+//! compare-and-swap writes, so a stale plan cannot undo a newer change.
+
+pub mod reconcile;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use flynn_store::{LeaseId, StoreError};
+
+use self::reconcile::{Plan, State};
+use crate::api::db::{self, Db};
+use crate::api::types::{App, Formation, Host, Job};
+use crate::api::{jobs, ApiResult};
+
+/// How a scheduler runs.
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// This scheduler's id (in the leader key).
+    pub id: String,
+    /// The leader's lease: a follower takes over within about this long of the leader's death.
+    pub lease_ttl: Duration,
+    /// A full pass at least this often, changes or not.
+    pub resync: Duration,
+}
+
+impl SchedulerConfig {
+    pub fn new(id: impl Into<String>) -> SchedulerConfig {
+        SchedulerConfig {
+            id: id.into(),
+            lease_ttl: Duration::from_secs(5),
+            resync: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Runs for the life of the process: waits to lead, then leads until its lease is lost.
+pub async fn run(db: Db, config: SchedulerConfig) {
+    loop {
+        match try_lead(&db, &config).await {
+            Ok(Some(lease)) => {
+                tracing::info!(scheduler = %config.id, "leading the scheduler");
+                lead(&db, &config, lease).await;
+                tracing::warn!(scheduler = %config.id, "no longer leading the scheduler");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "scheduler election failed"),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Becomes the leader if there is none; its lease.
+async fn try_lead(db: &Db, config: &SchedulerConfig) -> ApiResult<Option<LeaseId>> {
+    let key = db.scheduler_leader();
+    if db.store.get(&key).await?.is_some() {
+        return Ok(None);
+    }
+    let lease = db.store.grant_lease(config.lease_ttl).await?;
+    if db.create(&key, &config.id, Some(lease)).await? {
+        return Ok(Some(lease));
+    }
+    let _ = db.store.revoke_lease(lease).await;
+    Ok(None)
+}
+
+/// Plans and applies until the lease is lost.
+async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
+    let mut changes = [
+        crate::host::changes(db, db.all_formations()),
+        crate::host::changes(db, db.jobs()),
+        crate::host::changes(db, db.hosts()),
+    ];
+    let mut keep_alive = tokio::time::interval(config.lease_ttl / 3);
+    let mut wake_at: Option<u64> = None;
+    let mut blocked_before = Vec::new();
+    loop {
+        match pass(db).await {
+            Ok(plan) => {
+                wake_at = plan.wake_at;
+                if plan.blocked != blocked_before {
+                    for (app, release, process_type, missing) in &plan.blocked {
+                        tracing::warn!(%app, %release, %process_type, missing,
+                            "no host for jobs: blocked until a host comes");
+                    }
+                    blocked_before = plan.blocked;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
+        }
+        let until_wake = wake_at.map_or(config.resync, |at| {
+            Duration::from_millis(at.saturating_sub(db::now_ms())).min(config.resync)
+        });
+        let [formations, jobs, hosts] = &mut changes;
+        let sleep = tokio::time::sleep(until_wake);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = formations.recv() => break,
+                _ = jobs.recv() => break,
+                _ = hosts.recv() => break,
+                _ = &mut sleep => break,
+                _ = keep_alive.tick() => {
+                    match db.store.keep_alive(lease).await {
+                        Ok(()) => {}
+                        Err(StoreError::LeaseNotFound(_)) => return,
+                        Err(e) => tracing::warn!(error = %e, "cannot keep the scheduler's lease"),
+                    }
+                }
+            }
+        }
+        // Let a burst of changes settle into one pass.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for rx in changes.iter_mut() {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// Reads everything, plans, applies.
+async fn pass(db: &Db) -> ApiResult<Plan> {
+    let formations: Vec<Formation> = values(db.list(&db.all_formations()).await?);
+    let apps: HashMap<String, App> = values::<App>(db.list(&db.apps()).await?)
+        .into_iter()
+        .map(|a| (a.id.clone(), a))
+        .collect();
+    let jobs: Vec<Job> = values(jobs::all(db).await?);
+    let hosts: Vec<Host> = values(db.list(&db.hosts()).await?);
+    let now = db::now();
+    let plan = reconcile::plan(
+        &State {
+            formations: &formations,
+            apps: &apps,
+            jobs: &jobs,
+            hosts: &hosts,
+            now_ms: db::now_ms(),
+        },
+        &mut || uuid::Uuid::new_v4().to_string(),
+        &now,
+    );
+    apply(db, &plan).await?;
+    Ok(plan)
+}
+
+fn values<T>(listed: Vec<db::Versioned<T>>) -> Vec<T> {
+    listed.into_iter().map(|v| v.value).collect()
+}
+
+async fn apply(db: &Db, plan: &Plan) -> ApiResult<()> {
+    for (host, id) in &plan.forget {
+        jobs::delete_if(db, &db.job(host, id), |_| true).await?;
+    }
+    for (host, id) in &plan.stop {
+        jobs::update(db, &db.job(host, id), |j| j.stop = true).await?;
+    }
+    for job in &plan.start {
+        tracing::info!(job = %job.id, app = %job.app_name, process_type = %job.process_type,
+            host = %job.host_id, restarts = job.restarts, "placing a job");
+        db.create(&db.job(&job.host_id, &job.id), job, None).await?;
+    }
+    Ok(())
+}
