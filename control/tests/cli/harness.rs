@@ -130,6 +130,11 @@ impl Server {
         Server::start(client, Some(store), &[]).await
     }
 
+    /// On etcd, with extra flags.
+    pub async fn etcd_with(client: &Client, store: &str, args: &[&str]) -> Server {
+        Server::start(client, Some(store), args).await
+    }
+
     async fn start(client: &Client, store: Option<&str>, args: &[&str]) -> Server {
         let data = tempfile::tempdir().expect("data dir");
         let log = data.path().join("server.log");

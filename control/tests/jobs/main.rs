@@ -173,14 +173,15 @@ struct Setup {
 
 impl Setup {
     async fn new(app: &str) -> Setup {
+        Setup::on(app, None).await
+    }
+
+    /// On the embedded store, or on `etcd`.
+    async fn on(app: &str, etcd: Option<&str>) -> Setup {
         let image = TestImage::build();
         let containers = Containers::new();
         let client = Client::new();
-        let server = Server::embedded_with(
-            &client,
-            &["--host-id", &containers.host, "--drain-delay", "200ms"],
-        )
-        .await;
+        let server = start(&client, &containers, etcd).await;
         assert_eq!(
             client.run(&["create", app]).await.ok(),
             format!("Created {app}\n")
@@ -264,6 +265,15 @@ impl Setup {
         if let Err(e) = eventually(SETTLE, what, check).await {
             panic!("{e}\nserver log:\n{}", self.server.log());
         }
+    }
+}
+
+/// A `flynn server` whose host agent is `containers`' host.
+async fn start(client: &Client, containers: &Containers, etcd: Option<&str>) -> Server {
+    let args = ["--host-id", &containers.host, "--drain-delay", "200ms"];
+    match etcd {
+        Some(etcd) => Server::etcd_with(client, etcd, &args).await,
+        None => Server::embedded_with(client, &args).await,
     }
 }
 
@@ -453,5 +463,62 @@ async fn bad_input_is_one_line_and_changes_nothing() {
     // Give a (wrong) scheduler the time to act on anything.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(s.jobs().await.is_empty());
+    assert!(s.containers.all().is_empty());
+}
+
+/// The host agent restarts (its server killed, a new one on the same store and host id): it
+/// adopts the containers of the jobs still wanted, and removes a container with its label that
+/// no job wants. Nothing is orphaned, nothing restarted.
+#[tokio::test]
+async fn a_restarted_agent_adopts_its_jobs_and_removes_the_rest() {
+    let etcd = flynn_testkit::Etcd::start().await;
+    let mut s = Setup::on("sticky", Some(&etcd.url())).await;
+    s.deploy().await;
+    s.flynn(&["scale", "web=2"]).await.ok();
+    let jobs = s.up().await;
+    let mut containers = s.containers.running();
+    containers.sort();
+    assert_eq!(containers.len(), 2);
+    let stray = docker(&[
+        "run",
+        "-d",
+        "--init",
+        "--label",
+        &format!("flynn.host={}", s.containers.host),
+        "--label",
+        "flynn.job=nobody-wants-me",
+        &s.image.tag,
+    ]);
+    let stray = stray.trim().to_owned();
+
+    // SIGKILL: the agent says nothing to its containers. Then a new server on the same store
+    // and host id (and a new controller key, so the client config is written again).
+    let pid = s.server.pid().expect("pid").to_string();
+    Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .expect("kill");
+    std::fs::remove_file(s.client.flynnrc()).expect("remove ~/.flynnrc");
+    let new = start(&s.client, &s.containers, Some(&etcd.url())).await;
+    drop(std::mem::replace(&mut s.server, new));
+    let started = Instant::now();
+    s.settle("the stray container removed", || async {
+        !s.containers.all().contains(&stray)
+    })
+    .await;
+    let mut now = s.containers.all();
+    now.sort();
+    assert_eq!(now, containers, "the same two containers, adopted");
+    s.settle("both jobs registered and routed again", || async {
+        s.instances().await.len() == 2 && s.routed(20).await == jobs
+    })
+    .await;
+    eprintln!(
+        "restarted agent adopted its jobs in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(s.up().await, jobs);
+
+    s.flynn(&["scale", "web=0"]).await.ok();
     assert!(s.containers.all().is_empty());
 }
