@@ -289,7 +289,9 @@ async fn stale_pooled_connection(router_flags: &[&str]) {
             .expect("GET");
         assert_eq!((response.status, response.text().as_str()), (200, "ok"));
     }
-    // A POST may have been acted on: it is not sent twice.
+    // A POST may have been acted on: it is not sent twice. (Given a moment, so that the
+    // connection of the last GET is back in the pool when the POST comes.)
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let response = Conn::open(&http)
         .await
         .expect("open")

@@ -134,14 +134,17 @@ impl ServerApp for FastH1 {
             Some(false) => return ServerApp::process_new(&self.proxy, client, shutdown).await,
             None => return None,
         }
-        let mut conn = Conn::new(client, shutdown.clone());
         if !self.enabled {
-            self.hand_over(conn, shutdown).await;
+            let started = Some(Instant::now());
+            self.hand_over(client, BytesMut::new(), started, shutdown)
+                .await;
             return None;
         }
+        let mut conn = Conn::new(client, shutdown.clone());
         if let End::HandOver = self.serve(&mut conn).await {
             self.router.metrics.h1_handed_over.inc();
-            self.hand_over(conn, shutdown).await;
+            let (client, read, started) = conn.into_parts();
+            self.hand_over(client, read, started, shutdown).await;
         }
         None
     }
@@ -191,6 +194,12 @@ impl Conn {
         self.from_backend.reserve(HEAD_READ);
         self.upstream.reserve(1024);
         self.out.reserve(1024);
+    }
+
+    /// The client, what was read of it and when its current head started; the rest of the
+    /// connection's buffers are freed here, not kept for the connection's life.
+    fn into_parts(self) -> (Stream, BytesMut, Option<Instant>) {
+        (self.client, self.buf, self.head_started)
     }
 
     /// Gives the buffers back while the connection is idle.
@@ -734,9 +743,16 @@ impl FastH1 {
         (status, false)
     }
 
-    /// Hands the connection, with what was read of it, to pingora's proxy for good.
-    async fn hand_over(&self, conn: Conn, shutdown: &ShutdownWatch) {
-        let mut session = ServerSession::new_http1(conn.client);
+    /// Hands the connection, with what was `read` of it, to pingora's proxy for good; the head
+    /// under way (if any) `started` then.
+    async fn hand_over(
+        &self,
+        client: Stream,
+        read: BytesMut,
+        started: Option<Instant>,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut session = ServerSession::new_http1(client);
         let keepalive = self.timeouts.keepalive.as_secs().max(1);
         session.set_keepalive(if *shutdown.borrow() {
             None
@@ -744,12 +760,12 @@ impl FastH1 {
             Some(keepalive)
         });
         // The head under way keeps its deadline; the ones after start theirs at their first byte.
-        session.set_header_timeout(Some(self.timeouts.header), conn.head_started);
+        session.set_header_timeout(Some(self.timeouts.header), started);
         // Requests the client pipelined behind this one are answered in order, as on the fast
         // path (pingora's default closes the connection after the first instead).
         session.set_pipelining_enabled(true);
-        if !conn.buf.is_empty() {
-            session.set_pipelined_prefix(conn.buf);
+        if !read.is_empty() {
+            session.set_pipelined_prefix(read);
         }
         let mut result = self.proxy.process_new_http(session, shutdown).await;
         while let Some((client, settings)) = result.map(|r| r.consume()) {
