@@ -12,20 +12,24 @@ pub async fn require_key(State(state): State<ApiState>, request: Request, next: 
     if request.uri().path() == "/ping" {
         return next.run(request).await;
     }
-    let given = request
-        .headers()
+    if authorized(request.headers(), &state.config.key) {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// Whether `headers` carry `Authorization: Bearer <key>` (the controller's check, also the
+/// host agent's: both take the cluster key).
+pub(crate) fn authorized(headers: &axum::http::HeaderMap, key: &str) -> bool {
+    let given = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
-    match given {
-        Some(token) if constant_time_eq(token.as_bytes(), state.config.key.as_bytes()) => {
-            next.run(request).await
-        }
-        _ => ApiError::Unauthorized.into_response(),
-    }
+    given.is_some_and(|token| constant_time_eq(token.as_bytes(), key.as_bytes()))
 }
 
 /// Compares without stopping at the first difference, so timing tells nothing about the key.

@@ -8,6 +8,8 @@
 //! <prefix>/events/<uuid>                        Event (its id is the key's create revision)
 //! <prefix>/hosts/<host id>                      Host (on the host agent's lease)
 //! <prefix>/jobs/<host id>/<job id>              Job (the scheduler's, and the host agent's)
+//! <prefix>/runs/<host id>/<job id>              Job: a one-off job (`flynn run`), the host agent's
+//!                                               alone, on its lease; the scheduler never sees it
 //! <prefix>/scheduler/leader                     the scheduler leader's id (on its lease)
 //! <prefix>/claims/apps/<name>                   Claim: an app name
 //! <prefix>/claims/http/<domain><path>           Claim: an HTTP domain + path
@@ -90,6 +92,16 @@ impl Db {
     }
     pub fn job(&self, host_id: &str, job_id: &str) -> String {
         format!("{}{job_id}", self.host_jobs(host_id))
+    }
+    /// One-off jobs (`flynn run`) of every host.
+    pub fn runs(&self) -> String {
+        self.under("runs")
+    }
+    pub fn host_runs(&self, host_id: &str) -> String {
+        format!("{}{host_id}/", self.runs())
+    }
+    pub fn run(&self, host_id: &str, job_id: &str) -> String {
+        format!("{}{job_id}", self.host_runs(host_id))
     }
     pub fn scheduler_leader(&self) -> String {
         format!("{}leader", self.under("scheduler"))

@@ -21,9 +21,11 @@ pub async fn list(
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<Job>>> {
     let app = apps::find(&state, &app).await?.value;
+    // The formations' jobs and the one-off jobs (`flynn run`).
     let mut jobs: Vec<Job> = all(&state.db)
         .await?
         .into_iter()
+        .chain(super::runs::all(&state.db).await?)
         .map(|j| j.value)
         .filter(|j| j.app_id == app.id)
         .collect();

@@ -8,7 +8,7 @@
 //! and across controllers sharing one etcd.
 
 mod apps;
-mod auth;
+pub(crate) mod auth;
 mod certs;
 mod claims;
 pub mod db;
@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod metrics;
 mod releases;
 mod routes;
+mod runs;
 pub mod serve;
 mod services;
 pub mod tls;
@@ -138,6 +139,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/apps/{app}/releases", get(releases::app_releases))
         .route("/apps/{app}/formations", get(formations::list))
         .route("/apps/{app}/jobs", get(jobs::list))
+        .route("/apps/{app}/jobs/{job}", get(runs::get).delete(runs::kill))
+        .route("/hosts", get(runs::hosts))
         .route(
             "/apps/{app}/formations/{release}",
             get(formations::get)

@@ -86,6 +86,9 @@ struct Info {
     app: App,
     web_url: Option<String>,
     routes: Vec<StoredRoute>,
+    /// The release, its formation and the jobs.
+    #[serde(flatten)]
+    running: super::release::Running,
 }
 
 pub async fn info(ctx: &Ctx, format: Format) -> anyhow::Result<()> {
@@ -102,10 +105,12 @@ pub async fn info(ctx: &Ctx, format: Format) -> anyhow::Result<()> {
         }
         _ => None,
     });
+    let running = super::release::running(&client, &app).await?;
     let info = Info {
         app,
         web_url,
         routes,
+        running,
     };
     if format == Format::Json {
         return output::json(&info);
@@ -127,6 +132,7 @@ pub async fn info(ctx: &Ctx, format: Format) -> anyhow::Result<()> {
     for (label, value) in fields {
         say!("{:<9}{value}", format!("{label}:"));
     }
+    super::release::print_running(&info.running);
     Ok(())
 }
 

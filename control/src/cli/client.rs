@@ -81,6 +81,11 @@ impl Client {
         })
     }
 
+    /// The cluster key (the host agents' API takes it too).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.send(Method::GET, path, None::<&()>).await
     }

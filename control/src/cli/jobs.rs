@@ -51,7 +51,7 @@ pub struct DeployArgs {
 }
 
 /// The app and its current release.
-async fn app_and_release(ctx: &Ctx, client: &Client) -> anyhow::Result<(App, Release)> {
+pub(super) async fn app_and_release(ctx: &Ctx, client: &Client) -> anyhow::Result<(App, Release)> {
     let name = ctx.app()?;
     let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
     let Some(release_id) = &app.release_id else {
@@ -299,6 +299,18 @@ pub async fn deploy(ctx: &Ctx, args: DeployArgs) -> anyhow::Result<()> {
             },
         )
         .await?;
+    say!("Created release {} ({})", release.id, args.image);
+    deploy_release(&client, &app, previous.as_ref(), &release).await
+}
+
+/// Deploys `release` (already created) as the app's current release: every command that makes
+/// a new release (`deploy`, `env`, `limit`, `release rollback`) goes through here.
+pub(super) async fn deploy_release(
+    client: &Client,
+    app: &App,
+    previous: Option<&Release>,
+    release: &Release,
+) -> anyhow::Result<()> {
     let _: App = client
         .put(
             &format!("/apps/{}/release", segment(&app.id)),
@@ -307,10 +319,9 @@ pub async fn deploy(ctx: &Ctx, args: DeployArgs) -> anyhow::Result<()> {
             },
         )
         .await?;
-    say!("Created release {} ({})", release.id, args.image);
     // The old release's scale moves to the new one (all at once).
     if let Some(previous) = previous {
-        if let Some(old) = formation(&client, &app, &previous.id).await? {
+        if let Some(old) = formation(client, app, &previous.id).await? {
             let processes: BTreeMap<String, i64> = old
                 .processes
                 .into_iter()

@@ -4,14 +4,18 @@
 //! repository; the cluster from `-c`, else the default of `~/.flynnrc`. Errors print as one
 //! line on stderr with a non-zero exit.
 
+pub mod agent;
 mod apps;
 pub mod client;
 mod cluster;
 pub mod config;
 pub mod git;
 mod jobs;
+mod log;
 pub mod output;
+mod release;
 mod routes;
+mod run;
 mod services;
 
 use std::process::ExitCode;
@@ -70,6 +74,20 @@ pub enum Command {
     Ps(jobs::PsArgs),
     /// Deploy an image from the Docker Engine as the app's new release
     Deploy(jobs::DeployArgs),
+    /// Stop a job (a formation's job is replaced by a new one)
+    Kill(run::KillArgs),
+    /// Show the output of the app's jobs (-f: keep streaming)
+    Log(log::LogArgs),
+    /// Run a command in a new one-off container of the app's release (attached: stdin, stdout,
+    /// stderr and its exit status; -d: detached)
+    Run(run::RunArgs),
+    /// Show the app's environment, or set, unset or get variables (each change: a new
+    /// release, deployed)
+    Env(release::EnvArgs),
+    /// Show the process types' limits, or set one's (a new release, deployed)
+    Limit(release::LimitArgs),
+    /// List the app's releases, show one, or roll back to an earlier one
+    Release(release::ReleaseArgs),
     /// Manage the clusters in ~/.flynnrc
     Cluster(cluster::ClusterArgs),
     /// Run the all-in-one server: router, controller, scheduler and host agent on one node
@@ -123,6 +141,12 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Scale(args) => jobs::scale(ctx, args).await,
         Command::Ps(args) => jobs::ps(ctx, args).await,
         Command::Deploy(args) => jobs::deploy(ctx, args).await,
+        Command::Kill(args) => run::kill(ctx, args).await,
+        Command::Log(args) => log::log(ctx, args).await,
+        Command::Run(args) => run::run(ctx, args).await,
+        Command::Env(args) => release::env(ctx, args).await,
+        Command::Limit(args) => release::limit(ctx, args).await,
+        Command::Release(args) => release::release(ctx, args).await,
         Command::Cluster(_) | Command::Server(_) | Command::Host(_) => Ok(()),
     }
 }

@@ -27,6 +27,15 @@ pub struct Args {
     #[arg(long, env = "FLYNN_LOG", default_value = "info")]
     pub log: String,
 
+    /// The cluster's controller key: the agent's API asks for it (`flynn run`, `flynn log`);
+    /// without it the API refuses every request.
+    #[arg(
+        long = "controller-key",
+        env = "FLYNN_CONTROLLER_KEY",
+        hide_env_values = true
+    )]
+    pub controller_key: Option<String>,
+
     #[command(flatten)]
     pub host: HostArgs,
 }
@@ -41,7 +50,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .try_init()
         .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
     let data = crate::server::data_dir(args.data.as_deref())?;
-    let config = AgentConfig::from_args(&args.host, &data)?;
+    let mut config = AgentConfig::from_args(&args.host, &data)?;
+    match args.controller_key.as_deref().map(str::trim) {
+        Some(key) if !key.is_empty() => config.key = key.to_owned(),
+        _ => tracing::warn!("no --controller-key: the host agent's API refuses every request"),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("flynn-host")

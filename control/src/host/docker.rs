@@ -106,7 +106,7 @@ pub struct EngineInfo {
 
 #[derive(Clone, Debug)]
 pub struct Engine {
-    docker: Docker,
+    pub(super) docker: Docker,
     socket: String,
 }
 

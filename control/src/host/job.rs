@@ -271,7 +271,7 @@ async fn create(ctx: &Ctx, job: &Job) -> Result<(String, Option<SocketAddr>), St
 }
 
 /// The image of a docker artifact (its uri: an image id or name, `docker:` prefix optional).
-fn image_of(artifact: &Artifact) -> Result<String, String> {
+pub(super) fn image_of(artifact: &Artifact) -> Result<String, String> {
     if artifact.kind != "docker" {
         return Err(format!(
             "artifact {} is of type {:?}; only docker artifacts run",
@@ -308,7 +308,7 @@ pub fn memory_limit(process: &ProcessType) -> Option<i64> {
 }
 
 /// The job's FLYNN_* variables, also the meta of its instance.
-fn meta(job: &Job) -> BTreeMap<String, String> {
+pub(super) fn meta(job: &Job) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("FLYNN_APP_ID".to_owned(), job.app_id.clone()),
         ("FLYNN_APP_NAME".to_owned(), job.app_name.clone()),

@@ -7,12 +7,16 @@
 //! is marked `stop` or deleted. On start it adopts the running containers carrying its label
 //! whose job is still wanted, and removes every other container carrying it.
 
+pub mod api;
 pub mod cmd;
 pub mod docker;
 mod job;
+pub mod run;
+
+pub use self::job::memory_limit as job_memory_limit;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +45,11 @@ pub struct HostArgs {
         default_value = "127.0.0.1"
     )]
     pub external_ip: IpAddr,
+
+    /// The agent's HTTP API (job list, logs, `flynn run`), with the cluster key
+    /// [default: the external IP, on a free port]; its address goes into the host's record.
+    #[arg(long = "host-api-addr", env = "FLYNN_HOST_API_ADDR")]
+    pub api_addr: Option<SocketAddr>,
 
     /// A tag of this host, KEY=VALUE (repeatable); formations can ask for tags.
     #[arg(long = "tag", value_parser = parse_tag)]
@@ -90,6 +99,10 @@ pub struct AgentConfig {
     pub drain_delay: Duration,
     /// Memory limit of a job whose process type sets none (Flynn's default: 1 GiB).
     pub default_memory: i64,
+    /// Where the agent's API listens (None: the external IP, a free port).
+    pub api_addr: Option<SocketAddr>,
+    /// The cluster key the agent's API asks for (empty: the API refuses every request).
+    pub key: String,
 }
 
 impl AgentConfig {
@@ -110,6 +123,8 @@ impl AgentConfig {
             stop_grace: args.stop_grace,
             drain_delay: args.drain_delay,
             default_memory: 1 << 30,
+            api_addr: args.api_addr,
+            key: String::new(),
         })
     }
 }
@@ -166,10 +181,26 @@ pub async fn run(db: Db, config: AgentConfig) {
             }
         }
     };
+    let api_listener = match api::bind(config.api_addr, config.external_ip)
+        .and_then(tokio::net::TcpListener::from_std)
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, addr = ?config.api_addr, "the host agent cannot listen for its API");
+            return;
+        }
+    };
+    let api_addr = match api_listener.local_addr() {
+        Ok(bound) => api::advertised(bound, config.external_ip),
+        Err(e) => {
+            tracing::error!(error = %e, "the host agent's API has no address");
+            return;
+        }
+    };
     let host = Host {
         id: config.id.clone(),
         external_ip: config.external_ip,
-        api: String::new(),
+        api: api_addr,
         tags: config.tags.clone(),
         capacity: HostCapacity {
             memory: info.memory,
@@ -195,12 +226,14 @@ pub async fn run(db: Db, config: AgentConfig) {
         lease_tx,
     ));
     log_up(&config, &info);
+    let key = config.key.clone();
     let ctx = Arc::new(Ctx {
         db,
         engine,
         config,
         lease: lease_rx,
     });
+    tokio::spawn(api::serve(ctx.clone(), api_listener, key));
     let mut tasks = HashMap::new();
     while let Err(e) = adopt(&ctx, &mut tasks).await {
         tracing::warn!(error = %e, "cannot reconcile with the engine's containers; retrying");

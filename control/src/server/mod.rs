@@ -201,7 +201,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let agent = if args.no_host_agent {
         None
     } else {
-        Some(AgentConfig::from_args(&args.host, &data)?)
+        let mut agent = AgentConfig::from_args(&args.host, &data)?;
+        agent.key = key.clone();
+        Some(agent)
     };
     let scheduler_id = format!(
         "controller-{}",

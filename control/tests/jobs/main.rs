@@ -3,6 +3,7 @@
 //! agent), traffic through its router. The tests fail (never skip) when the engine is missing,
 //! and remove every container and image they made, also when they fail.
 
+mod commands;
 #[path = "../cli/harness.rs"]
 #[allow(dead_code)]
 mod harness;
