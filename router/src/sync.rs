@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use flynn_store::mirror::{self, ListPage, MirrorEvent, Options};
@@ -23,6 +23,8 @@ const MAX_BATCH: usize = 4096;
 /// Mirror messages queued per feed (a listing page counts as one: this bounds the memory of a
 /// listing that arrives faster than it is applied).
 const QUEUE: usize = 256;
+/// Longest a listing under way holds back a publish.
+const LISTING_PUBLISH: Duration = Duration::from_secs(1);
 /// Keys per listing page; `FLYNN_STORE_PAGE_SIZE` overrides it (for tests of paging).
 const PAGE_SIZE_ENV: &str = "FLYNN_STORE_PAGE_SIZE";
 
@@ -101,6 +103,11 @@ impl TableWriter {
     /// The table as edited so far (published or not).
     pub fn table(&self) -> &Table {
         &self.table
+    }
+
+    /// Whether a listing is under way (some of its pages applied, not its last).
+    pub fn listing(&self) -> bool {
+        self.listings.iter().any(Option::is_some)
     }
 
     /// Makes the edits so far visible to requests.
@@ -362,6 +369,7 @@ async fn consume(
     // Per feed: has it listed once, is its watch up.
     let mut listed = [false; 3];
     let mut connected = [false; 3];
+    let mut last_publish = Instant::now();
     loop {
         let (feed, first) = tokio::select! {
             Some(e) = routes.recv() => (Feed::Routes, e),
@@ -392,9 +400,17 @@ async fn consume(
             }
             writer.apply(feed, event);
         }
-        writer.publish();
+        // A listing of a million routes touches every shard of the table: publishing after
+        // each of its pages would copy the table a hundred times. Once a second meanwhile.
+        let published = if !writer.listing() || last_publish.elapsed() >= LISTING_PUBLISH {
+            writer.publish();
+            last_publish = Instant::now();
+            true
+        } else {
+            false
+        };
         metrics.store_contact(connected.iter().all(|c| *c));
-        if listed.iter().all(|l| *l) {
+        if published && listed.iter().all(|l| *l) {
             metrics.mark_synced();
         }
     }

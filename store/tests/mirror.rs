@@ -770,3 +770,30 @@ async fn a_listing_bigger_than_a_message_comes_in_pages() {
     assert!(mirror.pages > 1);
     assert_eq!(s.range("/big/").await.unwrap().kvs.len(), keys.len());
 }
+
+/// How long listing a prefix takes against an etcd given by `LIST_ETCD` (e.g. one filled by
+/// the propagation benchmark): `LIST_ETCD=etcd://127.0.0.1:2379 cargo test --release -p
+/// flynn-store --test mirror list_speed -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "needs LIST_ETCD"]
+async fn list_speed() {
+    let Ok(url) = std::env::var("LIST_ETCD") else {
+        return;
+    };
+    let store = flynn_store::open(&url).await.unwrap();
+    let prefix = std::env::var("LIST_PREFIX").unwrap_or("/flynn/routes/".into());
+    let page = std::env::var("LIST_PAGE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(flynn_store::DEFAULT_PAGE);
+    let started = std::time::Instant::now();
+    let listing = flynn_store::list(store.as_ref(), &prefix, page)
+        .await
+        .unwrap();
+    println!(
+        "{} keys at revision {} in {:?}",
+        listing.kvs.len(),
+        listing.revision,
+        started.elapsed()
+    );
+}

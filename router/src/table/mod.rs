@@ -1,15 +1,22 @@
 //! The route table: an immutable snapshot that requests read without locks, and the
 //! incremental edits that build the next snapshot.
 //!
-//! Maps are persistent (`imbl`): cloning a table is O(1) and an edit copies only the path to the
-//! changed entry, so one route change costs microseconds even with 100k routes.
+//! Cloning a table is O(1) and an edit copies only what it changes, so one route change costs
+//! microseconds even with a million routes: routes live in sharded copy-on-write sets
+//! ([`shards`]) of pointers to one shared [`RouteEntry`] each (by id, and by domain), the other
+//! maps are persistent (`imbl`). A route's service, path and certificate id are shared
+//! [`Name`]s. About 250 bytes per route in all.
 //!
 //! Matching: the host (lower-cased, port stripped) is looked up exactly, then as a wildcard from
 //! the most specific parent domain up (`*.b.example.com` before `*.example.com`), then the
 //! catch-all `*`. Within a domain the longest path prefix on a `/` boundary wins.
 
 pub mod host;
+mod names;
+mod shards;
 
+use std::borrow::Borrow;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use flynn_store::types::{BackendProtocol, HttpRoute, Instance, TcpRoute};
@@ -19,6 +26,9 @@ use rustls::sign::CertifiedKey;
 
 use crate::backend::{Backend, Service};
 use host::{parent_domains, HostBuf};
+use names::Interner;
+pub use names::Name;
+use shards::Shards;
 
 /// An HTTP route as the router uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,10 +37,10 @@ pub struct RouteEntry {
     /// Lower-cased; `*.example.com` for wildcards, `*` for the catch-all.
     pub domain: String,
     /// Starts and ends with `/`.
-    pub path: String,
-    pub service: String,
+    pub path: Name,
+    pub service: Name,
     /// The certificate served for this route's domain over TLS (by SNI).
-    pub certificate_id: Option<String>,
+    pub certificate_id: Option<Name>,
     pub sticky: bool,
     pub leader: bool,
     pub drain_backends: bool,
@@ -86,10 +96,13 @@ impl RouteEntry {
         }
         Ok(RouteEntry {
             id: id.to_owned(),
-            domain,
-            path,
-            service: route.service,
-            certificate_id: route.certificate_id.filter(|c| !c.is_empty()),
+            domain: domain.into_boxed_str().into_string(),
+            path: path.into(),
+            service: route.service.into(),
+            certificate_id: route
+                .certificate_id
+                .filter(|c| !c.is_empty())
+                .map(Name::from),
             sticky: route.sticky,
             leader: route.leader,
             drain_backends: route.drain_backends,
@@ -108,6 +121,77 @@ impl RouteEntry {
 
 /// The routes of one domain, longest path first.
 type DomainRoutes = Arc<Vec<Arc<RouteEntry>>>;
+
+/// A route in the set by id: keyed by its id.
+#[derive(Debug, Clone)]
+struct ById(Arc<RouteEntry>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for ById {}
+
+/// The routes of one domain in a set by domain, keyed by the domain (by the parent domain for
+/// wildcards: `*.example.com` under `example.com`). Most domains have one route.
+#[derive(Debug, Clone)]
+enum ByDomain {
+    One(Arc<RouteEntry>),
+    /// Two or more, longest path first.
+    Many(DomainRoutes),
+}
+
+impl ByDomain {
+    fn routes(&self) -> &[Arc<RouteEntry>] {
+        match self {
+            ByDomain::One(route) => std::slice::from_ref(route),
+            ByDomain::Many(routes) => routes,
+        }
+    }
+
+    fn from_routes(mut routes: Vec<Arc<RouteEntry>>) -> Option<ByDomain> {
+        match routes.len() {
+            0 => None,
+            1 => routes.pop().map(ByDomain::One),
+            _ => Some(ByDomain::Many(Arc::new(routes))),
+        }
+    }
+}
+
+impl Borrow<str> for ByDomain {
+    fn borrow(&self) -> &str {
+        let domain = self.routes().first().map_or("", |r| r.domain.as_str());
+        domain.strip_prefix("*.").unwrap_or(domain)
+    }
+}
+
+impl Hash for ByDomain {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Borrow::<str>::borrow(self).hash(state);
+    }
+}
+
+impl PartialEq for ByDomain {
+    fn eq(&self, other: &Self) -> bool {
+        Borrow::<str>::borrow(self) == Borrow::<str>::borrow(other)
+    }
+}
+
+impl Eq for ByDomain {}
 
 /// Where a domain's routes are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,10 +215,12 @@ fn kind(domain: &str) -> DomainKind<'_> {
 /// One immutable version of everything the HTTP data path needs.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
-    exact: HashMap<String, DomainRoutes>,
-    wildcard: HashMap<String, DomainRoutes>,
+    exact: Shards<ByDomain>,
+    wildcard: Shards<ByDomain>,
     catch_all: DomainRoutes,
-    routes: HashMap<String, Arc<RouteEntry>>,
+    routes: Shards<ById>,
+    /// One copy of each service name, path and certificate id.
+    names: Interner,
     services: HashMap<String, Arc<Service>>,
     instance_count: usize,
     /// Certificates by id, parsed and checked (`crate::tls::certs`).
@@ -149,11 +235,12 @@ impl Table {
         let host = HostBuf::new(host)?;
         let host = host.as_str();
         let path = path_only(path);
-        if let Some(found) = self.exact.get(host).and_then(|r| longest(r, path)) {
+        if let Some(found) = self.exact.get(host).and_then(|r| longest(r.routes(), path)) {
             return Some(found);
         }
         for parent in parent_domains(host) {
-            if let Some(found) = self.wildcard.get(parent).and_then(|r| longest(r, path)) {
+            let routes = self.wildcard.get(parent);
+            if let Some(found) = routes.and_then(|r| longest(r.routes(), path)) {
                 return Some(found);
             }
         }
@@ -165,8 +252,9 @@ impl Table {
     pub fn certificate_for(&self, server_name: &str) -> Option<&Arc<CertifiedKey>> {
         let host = HostBuf::new(server_name.as_bytes())?;
         let host = host.as_str();
-        let with_cert = |routes: &DomainRoutes| {
+        let with_cert = |routes: &ByDomain| {
             routes
+                .routes()
                 .iter()
                 .filter_map(|r| r.certificate_id.as_deref())
                 .find_map(|id| self.certs.get(id))
@@ -204,7 +292,7 @@ impl Table {
     }
 
     pub fn route(&self, id: &str) -> Option<&Arc<RouteEntry>> {
-        self.routes.get(id)
+        self.routes.get(id).map(|r| &r.0)
     }
 
     pub fn route_count(&self) -> usize {
@@ -217,7 +305,10 @@ impl Table {
 
     /// The ids of every route, HTTP and TCP.
     pub fn route_ids(&self) -> impl Iterator<Item = &String> {
-        self.routes.keys().chain(self.tcp_routes.keys())
+        self.routes
+            .iter()
+            .map(|r| &r.0.id)
+            .chain(self.tcp_routes.keys())
     }
 
     pub fn service_names(&self) -> impl Iterator<Item = &String> {
@@ -235,14 +326,18 @@ impl Table {
     }
 
     /// Adds a route, or replaces the route with the same id.
-    pub fn upsert_route(&mut self, route: RouteEntry) {
-        if self.routes.get(&route.id).map(|r| r.as_ref()) == Some(&route) {
+    pub fn upsert_route(&mut self, mut route: RouteEntry) {
+        if self.route(&route.id).map(|r| r.as_ref()) == Some(&route) {
             return;
         }
         self.remove_route(&route.id);
+        route.path = self.names.intern(&route.path);
+        route.service = self.names.intern(&route.service);
+        route.certificate_id = route.certificate_id.map(|c| self.names.intern(&c));
         let route = Arc::new(route);
-        self.routes.insert(route.id.clone(), route.clone());
-        self.edit_domain(&route.domain.clone(), |routes| {
+        self.routes.insert(ById(route.clone()));
+        let domain = route.domain.clone();
+        self.edit_domain(&domain, |routes| {
             routes.push(route);
             // Longest path first; ties broken by id so the order is stable.
             routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.id.cmp(&b.id)));
@@ -251,10 +346,10 @@ impl Table {
 
     /// Removes the route with that id; false when there was none.
     pub fn remove_route(&mut self, id: &str) -> bool {
-        if self.tcp_routes.remove(id).is_some() {
+        if !self.tcp_routes.is_empty() && self.tcp_routes.remove(id).is_some() {
             return true;
         }
-        let Some(old) = self.routes.remove(id) else {
+        let Some(ById(old)) = self.routes.remove(id) else {
             return false;
         };
         self.edit_domain(&old.domain, |routes| routes.retain(|r| r.id != id));
@@ -277,7 +372,7 @@ impl Table {
         } else {
             self.instance_count += 1;
         }
-        let backend = Arc::new(Backend::new(id.to_owned(), instance.addr, create_revision));
+        let backend = Backend::tracked(id.to_owned(), instance.addr, create_revision);
         self.services
             .insert(service.to_owned(), Arc::new(current.with(backend)));
     }
@@ -310,12 +405,18 @@ impl Table {
             DomainKind::Exact(d) => (&mut self.exact, d),
             DomainKind::Wildcard(d) => (&mut self.wildcard, d),
         };
-        let mut routes: Vec<_> = map.get(key).map(|r| r.to_vec()).unwrap_or_default();
+        let mut routes: Vec<_> = map
+            .get(key)
+            .map(|r| r.routes().to_vec())
+            .unwrap_or_default();
         edit(&mut routes);
-        if routes.is_empty() {
-            map.remove(key);
-        } else {
-            map.insert(key.to_owned(), Arc::new(routes));
+        match ByDomain::from_routes(routes) {
+            Some(routes) => {
+                map.insert(routes);
+            }
+            None => {
+                map.remove(key);
+            }
         }
     }
 }

@@ -32,7 +32,7 @@ fn table(routes: &[(&str, &str, &str)]) -> Table {
 
 fn hit(t: &Table, host: &str, path: &str) -> Option<String> {
     t.lookup(host.as_bytes(), path.as_bytes())
-        .map(|r| r.service.clone())
+        .map(|r| r.service.to_string())
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -34,10 +35,23 @@ pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// 1.5 MiB by default) bounds what one write can hold.
 const MAX_MESSAGE: usize = 64 << 20;
 
+/// One request of a page.
+struct Window {
+    kvs: Vec<KeyValue>,
+    /// Keys in the window, also those not returned.
+    count: usize,
+    more: bool,
+    /// The revision read at.
+    revision: Revision,
+}
+
 /// A store backed by an etcd cluster. Cloning shares the connection.
 #[derive(Clone)]
 pub struct EtcdStore {
     client: Client,
+    /// For the next page of a listing: the prefix and how many bytes of the last key the
+    /// window that filled the last page kept.
+    depth_hint: Arc<Mutex<Option<(String, usize)>>>,
 }
 
 impl EtcdStore {
@@ -57,13 +71,83 @@ impl EtcdStore {
                 }
                 other => other,
             })?;
-        Ok(EtcdStore { client })
+        Ok(EtcdStore {
+            client,
+            depth_hint: Arc::default(),
+        })
     }
 
     fn kv(&self) -> etcd_client::KvClient {
         self.client
             .kv_client()
             .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Up to `limit` keys of [start, end) at `revision` (the current one when None); fewer
+    /// when that many are over the message limit.
+    async fn window(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<Window, StoreError> {
+        let mut limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let mut serializable = true;
+        let mut response = loop {
+            let mut options = GetOptions::new().with_range(end).with_limit(limit);
+            if let Some(revision) = revision {
+                // A read at a revision already known to be committed needs no consensus round
+                // (a member that has not applied it yet answers "future revision": retried
+                // below as a linearizable read).
+                options = options.with_revision(revision);
+                if serializable {
+                    options = options.with_serializable();
+                }
+            }
+            let mut kv = self.kv();
+            match bounded(kv.get(start, Some(options))).await {
+                Ok(response) => break response,
+                // Keys with big values: a page of that many is over the message limit. Fewer.
+                Err(StoreError::Rejected(m))
+                    if m.contains("message length too large") && limit > 1 =>
+                {
+                    limit /= 2;
+                    tracing::debug!(limit, "etcd page over the message limit: fewer keys");
+                }
+                Err(StoreError::Rejected(m)) if m.contains("future revision") && serializable => {
+                    serializable = false;
+                }
+                // etcd: "mvcc: required revision has been compacted".
+                Err(StoreError::Rejected(m)) if m.contains("compacted") => {
+                    if let Some(at) = revision {
+                        return Err(StoreError::Compacted {
+                            compact_revision: at + 1,
+                        });
+                    }
+                    return Err(StoreError::Rejected(m));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        // The header tells the current revision, also for a read at an older one.
+        let revision = match revision {
+            Some(at) => at,
+            None => header_revision(response.header())?,
+        };
+        let more = response.more();
+        let count = usize::try_from(response.count()).unwrap_or(0);
+        let kvs = response
+            .take_kvs()
+            .into_iter()
+            .map(convert)
+            .collect::<Result<_, _>>()?;
+        Ok(Window {
+            kvs,
+            count,
+            more,
+            revision,
+        })
     }
 
     fn lease(&self) -> etcd_client::LeaseClient {
@@ -167,61 +251,91 @@ impl Store for EtcdStore {
         limit: usize,
         revision: Option<Revision>,
     ) -> Result<Page, StoreError> {
-        // From the key right after `after` (or the prefix) to the end of the prefix.
-        let start = match after {
-            Some(after) if after >= prefix => {
-                let mut start = after.as_bytes().to_vec();
-                start.push(0);
-                start
-            }
-            _ if prefix.is_empty() => vec![0],
-            _ => prefix.as_bytes().to_vec(),
+        let limit = limit.max(1);
+        let full_end = prefix_end(prefix.as_bytes()).unwrap_or_else(|| vec![0]);
+        let after = match after {
+            Some(after) if after.starts_with(prefix) => after.as_bytes(),
+            // Before the prefix: from its first key. (Past it: nothing, in one request.)
+            Some(after) if after < prefix => b"",
+            Some(after) => after.as_bytes(),
+            None => b"",
         };
-        let end = prefix_end(prefix.as_bytes()).unwrap_or_else(|| vec![0]);
-        let mut limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-        let mut response = loop {
-            let mut options = GetOptions::new().with_range(end.clone()).with_limit(limit);
-            if let Some(revision) = revision {
-                options = options.with_revision(revision);
+        if !after.starts_with(prefix.as_bytes()) {
+            let start = match after {
+                b"" if prefix.is_empty() => vec![0],
+                b"" => prefix.as_bytes().to_vec(),
+                after => [after, b"\0"].concat(),
+            };
+            let window = self.window(&start, &full_end, limit, revision).await?;
+            return Ok(Page {
+                kvs: window.kvs,
+                revision: window.revision,
+                more: window.more,
+            });
+        }
+        // etcd walks every key of a range's [start, end) to count them, however few it returns:
+        // pages over the whole rest of the prefix would cost a million steps each at a million
+        // keys. So a page reads windows of the key space: first the keys that share all of
+        // `after` but its last byte (or as many bytes as the window that filled the last page
+        // kept, plus one), then the next window of that size (the keys sharing the window's
+        // end as a prefix), or the rest of its parent (one byte less) while the windows hold
+        // far fewer keys than still wanted, or after a window found empty (a gap of byte
+        // values no key uses). Every window at one revision.
+        let mut start = [after, b"\0"].concat();
+        let mut base = after.to_vec();
+        let mut depth = after.len().saturating_sub(1);
+        let hint = self
+            .depth_hint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .filter(|(p, _)| p == prefix)
+            .map(|(_, depth)| *depth);
+        if let Some(hint) = hint {
+            depth = depth.min(hint + 1);
+        }
+        let mut at = revision;
+        let mut kvs = Vec::new();
+        let mut last_empty = false;
+        loop {
+            let whole = depth <= prefix.len();
+            let end = match prefix_end(&base[..depth.min(base.len())]) {
+                Some(end) if !whole => end,
+                _ => full_end.clone(),
+            };
+            let window = self.window(&start, &end, limit - kvs.len(), at).await?;
+            let revision = *at.get_or_insert(window.revision);
+            let held = window.count.max(window.kvs.len());
+            kvs.extend(window.kvs);
+            if window.more || kvs.len() >= limit || whole {
+                *self
+                    .depth_hint
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some((prefix.to_owned(), depth));
+                // Full (keys remain in this window or after it), or the prefix is done.
+                let more = window.more || (!whole && kvs.len() >= limit);
+                return Ok(Page {
+                    kvs,
+                    revision,
+                    more,
+                });
             }
-            let mut kv = self.kv();
-            match bounded(kv.get(start.clone(), Some(options))).await {
-                Ok(response) => break response,
-                // Keys with big values: a page of that many is over the message limit. Fewer.
-                Err(StoreError::Rejected(m))
-                    if m.contains("message length too large") && limit > 1 =>
-                {
-                    limit /= 2;
-                    tracing::debug!(
-                        limit,
-                        "etcd page over the message limit: asking for fewer keys"
-                    );
-                }
-                // etcd: "mvcc: required revision has been compacted".
-                Err(StoreError::Rejected(m)) if m.contains("compacted") && revision.is_some() => {
-                    return Err(StoreError::Compacted {
-                        compact_revision: revision.unwrap_or_default() + 1,
-                    });
-                }
-                Err(e) => return Err(e),
+            start = end.clone();
+            depth = end.len();
+            base = end;
+            let left = limit - kvs.len();
+            if held == 0 && kvs.is_empty() {
+                // Past the bytes in which keys rarely differ (the end of a uuid): faster.
+                depth = depth.saturating_sub(2);
+            } else if held == 0 && !last_empty {
+                // A gap (byte values no key uses): the rest of the parent.
+                depth = depth.saturating_sub(1);
+            } else if held > 0 && held.saturating_mul(16) < left {
+                depth = depth.saturating_sub(1);
             }
-        };
-        // The header tells the current revision, also for a read at an older one.
-        let revision = match revision {
-            Some(at) => at,
-            None => header_revision(response.header())?,
-        };
-        let more = response.more();
-        let kvs = response
-            .take_kvs()
-            .into_iter()
-            .map(convert)
-            .collect::<Result<_, _>>()?;
-        Ok(Page {
-            kvs,
-            revision,
-            more,
-        })
+            last_empty = held == 0;
+            depth = depth.max(prefix.len());
+        }
     }
 
     async fn status(&self) -> Result<StoreStatus, StoreError> {

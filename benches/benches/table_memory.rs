@@ -1,0 +1,133 @@
+//! Resident bytes per route of the router's table (same allocator as the router): `N` routes
+//! (`TABLE_ROUTES`, default 1,000,000) as a store listing would bring them (JSON values through
+//! the router's `TableWriter`, in pages), ids `http-<uuid>`, 1000 services with one instance
+//! each. Prints the resident memory added by the load, per route, and the time the load took.
+//!
+//! `cargo bench -p flynn-benches --bench table_memory`
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use flynn_router::metrics::Metrics;
+use flynn_router::sync::TableWriter;
+use flynn_router::table::Table;
+use flynn_store::{KeyValue, Keys, Listing};
+
+/// The router's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Resident memory in bytes (`/proc/self/statm`).
+fn rss() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: usize = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+const SERVICES: usize = 1000;
+const PAGE: usize = 10_000;
+/// Pages between two publishes (`TABLE_PUBLISH_EVERY`).
+static PUBLISH_EVERY: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+    std::env::var("TABLE_PUBLISH_EVERY")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+});
+
+/// A uuid-shaped id for route `i` (distinct, deterministic).
+pub fn route_id(i: usize) -> String {
+    let x = (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+    let h = format!("{x:032x}");
+    format!(
+        "http-{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::var("TABLE_ROUTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let keys = Keys::default();
+    let shared = Arc::new(ArcSwap::from_pointee(Table::default()));
+    let mut writer = TableWriter::new(keys.clone(), shared.clone(), Arc::new(Metrics::new()));
+    let instances: Vec<KeyValue> = (0..SERVICES)
+        .map(|s| KeyValue {
+            key: keys.instance(&format!("svc-{s}"), "i1"),
+            value: format!(r#"{{"id":"i1","addr":"127.0.0.1:{}"}}"#, 10_000 + s).into_bytes(),
+            create_revision: 1,
+            mod_revision: 1,
+            lease: None,
+        })
+        .collect();
+    writer.reset_instances(&Listing {
+        kvs: instances,
+        revision: 1,
+    });
+    writer.publish();
+    let before = rss();
+    let started = Instant::now();
+    let mut max_page = 0;
+    for start in (0..n).step_by(PAGE) {
+        let kvs: Vec<KeyValue> = (start..(start + PAGE).min(n))
+            .map(|i| {
+                let id = route_id(i);
+                let value = format!(
+                    r#"{{"id":"{id}","type":"http","domain":"r-{i}.startup.test","path":"/","service":"svc-{}","certificate_id":null,"sticky":false,"leader":false,"drain_backends":true,"app_id":null}}"#,
+                    i % SERVICES
+                );
+                KeyValue {
+                    key: keys.route(&id),
+                    value: value.into_bytes(),
+                    create_revision: 2,
+                    mod_revision: 2,
+                    lease: None,
+                }
+            })
+            .collect();
+        max_page = max_page.max(kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum());
+        for kv in &kvs {
+            writer.put_route(kv);
+        }
+        // The router publishes during a listing at most every PUBLISH_EVERY pages' worth.
+        if (start / PAGE) % *PUBLISH_EVERY == *PUBLISH_EVERY - 1 {
+            writer.publish();
+        }
+    }
+    writer.publish();
+    let loaded = started.elapsed();
+    let after = rss();
+    let table = shared.load();
+    assert_eq!(table.route_count(), n);
+    let probe = format!("r-{}.startup.test", n - 1);
+    assert!(table.lookup(probe.as_bytes(), b"/").is_some());
+    let per_route = (after - before) as f64 / n as f64;
+    println!(
+        "{n} routes: {:.1} MiB more resident, {per_route:.0} B per route; loaded in {:.2} s ({:.0} ns per route)",
+        (after - before) as f64 / (1 << 20) as f64,
+        loaded.as_secs_f64(),
+        loaded.as_nanos() as f64 / n as f64,
+    );
+    // Lookups: the time per lookup over every route.
+    let started = Instant::now();
+    let mut found = 0usize;
+    for i in (0..n).step_by(7) {
+        let host = format!("r-{i}.startup.test");
+        found += usize::from(table.lookup(host.as_bytes(), b"/x").is_some());
+    }
+    println!(
+        "lookup: {:.0} ns each ({found} found)",
+        started.elapsed().as_nanos() as f64 / found.max(1) as f64
+    );
+    Ok(())
+}

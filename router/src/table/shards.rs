@@ -1,0 +1,113 @@
+//! A copy-on-write hash set in shards: cloning it is one reference count, and an edit after a
+//! clone copies the outer array of shard pointers and the one shard it changes (a few thousand
+//! entries at a million), not the whole set. Entries are small (a pointer or two), so a route
+//! costs a few bytes in each set instead of a node of a persistent map.
+
+use std::borrow::Borrow;
+use std::hash::Hash;
+use std::sync::Arc;
+
+/// The sets' hasher: foldhash, seeded at random per process (several times faster than std's
+/// SipHash on host names and ids; keys come from the store, lookups never insert).
+type Hasher = foldhash::quality::RandomState;
+type HashSet<T> = std::collections::HashSet<T, Hasher>;
+
+/// Shards per set (a power of two).
+const SHARDS: usize = 256;
+
+#[derive(Clone, Debug)]
+pub struct Shards<T> {
+    shards: Arc<Vec<Arc<HashSet<T>>>>,
+    len: usize,
+}
+
+impl<T> Default for Shards<T> {
+    fn default() -> Self {
+        Shards {
+            shards: Arc::new(
+                (0..SHARDS)
+                    .map(|_| Arc::new(HashSet::with_hasher(Hasher::default())))
+                    .collect(),
+            ),
+            len: 0,
+        }
+    }
+}
+
+/// The shard of a key: FNV-1a of its bytes (the set inside hashes again with its own keys).
+fn shard_of(key: &str) -> usize {
+    let mut hash: u32 = 0x811c_9dc5;
+    for &b in key.as_bytes() {
+        hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    (hash ^ (hash >> 16)) as usize & (SHARDS - 1)
+}
+
+impl<T: Hash + Eq + Clone + Borrow<str>> Shards<T> {
+    pub fn get(&self, key: &str) -> Option<&T> {
+        self.shards.get(shard_of(key))?.get(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds `value`, or replaces the entry with the same key; returns the one replaced.
+    pub fn insert(&mut self, value: T) -> Option<T> {
+        let shard = self.shard_mut(shard_of(value.borrow()))?;
+        let old = shard.replace(value);
+        if old.is_none() {
+            self.len += 1;
+        }
+        old
+    }
+
+    pub fn remove(&mut self, key: &str) -> Option<T> {
+        let i = shard_of(key);
+        // Copy nothing when there is nothing to remove.
+        self.shards.get(i)?.get(key)?;
+        let old = self.shard_mut(i)?.take(key);
+        if old.is_some() {
+            self.len -= 1;
+        }
+        old
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.shards.iter().flat_map(|shard| shard.iter())
+    }
+
+    fn shard_mut(&mut self, i: usize) -> Option<&mut HashSet<T>> {
+        Arc::make_mut(&mut self.shards)
+            .get_mut(i)
+            .map(Arc::make_mut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edits_leave_clones_alone() {
+        let mut a: Shards<String> = Shards::default();
+        for i in 0..1000 {
+            assert!(a.insert(format!("k{i}")).is_none());
+        }
+        let b = a.clone();
+        assert!(a.insert("k1".into()).is_some());
+        assert_eq!(a.remove("k2").as_deref(), Some("k2"));
+        assert_eq!(a.remove("k2"), None);
+        assert_eq!((a.len(), b.len()), (999, 1000));
+        assert!(b.get("k2").is_some() && a.get("k2").is_none());
+        assert_eq!(a.iter().count(), 999);
+        // Only the edited shards were copied.
+        let shared = a
+            .shards
+            .iter()
+            .zip(b.shards.iter())
+            .filter(|(x, y)| Arc::ptr_eq(x, y))
+            .count();
+        assert!(shared >= SHARDS - 2, "{shared}");
+    }
+}
