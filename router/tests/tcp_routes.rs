@@ -138,6 +138,13 @@ async fn tcp_routes_send_the_proxy_header_they_ask_for() {
     let h = tcp_harness().await;
     let backend = tcp_backend("pp", true).await;
     h.instance("pp", "i1", backend).await;
+    // Instances and routes reach the router through two watches: the instance first, or a
+    // route's listener could take a connection before it knows where to send it.
+    eventually(APPLY, "the instance applied", || async {
+        h.router.metric("flynn_router_instances").await == 1.0
+    })
+    .await
+    .expect("instance in the table");
     let mut listeners = 0.0;
     for (id, version) in [("tcp-v1", "v1"), ("tcp-v2", "v2")] {
         let port = free_port();
