@@ -42,6 +42,20 @@ impl Backend {
         }
     }
 
+    /// A new backend, also listed by [`live`] for as long as anything holds it (a table
+    /// snapshot or a request in flight on it).
+    pub fn tracked(id: String, addr: SocketAddr, create_revision: Revision) -> Arc<Backend> {
+        let backend = Arc::new(Backend::new(id, addr, create_revision));
+        let mut all = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget the dead ones whenever the list has doubled since the last sweep.
+        if all.list.len() >= all.swept_at.max(64) * 2 {
+            all.list.retain(|b| b.strong_count() > 0);
+            all.swept_at = all.list.len();
+        }
+        all.list.push(Arc::downgrade(&backend));
+        backend
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
     }
@@ -68,6 +82,29 @@ impl Backend {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         until != 0 && now_ms() < until
     }
+}
+
+/// Every backend made by [`Backend::tracked`] (weakly held).
+struct Live {
+    list: Vec<std::sync::Weak<Backend>>,
+    swept_at: usize,
+}
+
+static LIVE: std::sync::Mutex<Live> = std::sync::Mutex::new(Live {
+    list: Vec::new(),
+    swept_at: 0,
+});
+
+/// The tracked backends still alive, in the table or not: one that left the table lives on
+/// while requests are in flight on it (what a deploy waits for before stopping its job).
+pub fn live() -> Vec<Arc<Backend>> {
+    let mut all = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    all.list.retain(|b| b.strong_count() > 0);
+    all.swept_at = all.list.len();
+    all.list
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect()
 }
 
 /// Milliseconds on a monotonic clock shared by every backend.

@@ -132,9 +132,14 @@ pub struct RouterArgs {
     #[arg(long, env = "FLYNN_TCP_PORTS", default_value = "3000-3500", value_parser = parse_port_range)]
     pub tcp_ports: std::ops::RangeInclusive<u16>,
 
-    /// Address of the admin listener (/metrics, /health). Keep it on loopback.
+    /// Address of the admin listener (/metrics, /health, /backends). Keep it on loopback.
     #[arg(long, env = "FLYNN_ADMIN_ADDR", default_value = "127.0.0.1:8082")]
     pub admin_addr: SocketAddr,
+
+    /// This router's id, registered (with the admin address) under <prefix>/routers/ so that
+    /// deploys can ask it what it serves [default: router-<random>, new at every start]
+    #[arg(long = "router-id", env = "FLYNN_ROUTER_ID")]
+    pub router_id: Option<String>,
 
     /// Worker threads for the proxy (default: one per CPU).
     #[arg(long, env = "FLYNN_THREADS")]
@@ -284,6 +289,10 @@ impl RouterArgs {
             proxy_protocol_from: self.proxy_protocol_from,
             cookie_key: self.cookie_key,
             admin_addr: self.admin_addr,
+            router_id: self
+                .router_id
+                .filter(|id| !id.trim().is_empty())
+                .unwrap_or_else(crate::registration::new_id),
             tcp: TcpSettings {
                 ip: self.tcp_ip,
                 ports: self.tcp_ports,

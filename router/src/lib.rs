@@ -6,7 +6,8 @@
 //! - [`tls`]: certificates from the store, chosen per handshake by SNI.
 //! - [`tcp`]: TCP routes, a listener per route port; [`proxy_protocol`]: PROXY v1/v2.
 //! - [`backend`]: a service's instances and the choice of one (P2C, leader).
-//! - [`admin`], [`metrics`]: `/metrics` and `/health`.
+//! - [`admin`], [`metrics`]: `/metrics`, `/health` and `/backends`; [`registration`]: the
+//!   router's key under `<prefix>/routers/`, for deploys.
 //! - [`server`]: assembles it all; [`config`]: the binary's flags.
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod registration;
 pub mod server;
 pub mod sync;
 pub mod table;

@@ -26,12 +26,14 @@ use crate::proxy::h1::FastH1;
 use crate::proxy::sticky::StickyKey;
 use crate::proxy::{ClientTimeouts, Proxy, UpstreamTimeouts};
 use crate::proxy_protocol::inbound::{Trusted, WithProxyHeader};
+use crate::registration::{self, Registration};
 use crate::sync::{self, TableWriter};
 use crate::table::Table;
 use crate::tcp::{self, TcpSettings};
 use crate::tls::SniResolver;
 
 /// Where the router gets its store from.
+#[derive(Clone)]
 pub enum StoreSource {
     /// Opened (and re-opened until it answers) from a URL.
     Url(String),
@@ -59,6 +61,8 @@ pub struct RouterConfig {
     /// The key sealing sticky cookies; None: the one shared through the store.
     pub cookie_key: Option<[u8; 32]>,
     pub admin_addr: SocketAddr,
+    /// This router's id, registered under `<prefix>/routers/` with its admin address.
+    pub router_id: String,
     /// Where TCP route listeners open.
     pub tcp: TcpSettings,
     pub threads: usize,
@@ -156,11 +160,23 @@ pub fn build(config: RouterConfig) -> Server {
         "flynn-router admin".to_owned(),
         HttpServer::new_app(Admin {
             metrics: metrics.clone(),
+            table: table.clone(),
+            id: config.router_id.clone(),
         }),
     );
     admin.add_tcp(&config.admin_addr.to_string());
     admin.threads = Some(1);
 
+    let registration = background_service(
+        "flynn-router registration",
+        Registration {
+            store: config.store.clone(),
+            keys: config.keys.clone(),
+            id: config.router_id.clone(),
+            admin: registration::advertised(config.admin_addr),
+            metrics: metrics.clone(),
+        },
+    );
     let writer = TableWriter::new(config.keys, table.clone(), metrics.clone());
     let tcp_routes = background_service(
         "flynn-router tcp routes",
@@ -194,6 +210,7 @@ pub fn build(config: RouterConfig) -> Server {
 
     server.add_service(admin);
     server.add_service(sync);
+    server.add_service(registration);
     server.add_service(tcp_routes);
     server.add_service(drain);
     server

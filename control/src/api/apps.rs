@@ -11,7 +11,7 @@ use super::error::{ApiError, ApiResult};
 use super::events;
 use super::extract::Body;
 use super::routes;
-use super::types::{App, NewApp, NewRoute, RouteKind};
+use super::types::{App, AppUpdate, NewApp, NewRoute, RouteKind};
 use super::validate;
 use super::{ApiState, Shared};
 
@@ -66,6 +66,9 @@ pub async fn create(
             format!("unknown deploy strategy {strategy:?} (all-at-once or one-by-one)"),
         ));
     }
+    if let Some(timeout) = new.deploy_timeout {
+        check_deploy_timeout(timeout)?;
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let mut attempts = 0;
     let name = loop {
@@ -90,6 +93,9 @@ pub async fn create(
         meta: new.meta,
         strategy,
         release_id: None,
+        deploy_timeout: new
+            .deploy_timeout
+            .unwrap_or_else(super::types::default_deploy_timeout),
         created_at: now.clone(),
         updated_at: now,
     };
@@ -99,6 +105,63 @@ pub async fn create(
     }
     events::record(&state, Some(&id), "app", &id, &app).await;
     Ok((StatusCode::CREATED, Json(app)))
+}
+
+/// Most seconds a deploy may wait for one job.
+const MAX_DEPLOY_TIMEOUT: u64 = 3600;
+
+fn check_deploy_timeout(timeout: u64) -> ApiResult<()> {
+    if !(1..=MAX_DEPLOY_TIMEOUT).contains(&timeout) {
+        return Err(ApiError::invalid(
+            "deploy_timeout",
+            format!("deploy_timeout {timeout}: seconds, 1-{MAX_DEPLOY_TIMEOUT}"),
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /apps/{app}`: changes the deploy strategy, the deploy timeout or the meta.
+pub async fn update(
+    State(state): State<ApiState>,
+    Path(app): Path<String>,
+    Body(change): Body<AppUpdate>,
+) -> ApiResult<Json<App>> {
+    if let Some(strategy) = &change.strategy {
+        if !matches!(strategy.as_str(), "all-at-once" | "one-by-one") {
+            return Err(ApiError::invalid(
+                "strategy",
+                format!("unknown deploy strategy {strategy:?} (all-at-once or one-by-one)"),
+            ));
+        }
+    }
+    if let Some(timeout) = change.deploy_timeout {
+        check_deploy_timeout(timeout)?;
+    }
+    for _ in 0..100 {
+        let current = find(&state, &app).await?;
+        let mut next = current.value.clone();
+        if let Some(strategy) = &change.strategy {
+            next.strategy = strategy.clone();
+        }
+        if let Some(timeout) = change.deploy_timeout {
+            next.deploy_timeout = timeout;
+        }
+        if let Some(meta) = &change.meta {
+            next.meta = meta.clone();
+        }
+        next.updated_at = db::now();
+        let key = state.db.app(&next.id);
+        if state
+            .db
+            .swap(&key, current.mod_revision, &next, None)
+            .await?
+            .is_some()
+        {
+            events::record(&state, Some(&next.id), "app", &next.id, &next).await;
+            return Ok(Json(next));
+        }
+    }
+    Err(ApiError::conflict("the app keeps changing; try again"))
 }
 
 /// Writes the app and its default route; nothing stays if the route cannot be made.

@@ -11,6 +11,8 @@
 //! <prefix>/runs/<host id>/<job id>              Job: a one-off job (`flynn run`), the host agent's
 //!                                               alone, on its lease; the scheduler never sees it
 //! <prefix>/scheduler/leader                     the scheduler leader's id (on its lease)
+//! <prefix>/deployments/<deployment id>          Deployment
+//! <prefix>/deploying/<app id>                   the id of the app's deployment in progress
 //! <prefix>/claims/apps/<name>                   Claim: an app name
 //! <prefix>/claims/http/<domain><path>           Claim: an HTTP domain + path
 //! <prefix>/claims/tcp/<port>                    Claim: a TCP port
@@ -102,6 +104,16 @@ impl Db {
     }
     pub fn run(&self, host_id: &str, job_id: &str) -> String {
         format!("{}{job_id}", self.host_runs(host_id))
+    }
+    pub fn deployments(&self) -> String {
+        self.under("deployments")
+    }
+    pub fn deployment(&self, id: &str) -> String {
+        format!("{}{id}", self.deployments())
+    }
+    /// Held (created, compare-and-swap) by the app's deployment in progress.
+    pub fn deploying(&self, app_id: &str) -> String {
+        format!("{}{app_id}", self.under("deploying"))
     }
     pub fn scheduler_leader(&self) -> String {
         format!("{}leader", self.under("scheduler"))

@@ -12,6 +12,7 @@ pub(crate) mod auth;
 mod certs;
 mod claims;
 pub mod db;
+pub mod deployments;
 pub mod error;
 mod events;
 mod extract;
@@ -122,7 +123,13 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/ping", get(ping))
         .route("/apps", get(apps::list).post(apps::create))
-        .route("/apps/{app}", get(apps::get).delete(apps::delete))
+        .route(
+            "/apps/{app}",
+            get(apps::get).post(apps::update).delete(apps::delete),
+        )
+        .route("/apps/{app}/deploy", post(deployments::create))
+        .route("/apps/{app}/deployments", get(deployments::list_app))
+        .route("/deployments/{id}", get(deployments::get))
         .route(
             "/apps/{app}/routes",
             get(routes::list_app).post(routes::create),

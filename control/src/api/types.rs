@@ -18,12 +18,20 @@ pub struct App {
     /// The current release.
     #[serde(default)]
     pub release_id: Option<String>,
+    /// Seconds a deploy waits for each new job to be up and served by every router before it
+    /// fails and rolls back (Flynn's default: 30).
+    #[serde(default = "default_deploy_timeout")]
+    pub deploy_timeout: u64,
     pub created_at: String,
     pub updated_at: String,
 }
 
 fn default_strategy() -> String {
     "all-at-once".to_owned()
+}
+
+pub fn default_deploy_timeout() -> u64 {
+    30
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -35,6 +43,20 @@ pub struct NewApp {
     pub meta: BTreeMap<String, String>,
     #[serde(default)]
     pub strategy: Option<String>,
+    #[serde(default)]
+    pub deploy_timeout: Option<u64>,
+}
+
+/// `POST /apps/:app`: absent fields keep their value.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_timeout: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<BTreeMap<String, String>>,
 }
 
 /// What an artifact is: an image to run, or a file.
@@ -443,4 +465,87 @@ pub struct HostCapacity {
     pub memory: u64,
     #[serde(default)]
     pub cpus: u64,
+}
+
+/// Where a deployment is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeploymentStatus {
+    /// Created; the scheduler's leader has not taken it up yet.
+    #[default]
+    Pending,
+    Running,
+    /// The new release serves; the old one's jobs are gone.
+    Complete,
+    /// Rolled back: the old release serves (see `error`).
+    Failed,
+}
+
+impl DeploymentStatus {
+    pub fn is_done(self) -> bool {
+        matches!(self, DeploymentStatus::Complete | DeploymentStatus::Failed)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentStatus::Pending => "pending",
+            DeploymentStatus::Running => "running",
+            DeploymentStatus::Complete => "complete",
+            DeploymentStatus::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for DeploymentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A deploy of a new release for an app, by its strategy: `<prefix>/deployments/<id>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub id: String,
+    pub app_id: String,
+    pub app_name: String,
+    #[serde(default)]
+    pub old_release_id: Option<String>,
+    pub new_release_id: String,
+    /// all-at-once or one-by-one.
+    pub strategy: String,
+    /// The counts the new release gets (the old formation's, for the types it has).
+    #[serde(default)]
+    pub processes: BTreeMap<String, i64>,
+    /// The old formation's counts, restored on failure.
+    #[serde(default)]
+    pub old_processes: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, BTreeMap<String, String>>,
+    /// Seconds each new job has to be up and served by every router.
+    pub deploy_timeout: u64,
+    #[serde(default)]
+    pub status: DeploymentStatus,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub events: Vec<DeploymentEvent>,
+    pub created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+}
+
+/// One step of a deployment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentEvent {
+    pub created_at: String,
+    /// running, up, down, crashed, failed, complete, ...
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    pub message: String,
 }

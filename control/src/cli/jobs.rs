@@ -12,7 +12,6 @@ use super::output::{self, Format};
 use super::Ctx;
 use crate::api::types::{
     App, Artifact, Formation, Job, JobState, NewArtifact, NewFormation, NewRelease, Release,
-    ReleaseRef,
 };
 use crate::host::docker::{DockerError, Engine};
 
@@ -308,47 +307,9 @@ pub async fn deploy(ctx: &Ctx, args: DeployArgs) -> anyhow::Result<()> {
 pub(super) async fn deploy_release(
     client: &Client,
     app: &App,
-    previous: Option<&Release>,
+    _previous: Option<&Release>,
     release: &Release,
 ) -> anyhow::Result<()> {
-    let _: App = client
-        .put(
-            &format!("/apps/{}/release", segment(&app.id)),
-            &ReleaseRef {
-                id: release.id.clone(),
-            },
-        )
-        .await?;
-    // The old release's scale moves to the new one (all at once).
-    if let Some(previous) = previous {
-        if let Some(old) = formation(client, app, &previous.id).await? {
-            let processes: BTreeMap<String, i64> = old
-                .processes
-                .into_iter()
-                .filter(|(t, _)| release.processes.contains_key(t))
-                .collect();
-            let path = format!(
-                "/apps/{}/formations/{}",
-                segment(&app.id),
-                segment(&release.id)
-            );
-            let _: Formation = client
-                .put(
-                    &path,
-                    &NewFormation {
-                        processes,
-                        tags: old.tags,
-                    },
-                )
-                .await?;
-            let old_path = format!(
-                "/apps/{}/formations/{}",
-                segment(&app.id),
-                segment(&previous.id)
-            );
-            let _: Formation = client.delete(&old_path).await?;
-        }
-    }
-    say!("Deployed release {} to {}", release.id, app.name);
-    Ok(())
+    // Through the controller's deployer, by the app's strategy (zero-downtime when it runs).
+    super::deploys::deploy(client, app, release).await
 }

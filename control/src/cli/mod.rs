@@ -9,6 +9,7 @@ mod apps;
 pub mod client;
 mod cluster;
 pub mod config;
+mod deploys;
 pub mod git;
 mod jobs;
 mod log;
@@ -74,6 +75,8 @@ pub enum Command {
     Ps(jobs::PsArgs),
     /// Deploy an image from the Docker Engine as the app's new release
     Deploy(jobs::DeployArgs),
+    /// List an app's deployments
+    Deployment(deploys::DeploymentArgs),
     /// Stop a job (a formation's job is replaced by a new one)
     Kill(run::KillArgs),
     /// Show the output of the app's jobs (-f: keep streaming)
@@ -141,6 +144,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Scale(args) => jobs::scale(ctx, args).await,
         Command::Ps(args) => jobs::ps(ctx, args).await,
         Command::Deploy(args) => jobs::deploy(ctx, args).await,
+        Command::Deployment(args) => deploys::list(ctx, args).await,
         Command::Kill(args) => run::kill(ctx, args).await,
         Command::Log(args) => log::log(ctx, args).await,
         Command::Run(args) => run::run(ctx, args).await,

@@ -1,6 +1,7 @@
 //! One job on this host, from start (or adoption) to its end: container up, port answering,
-//! registered as an instance of `<app>-<type>`; then, when asked to stop, deregistered, drained,
-//! SIGTERM, grace, SIGKILL, removed; when its container exits by itself, deregistered, removed
+//! registered as an instance of `<app>-<type>`; then, when asked to stop, deregistered, drained
+//! (every live router serves it no more and has nothing in flight on it), SIGTERM, grace,
+//! SIGKILL, removed; when its container exits by itself, deregistered, removed
 //! and marked crashed with its exit status.
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use super::Ctx;
 use crate::api::db;
 use crate::api::jobs;
 use crate::api::types::{Artifact, Job, JobState, ProcessType, Release};
+use crate::scheduler::deploy::routers;
 
 /// The container port of a web process that declares none (Flynn's).
 const DEFAULT_PORT: u16 = 8080;
@@ -137,7 +139,13 @@ async fn supervise(
             () = stopped(stop) => {
                 if let Some(instance) = &instance {
                     instance.deregister(ctx).await;
-                    tokio::time::sleep(ctx.config.drain_delay).await;
+                    let started = std::time::Instant::now();
+                    let service = format!("{}-{}", job.app_name, job.process_type);
+                    routers::wait_drained(&ctx.db, &service, &job.id, ctx.config.drain_timeout)
+                        .await;
+                    tracing::debug!(job = %job.id, took = ?started.elapsed(), "drained");
+                    tokio::time::sleep(ctx.config.drain_delay.saturating_sub(started.elapsed()))
+                        .await;
                 }
                 return End::Stopped;
             }

@@ -73,11 +73,17 @@ pub struct HostArgs {
         value_parser = humantime::parse_duration)]
     pub stop_grace: Duration,
 
-    /// How long a job keeps running after it is deregistered, before SIGTERM (routers finish
-    /// what they sent it).
-    #[arg(long = "drain-delay", env = "FLYNN_DRAIN_DELAY", default_value = "1s",
+    /// The least a job keeps running after it is deregistered, before SIGTERM. It also waits
+    /// until every live router (under <prefix>/routers/) has stopped serving it and has no
+    /// request in flight on it.
+    #[arg(long = "drain-delay", env = "FLYNN_DRAIN_DELAY", default_value = "0s",
         value_parser = humantime::parse_duration)]
     pub drain_delay: Duration,
+
+    /// The most a deregistered job waits for the routers to drain it before SIGTERM.
+    #[arg(long = "job-drain-timeout", env = "FLYNN_JOB_DRAIN_TIMEOUT", default_value = "30s",
+        value_parser = humantime::parse_duration)]
+    pub job_drain_timeout: Duration,
 }
 
 fn parse_tag(raw: &str) -> Result<(String, String), String> {
@@ -97,6 +103,8 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
     pub stop_grace: Duration,
     pub drain_delay: Duration,
+    /// The most a job waits for the routers to drain it.
+    pub drain_timeout: Duration,
     /// Memory limit of a job whose process type sets none (Flynn's default: 1 GiB).
     pub default_memory: i64,
     /// Where the agent's API listens (None: the external IP, a free port).
@@ -122,6 +130,7 @@ impl AgentConfig {
             lease_ttl: args.lease_ttl.max(Duration::from_secs(1)),
             stop_grace: args.stop_grace,
             drain_delay: args.drain_delay,
+            drain_timeout: args.job_drain_timeout,
             default_memory: 1 << 30,
             api_addr: args.api_addr,
             key: String::new(),

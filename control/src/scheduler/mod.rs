@@ -2,8 +2,10 @@
 //! the one holding `<prefix>/scheduler/leader` (created on its lease) acts, the others wait for
 //! that key to go. The leader plans ([`reconcile`]) whenever formations, jobs or hosts change,
 //! every few seconds, and when a restart back-off ends, and applies the plan with
-//! compare-and-swap writes, so a stale plan cannot undo a newer change.
+//! compare-and-swap writes, so a stale plan cannot undo a newer change. The leader also runs the
+//! deployments in progress ([`deploy`]).
 
+pub mod deploy;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -73,7 +75,10 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
         crate::host::changes(db, db.all_formations()),
         crate::host::changes(db, db.jobs()),
         crate::host::changes(db, db.hosts()),
+        crate::host::changes(db, format!("{}/deploying/", db.keys.prefix())),
     ];
+    // Aborts the deployments it runs when leadership ends (a new leader takes them over).
+    let mut deployer = deploy::Deployer::default();
     let mut keep_alive = tokio::time::interval(config.lease_ttl / 3);
     let mut wake_at: Option<u64> = None;
     let mut blocked_before = Vec::new();
@@ -91,10 +96,13 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
             }
             Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
         }
+        if let Err(e) = deployer.start(db).await {
+            tracing::warn!(error = %e, "cannot start the deployments");
+        }
         let until_wake = wake_at.map_or(config.resync, |at| {
             Duration::from_millis(at.saturating_sub(db::now_ms())).min(config.resync)
         });
-        let [formations, jobs, hosts] = &mut changes;
+        let [formations, jobs, hosts, deploying] = &mut changes;
         let sleep = tokio::time::sleep(until_wake);
         tokio::pin!(sleep);
         loop {
@@ -102,6 +110,7 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
                 _ = formations.recv() => break,
                 _ = jobs.recv() => break,
                 _ = hosts.recv() => break,
+                _ = deploying.recv() => break,
                 _ = &mut sleep => break,
                 _ = keep_alive.tick() => {
                     match db.store.keep_alive(lease).await {

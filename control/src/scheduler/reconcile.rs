@@ -215,6 +215,7 @@ mod tests {
             meta: Default::default(),
             strategy: "all-at-once".to_owned(),
             release_id: Some("r1".to_owned()),
+            deploy_timeout: 30,
             created_at: String::new(),
             updated_at: String::new(),
         }

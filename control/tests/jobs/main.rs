@@ -4,6 +4,7 @@
 //! and remove every container and image they made, also when they fail.
 
 mod commands;
+mod deploys;
 #[path = "../cli/harness.rs"]
 #[allow(dead_code)]
 mod harness;
