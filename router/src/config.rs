@@ -317,6 +317,17 @@ impl RouterArgs {
     }
 }
 
+/// Logs through `tracing` to stderr, filtered by `filter` (env-filter syntax, e.g. `info` or
+/// `flynn_router=debug`), in colour on a terminal. For every Flynn binary.
+pub fn init_logging(filter: &str) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init()
+        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))
+}
+
 /// A duration in whole seconds, at least one (HTTP/1 keep-alive timeouts are kept in seconds).
 fn parse_whole_seconds(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;

@@ -43,12 +43,7 @@ pub struct Args {
 /// Runs until SIGTERM or SIGINT. Its containers keep running; the agent adopts them when it
 /// starts again (or removes them, if their jobs are gone by then).
 pub fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    flynn_router::config::init_logging(&args.log)?;
     let data = crate::server::data_dir(args.data.as_deref())?;
     let mut config = AgentConfig::from_args(&args.host, &data)?;
     match args.controller_key.as_deref().map(str::trim) {

@@ -143,12 +143,7 @@ pub struct Args {
 
 /// Runs until SIGTERM or SIGINT (pingora's graceful shutdown); returns only on a start-up error.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log)?)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .try_init()
-        .map_err(|e| anyhow::anyhow!("cannot set up logging: {e}"))?;
+    flynn_router::config::init_logging(&args.log)?;
     args.router.validate()?;
     let data = setup::data_dir(args.data.as_deref())?;
     let store_url = setup::store_url(&args.store, &data);

@@ -94,23 +94,7 @@ impl Drop for Wrk {
 impl TestImage {
     /// The test server's image whose server exits (status 3) as soon as it starts.
     fn crashing() -> TestImage {
-        super::require_engine();
-        let tag = format!("flynn-test-crash:{}", uuid::Uuid::new_v4().simple());
-        let dir = super::webapp().parent().expect("dir").display().to_string();
-        let imported = std::process::Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "tar -C '{dir}' -c webapp | docker import --change 'ENTRYPOINT [\"/webapp\"]' \
-                 --change 'ENV CRASH_AFTER_MS=0' - '{tag}'"
-            ))
-            .output()
-            .expect("run docker import");
-        assert!(
-            imported.status.success(),
-            "docker import failed: {}",
-            String::from_utf8_lossy(&imported.stderr)
-        );
-        TestImage { tag }
+        TestImage::import("flynn-test-crash", "--change 'ENV CRASH_AFTER_MS=0'")
     }
 }
 

@@ -89,14 +89,21 @@ struct TestImage {
 
 impl TestImage {
     fn build() -> TestImage {
+        TestImage::import("flynn-test-web", "")
+    }
+
+    /// The test server alone in an image tagged `name:<random>`; `changes` are more of
+    /// `docker import`'s `--change` options (e.g. `--change 'ENV X=1'`).
+    fn import(name: &str, changes: &str) -> TestImage {
         require_engine();
         let binary = webapp();
-        let tag = format!("flynn-test-web:{}", uuid::Uuid::new_v4().simple());
+        let tag = format!("{name}:{}", uuid::Uuid::new_v4().simple());
         let dir = binary.parent().expect("dir").display().to_string();
         let imported = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "tar -C '{dir}' -c webapp | docker import --change 'ENTRYPOINT [\"/webapp\"]' - '{tag}'"
+                "tar -C '{dir}' -c webapp | docker import --change 'ENTRYPOINT [\"/webapp\"]' \
+                 {changes} - '{tag}'"
             ))
             .output()
             .expect("run docker import");
