@@ -18,6 +18,10 @@ use crate::api::db::{self, Db};
 use crate::api::types::{App, Formation, Host, Job};
 use crate::api::{jobs, ApiResult};
 
+/// The leader's lease by default: a follower acts within about this long (plus the store's
+/// expiry check, half a second on etcd) of the leader's death; the target is 5 s.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(3);
+
 /// How a scheduler runs.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -33,25 +37,38 @@ impl SchedulerConfig {
     pub fn new(id: impl Into<String>) -> SchedulerConfig {
         SchedulerConfig {
             id: id.into(),
-            lease_ttl: Duration::from_secs(5),
+            lease_ttl: DEFAULT_LEASE_TTL,
             resync: Duration::from_secs(5),
         }
     }
 }
 
-/// Runs for the life of the process: waits to lead, then leads until its lease is lost.
+/// Runs for the life of the process: waits to lead, then leads until its lease is lost. A
+/// follower tries again as soon as the leader key changes (watched; it goes when the leader's
+/// lease expires), and every second anyway.
 pub async fn run(db: Db, config: SchedulerConfig) {
+    let mut leader_changes = crate::host::changes(&db, db.scheduler_leader());
     loop {
+        // A change from now on wakes the wait below.
+        while leader_changes.try_recv().is_ok() {}
         match try_lead(&db, &config).await {
             Ok(Some(lease)) => {
                 tracing::info!(scheduler = %config.id, "leading the scheduler");
                 lead(&db, &config, lease).await;
                 tracing::warn!(scheduler = %config.id, "no longer leading the scheduler");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
             Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "scheduler election failed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler election failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let changed = tokio::time::timeout(Duration::from_secs(1), leader_changes.recv()).await;
+        if let Ok(None) = changed {
+            // The watch is gone (never, in practice): poll.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 

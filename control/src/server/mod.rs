@@ -128,6 +128,13 @@ pub struct Args {
     #[arg(long, env = "FLYNN_LOG", default_value = "info")]
     pub log: String,
 
+    /// The lease of the scheduler leader (one of the controllers on the store leads): when the
+    /// leader dies, another controller's scheduler takes over within about this long (at
+    /// least 2 s, etcd's shortest lease).
+    #[arg(long = "scheduler-lease-ttl", env = "FLYNN_SCHEDULER_LEASE_TTL", default_value = "3s",
+        value_parser = humantime::parse_duration)]
+    pub scheduler_lease_ttl: Duration,
+
     /// Run no host agent here (jobs then run only on hosts of `flynn host`).
     #[arg(long = "no-host-agent", env = "FLYNN_NO_HOST_AGENT")]
     pub no_host_agent: bool,
@@ -204,10 +211,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "controller-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
-    runtime.spawn(scheduler::run(
-        state.db.clone(),
-        SchedulerConfig::new(scheduler_id),
-    ));
+    let mut scheduler = SchedulerConfig::new(scheduler_id);
+    scheduler.lease_ttl = args.scheduler_lease_ttl.max(Duration::from_secs(2));
+    runtime.spawn(scheduler::run(state.db.clone(), scheduler));
     if let Some(agent) = agent {
         runtime.spawn(crate::host::run(state.db.clone(), agent));
     }

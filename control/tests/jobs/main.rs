@@ -8,6 +8,7 @@ mod deploys;
 #[path = "../cli/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+mod hosts;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
