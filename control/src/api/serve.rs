@@ -1,5 +1,6 @@
-//! The controller's HTTP server: the API's router on hyper's HTTP/1.1 connections, with the
-//! limits a listener facing clients needs, which `axum::serve` does not set:
+//! The controller's (and the host agent's) HTTP server: an axum router on hyper's HTTP/1.1
+//! connections (upgrades included), with the limits a listener facing clients needs, which
+//! `axum::serve` does not set:
 //!
 //! - a deadline for each request head ([`ServeOptions::header_timeout`]): a client that sends
 //!   its head byte by byte (slowloris), or opens a connection and says nothing, is cut off;
@@ -37,12 +38,15 @@ pub struct ServeOptions {
     /// How long a client has to send a whole request head, from its first byte (or from the
     /// end of the previous response on a kept-alive connection).
     pub header_timeout: Duration,
+    /// Who serves, in log lines ("controller", "host agent").
+    pub name: &'static str,
 }
 
 impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             header_timeout: Duration::from_secs(10),
+            name: "controller",
         }
     }
 }
@@ -72,7 +76,7 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
             Err(e) => {
                 // Out of descriptors, most likely: give the connections that hold them a
                 // moment to end instead of spinning.
-                tracing::warn!(error = %e, "controller: cannot accept a connection");
+                tracing::warn!(error = %e, "{}: cannot accept a connection", options.name);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -82,7 +86,7 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
             .with_time(KEEPALIVE)
             .with_interval(KEEPALIVE_INTERVAL);
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
-            tracing::debug!(%peer, error = %e, "controller: cannot set TCP keep-alive");
+            tracing::debug!(%peer, error = %e, "{}: cannot set TCP keep-alive", options.name);
         }
         let connection = Connection::default();
         let closed = connection.0.clone();
@@ -92,16 +96,19 @@ pub async fn serve(listener: TcpListener, app: Router, options: ServeOptions) ->
             let app = app.clone();
             async move { app.oneshot(request).await }
         });
-        let serving = http.serve_connection(TokioIo::new(stream), service);
+        let serving = http
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let name = options.name;
         tokio::spawn(async move {
             tokio::select! {
                 served = serving => {
                     if let Err(e) = served {
-                        tracing::debug!(%peer, error = %e, "controller: connection ended");
+                        tracing::debug!(%peer, error = %e, "{name}: connection ended");
                     }
                 }
                 () = closed.notified() => {
-                    tracing::debug!(%peer, "controller: connection closed by the controller");
+                    tracing::debug!(%peer, "{name}: connection closed by the server");
                 }
             }
         });

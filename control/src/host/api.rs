@@ -76,7 +76,12 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, key:
             require_key,
         ))
         .with_state(agent);
-    if let Err(e) = axum::serve(listener, app).await {
+    // The controller's server: a request-head deadline, a head size cap, TCP keep-alive.
+    let options = crate::api::ServeOptions {
+        name: "host agent",
+        ..Default::default()
+    };
+    if let Err(e) = crate::api::serve(listener, app, options).await {
         tracing::error!(error = %e, "the host agent's API stopped");
     }
 }

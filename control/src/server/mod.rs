@@ -220,6 +220,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let app = api::router(state.clone());
     let options = ServeOptions {
         header_timeout: args.controller_header_timeout,
+        ..ServeOptions::default()
     };
     let listener = {
         let _guard = runtime.enter();

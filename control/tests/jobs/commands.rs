@@ -334,3 +334,31 @@ async fn kill_replaces_the_job_and_log_follows_output() {
     s.flynn(&["scale", "web=0"]).await.ok();
     assert!(s.containers.all().is_empty());
 }
+
+/// The host agent's API holds a client to the controller's limits: a request head that does
+/// not come within 10 s is cut off (slowloris), and the attach upgrade of `flynn run` still
+/// works on it (the run test above).
+#[tokio::test]
+async fn the_agents_api_cuts_off_an_unfinished_request_head() {
+    let s = Setup::new("headless").await;
+    let hosts = s.api("GET", "/hosts", "").await;
+    let api = hosts[0]["api"]
+        .as_str()
+        .expect("the agent's API address")
+        .to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&api).await.expect("connect");
+    stream
+        .write_all(b"GET /jobs HTTP/1.1\r\nHost: agent\r\n")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
+    )
+    .await;
+    assert!(read.is_ok(), "still open after 20 s");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+}

@@ -100,7 +100,7 @@ impl TestImage {
 
 impl Setup {
     /// A request to the controller API; its JSON answer.
-    async fn api(&self, method: &str, path: &str, body: &str) -> Value {
+    pub(super) async fn api(&self, method: &str, path: &str, body: &str) -> Value {
         let raw = format!(
             "{method} {path} HTTP/1.1\r\nHost: controller\r\nAuthorization: Bearer {}\r\n\
              Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
