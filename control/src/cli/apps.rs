@@ -1,4 +1,4 @@
-//! `flynn create`, `apps`, `info`, `delete`.
+//! `flynn create`, `update`, `apps`, `info`, `delete`.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -11,7 +11,7 @@ use super::git;
 use super::output::say;
 use super::output::{self, Format};
 use super::Ctx;
-use crate::api::types::{App, NewApp, StoredRoute};
+use crate::api::types::{App, AppUpdate, NewApp, StoredRoute};
 
 #[derive(Args, Debug)]
 pub struct CreateArgs {
@@ -20,6 +20,31 @@ pub struct CreateArgs {
     /// Git remote to point at the app, when run in a git repository ("" for none)
     #[arg(short = 'r', long = "remote", default_value = "flynn")]
     pub remote: String,
+    #[command(flatten)]
+    pub deploys: DeployArgs,
+}
+
+/// How an app's new releases are deployed.
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// How a new release replaces the running one: all new jobs, then the old ones stopped
+    /// (all-at-once), or one new job up, one old one drained, in turn (one-by-one)
+    /// (a new app: all-at-once)
+    #[arg(long, value_parser = ["all-at-once", "one-by-one"])]
+    pub strategy: Option<String>,
+    /// How long a new release's jobs have to come up before the deploy is rolled back, e.g.
+    /// 60s or 2m (a new app: 30s)
+    #[arg(long = "deploy-timeout", value_parser = parse_deploy_timeout)]
+    pub deploy_timeout: Option<u64>,
+}
+
+/// Whole seconds, at least one.
+fn parse_deploy_timeout(s: &str) -> Result<u64, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    match d.as_secs() {
+        0 => Err(format!("{s:?}: at least 1s")),
+        secs => Ok(secs),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -40,6 +65,8 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
             "/apps",
             &NewApp {
                 name: args.name,
+                strategy: args.deploys.strategy,
+                deploy_timeout: args.deploys.deploy_timeout,
                 ..NewApp::default()
             },
         )
@@ -60,6 +87,31 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
     if let Some(url) = remote {
         say!("Added git remote {} ({url})", args.remote);
     }
+    Ok(())
+}
+
+/// `flynn update`: the app's deploy strategy or timeout.
+pub async fn update(ctx: &Ctx, args: DeployArgs) -> anyhow::Result<()> {
+    if args.strategy.is_none() && args.deploy_timeout.is_none() {
+        anyhow::bail!("nothing to change: give --strategy or --deploy-timeout");
+    }
+    let cluster = ctx.cluster()?;
+    let client = super::client::Client::new(&cluster)?;
+    let name = ctx.app()?;
+    let change = AppUpdate {
+        strategy: args.strategy,
+        deploy_timeout: args.deploy_timeout,
+        meta: None,
+    };
+    let app: App = client
+        .post(&format!("/apps/{}", segment(&name)), &change)
+        .await?;
+    say!(
+        "Updated {}: strategy {}, deploy timeout {}s",
+        app.name,
+        app.strategy,
+        app.deploy_timeout
+    );
     Ok(())
 }
 
@@ -127,6 +179,13 @@ pub async fn info(ctx: &Ctx, format: Format) -> anyhow::Result<()> {
             .release_id
             .clone()
             .unwrap_or_else(|| "none".to_owned()),
+    ));
+    fields.push((
+        "Deploys",
+        format!(
+            "{}, timeout {}s",
+            info.app.strategy, info.app.deploy_timeout
+        ),
     ));
     fields.push(("Created", output::ago(&info.app.created_at)));
     for (label, value) in fields {

@@ -53,6 +53,8 @@ pub struct Cli {
 pub enum Command {
     /// Create an app (named NAME, or with a generated name)
     Create(apps::CreateArgs),
+    /// Change how the app's new releases are deployed (--strategy, --deploy-timeout)
+    Update(apps::DeployArgs),
     /// List apps
     Apps {
         #[arg(short = 'o', long = "output", value_enum, default_value_t)]
@@ -136,6 +138,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
     match command {
         Command::Create(args) => apps::create(ctx, args).await,
+        Command::Update(args) => apps::update(ctx, args).await,
         Command::Apps { output } => apps::list(ctx, output).await,
         Command::Info { output } => apps::info(ctx, output).await,
         Command::Delete(args) => apps::delete(ctx, args).await,

@@ -173,3 +173,61 @@ async fn another_cluster_named_default_is_kept() {
         server.log()
     );
 }
+
+#[tokio::test]
+async fn the_deploy_strategy_and_timeout_are_set_at_create_and_updated() {
+    let client = Client::new();
+    let _server = Server::embedded(&client).await;
+    let app = |name: &'static str| {
+        let client = &client;
+        async move {
+            let out = client.run(&["-a", name, "info", "-o", "json"]).await;
+            let info: Value = serde_json::from_str(out.ok()).expect("info -o json");
+            (info["strategy"].clone(), info["deploy_timeout"].clone())
+        }
+    };
+    client
+        .run(&[
+            "create",
+            "steady",
+            "--strategy",
+            "one-by-one",
+            "--deploy-timeout",
+            "2m",
+        ])
+        .await
+        .ok();
+    assert_eq!(app("steady").await, ("one-by-one".into(), 120.into()));
+    client.run(&["create", "plain"]).await.ok();
+    assert_eq!(app("plain").await, ("all-at-once".into(), 30.into()));
+    assert!(client
+        .run(&["-a", "plain", "info"])
+        .await
+        .ok()
+        .contains("all-at-once, timeout 30s"));
+
+    let updated = client
+        .run(&["-a", "steady", "update", "--strategy", "all-at-once"])
+        .await;
+    assert_eq!(
+        updated.ok(),
+        "Updated steady: strategy all-at-once, deploy timeout 120s\n"
+    );
+    assert_eq!(app("steady").await, ("all-at-once".into(), 120.into()));
+
+    // Bad input changes nothing.
+    let bad = client
+        .run(&["-a", "steady", "update", "--strategy", "sideways"])
+        .await;
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("sideways"), "{bad:?}");
+    let zero = client
+        .run(&["-a", "steady", "update", "--deploy-timeout", "0s"])
+        .await;
+    assert_ne!(zero.code, 0, "a zero timeout is refused: {zero:?}");
+    client
+        .run(&["-a", "steady", "update"])
+        .await
+        .fails_with("nothing to change");
+    assert_eq!(app("steady").await, ("all-at-once".into(), 120.into()));
+}
