@@ -274,9 +274,20 @@ impl RouterArgs {
         let threads = self
             .threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        // Raised whether or not --max-connections is given: an explicit limit above the soft
+        // one would otherwise run into EMFILE after all.
+        let open_files = crate::limits::raise_file_limit();
         let max_connections = self
             .max_connections
-            .unwrap_or_else(|| (crate::limits::raise_file_limit() / 2).max(16) as usize);
+            .unwrap_or_else(|| (open_files / 2).max(16) as usize);
+        if max_connections as u64 >= open_files {
+            tracing::warn!(
+                max_connections,
+                open_files,
+                "--max-connections is not below the open-file limit: the router may run out of \
+                 descriptors before it stops accepting"
+            );
+        }
         Ok(RouterConfig {
             store,
             keys,

@@ -153,7 +153,13 @@ pub fn build(config: RouterConfig) -> Server {
             metrics.proxy_header_refused.clone(),
         )
     });
-    let app = FastH1::new(proxy, router, &server.configuration, config.h1_fast_path);
+    let app = FastH1::new(
+        proxy,
+        router,
+        &server.configuration,
+        config.h1_fast_path,
+        config.client_timeouts,
+    );
     server.add_boxed_service(listeners.service(app, trusted));
 
     let mut admin = Service::new(

@@ -79,15 +79,6 @@ pub struct ClientTimeouts {
     pub header: Duration,
 }
 
-impl Default for ClientTimeouts {
-    fn default() -> Self {
-        ClientTimeouts {
-            keepalive: Duration::from_secs(60),
-            header: Duration::from_secs(10),
-        }
-    }
-}
-
 /// The HTTP proxy: reads the shared table, writes metrics.
 #[derive(Clone)]
 pub struct Proxy {

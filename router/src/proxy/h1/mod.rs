@@ -70,21 +70,17 @@ pub struct FastH1 {
 }
 
 impl FastH1 {
-    /// `router` is the same state `proxy` was built with; the client timeouts are read off
-    /// `proxy`'s server options. With `enabled` false, every request goes to pingora's proxy
-    /// (still through [`Self::hand_over`], so that both engines keep connections alike).
-    pub fn new(proxy: HttpProxy<Proxy>, router: Proxy, conf: &ServerConf, enabled: bool) -> FastH1 {
-        let options = proxy.server_options.as_ref();
-        let h2c = options.is_some_and(|o| o.h2c);
-        let defaults = ClientTimeouts::default();
-        let timeouts = ClientTimeouts {
-            keepalive: options
-                .and_then(|o| o.keepalive_timeout)
-                .unwrap_or(defaults.keepalive),
-            header: options
-                .and_then(|o| o.header_timeout)
-                .unwrap_or(defaults.header),
-        };
+    /// `router` is the same state `proxy` was built with, `timeouts` the ones set on `proxy`'s
+    /// server options. With `enabled` false, every request goes to pingora's proxy (still
+    /// through [`Self::hand_over`], so that both engines keep connections alike).
+    pub fn new(
+        proxy: HttpProxy<Proxy>,
+        router: Proxy,
+        conf: &ServerConf,
+        enabled: bool,
+        timeouts: ClientTimeouts,
+    ) -> FastH1 {
+        let h2c = proxy.server_options.as_ref().is_some_and(|o| o.h2c);
         FastH1 {
             proxy: Arc::new(proxy),
             router,
