@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use flynn_benches::route_id;
 use flynn_router::metrics::Metrics;
 use flynn_router::sync::TableWriter;
 use flynn_router::table::Table;
@@ -39,20 +40,6 @@ static PUBLISH_EVERY: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
         .unwrap_or(1)
 });
 
-/// A uuid-shaped id for route `i` (distinct, deterministic).
-pub fn route_id(i: usize) -> String {
-    let x = (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-    let h = format!("{x:032x}");
-    format!(
-        "http-{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 fn main() -> anyhow::Result<()> {
     let n: usize = std::env::var("TABLE_ROUTES")
         .ok()
@@ -77,7 +64,6 @@ fn main() -> anyhow::Result<()> {
     writer.publish();
     let before = rss();
     let started = Instant::now();
-    let mut max_page = 0;
     for start in (0..n).step_by(PAGE) {
         let kvs: Vec<KeyValue> = (start..(start + PAGE).min(n))
             .map(|i| {
@@ -95,7 +81,6 @@ fn main() -> anyhow::Result<()> {
                 }
             })
             .collect();
-        max_page = max_page.max(kvs.iter().map(|kv| kv.key.len() + kv.value.len()).sum());
         for kv in &kvs {
             writer.put_route(kv);
         }

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use etcd_client::{Client, Txn, TxnOp};
+use flynn_benches::route_id;
 use flynn_store::Keys;
 use flynn_testkit::backend::Backend;
 use flynn_testkit::client::{self, Conn};
@@ -207,6 +208,18 @@ fn summarize(samples: &[Duration]) -> Summary {
     }
 }
 
+/// The head of a table of [`print_row`]s.
+fn print_head() {
+    println!(
+        "| {:<44} | {:>8} | {:>8} | {:>8} | {:>8} |",
+        "", "p50", "p90", "p99", "max"
+    );
+    println!(
+        "|{:-<46}|{:->10}|{:->10}|{:->10}|{:->10}|",
+        "", "", "", "", ""
+    );
+}
+
 fn print_row(what: &str, samples: &[Duration]) {
     let s = summarize(samples);
     println!(
@@ -370,20 +383,6 @@ async fn propagate(etcd: &Etcd, router: &Router, count: usize) -> anyhow::Result
     Ok(out)
 }
 
-/// A uuid-shaped route id for route `i`: `http-` and 36 characters, as the controller makes.
-fn route_id(i: usize) -> String {
-    let x = (i as u128).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-    let h = format!("{x:032x}");
-    format!(
-        "http-{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
 /// Writes `routes` routes over `STARTUP_SERVICES` services (one instance each), in transactions
 /// of `TXN_OPS` puts, a few at a time.
 async fn fill(etcd: &Etcd, backend: &Backend, routes: usize) -> anyhow::Result<()> {
@@ -493,14 +492,7 @@ async fn main() -> anyhow::Result<()> {
     let p = propagation(&bin, count).await?;
     println!("## Propagation: {count} changes, one at a time (milliseconds)");
     println!();
-    println!(
-        "| {:<44} | {:>8} | {:>8} | {:>8} | {:>8} |",
-        "", "p50", "p90", "p99", "max"
-    );
-    println!(
-        "|{:-<46}|{:->10}|{:->10}|{:->10}|{:->10}|",
-        "", "", "", "", ""
-    );
+    print_head();
     print_row("new route: put returned → first 200", &p.route_after_put);
     print_row("new route: put issued → first 200", &p.route_after_issue);
     print_row("(etcd put round trip)", &p.route_put);
@@ -590,14 +582,7 @@ async fn main() -> anyhow::Result<()> {
             "## Propagation with {routes} routes in the table: {count} changes (milliseconds)"
         );
         println!();
-        println!(
-            "| {:<44} | {:>8} | {:>8} | {:>8} | {:>8} |",
-            "", "p50", "p90", "p99", "max"
-        );
-        println!(
-            "|{:-<46}|{:->10}|{:->10}|{:->10}|{:->10}|",
-            "", "", "", "", ""
-        );
+        print_head();
         print_row("new route: put returned → first 200", &p.route_after_put);
         print_row("new route: put issued → first 200", &p.route_after_issue);
         print_row("(etcd put round trip)", &p.route_put);
