@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::client::segment;
 use super::git;
+use super::jobs::current_app;
 use super::output::say;
 use super::output::{self, Format};
 use super::Ctx;
@@ -146,8 +147,7 @@ struct Info {
 pub async fn info(ctx: &Ctx, format: Format) -> anyhow::Result<()> {
     let cluster = ctx.cluster()?;
     let client = super::client::Client::new(&cluster)?;
-    let name = ctx.app()?;
-    let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
+    let app = current_app(ctx, &client).await?;
     let routes: Vec<StoredRoute> = client
         .get(&format!("/apps/{}/routes", segment(&app.id)))
         .await?;
@@ -216,8 +216,7 @@ struct Deleted {
 
 pub async fn delete(ctx: &Ctx, args: DeleteArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
-    let name = ctx.app()?;
-    let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
+    let app = current_app(ctx, &client).await?;
     if !args.yes && !confirm(&app.name)? {
         anyhow::bail!("not deleting {}", app.name);
     }

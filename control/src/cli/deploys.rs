@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 
 use super::client::{segment, Client};
+use super::jobs::current_app;
 use super::output::{self, say, Format};
 use super::Ctx;
 use crate::api::types::{App, Deployment, DeploymentStatus, Release, ReleaseRef};
@@ -78,8 +79,7 @@ pub async fn deploy(client: &Client, app: &App, release: &Release) -> anyhow::Re
 /// `flynn deployment`: the app's deployments, newest first.
 pub async fn list(ctx: &Ctx, args: DeploymentArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
-    let name = ctx.app()?;
-    let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
+    let app = current_app(ctx, &client).await?;
     let deployments: Vec<Deployment> = client
         .get(&format!("/apps/{}/deployments", segment(&app.id)))
         .await?;

@@ -49,10 +49,15 @@ pub struct DeployArgs {
     pub docker_socket: String,
 }
 
+/// The app the command is for ([`Ctx::app`]), fetched.
+pub(super) async fn current_app(ctx: &Ctx, client: &Client) -> anyhow::Result<App> {
+    let name = ctx.app()?;
+    Ok(client.get(&format!("/apps/{}", segment(&name))).await?)
+}
+
 /// The app and its current release.
 pub(super) async fn app_and_release(ctx: &Ctx, client: &Client) -> anyhow::Result<(App, Release)> {
-    let name = ctx.app()?;
-    let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
+    let app = current_app(ctx, client).await?;
     let Some(release_id) = &app.release_id else {
         anyhow::bail!(
             "app {} has no release yet: deploy one first (flynn deploy --image IMAGE)",
@@ -226,8 +231,7 @@ fn why(job: &Job) -> String {
 
 pub async fn ps(ctx: &Ctx, args: PsArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
-    let name = ctx.app()?;
-    let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
+    let app = current_app(ctx, &client).await?;
     let jobs: Vec<Job> = client
         .get(&format!("/apps/{}/jobs", segment(&app.id)))
         .await?;
@@ -253,8 +257,7 @@ pub async fn ps(ctx: &Ctx, args: PsArgs) -> anyhow::Result<()> {
 
 pub async fn deploy(ctx: &Ctx, args: DeployArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
-    let name = ctx.app()?;
-    let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
+    let app = current_app(ctx, &client).await?;
     // Nothing is written before the image is known to exist.
     let engine = Engine::connect(&args.docker_socket)?;
     let image_id = match engine.image_id(&args.image).await {

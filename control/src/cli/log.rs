@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::agent::{Agent, Lines};
 use super::client::{segment, Client};
+use super::jobs::current_app;
 use super::output::say;
 use super::Ctx;
 use crate::api::types::{App, Host, Job, Release};
@@ -61,8 +62,7 @@ fn format(line: &LogLine, job: &Job, raw: bool) -> String {
 
 pub async fn log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
-    let name = ctx.app()?;
-    let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
+    let app = current_app(ctx, &client).await?;
     if let Some(process_type) = &args.process_type {
         let release: Option<Release> = match &app.release_id {
             Some(id) => Some(client.get(&format!("/releases/{}", segment(id))).await?),

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use clap::{Args, Subcommand};
 
 use super::client::{segment, Client};
-use super::jobs::{app_and_release, deploy_release};
+use super::jobs::{app_and_release, current_app, deploy_release};
 use super::output::say;
 use super::output::{self, Format};
 use super::run::parse_env;
@@ -282,8 +282,7 @@ async fn releases(client: &Client, app: &App) -> anyhow::Result<Vec<Release>> {
 
 pub async fn release(ctx: &Ctx, args: ReleaseArgs) -> anyhow::Result<()> {
     let client = ctx.client()?;
-    let name = ctx.app()?;
-    let app: App = client.get(&format!("/apps/{}", segment(&name))).await?;
+    let app = current_app(ctx, &client).await?;
     match args.command {
         None => {
             let mut releases = releases(&client, &app).await?;

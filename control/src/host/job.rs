@@ -234,14 +234,7 @@ async fn create(ctx: &Ctx, job: &Job) -> Result<(String, Option<SocketAddr>), St
         env.insert("PORT".to_owned(), port.to_string());
     }
     env.extend(meta(job));
-    let labels = HashMap::from([
-        (LABEL_HOST.to_owned(), ctx.config.id.clone()),
-        (LABEL_JOB.to_owned(), job.id.clone()),
-        (LABEL_APP.to_owned(), job.app_id.clone()),
-        (LABEL_APP_NAME.to_owned(), job.app_name.clone()),
-        (LABEL_RELEASE.to_owned(), job.release_id.clone()),
-        (LABEL_TYPE.to_owned(), job.process_type.clone()),
-    ]);
+    let labels = labels(&ctx.config.id, job);
     let mut spec = Spec {
         name: format!("flynn-{}", job.id),
         image: image_of(&artifact)?,
@@ -316,6 +309,18 @@ pub fn memory_limit(process: &ProcessType) -> Option<i64> {
 }
 
 /// The job's FLYNN_* variables, also the meta of its instance.
+/// The labels of a job's container on `host`.
+pub(super) fn labels(host: &str, job: &Job) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_HOST.to_owned(), host.to_owned()),
+        (LABEL_JOB.to_owned(), job.id.clone()),
+        (LABEL_APP.to_owned(), job.app_id.clone()),
+        (LABEL_APP_NAME.to_owned(), job.app_name.clone()),
+        (LABEL_RELEASE.to_owned(), job.release_id.clone()),
+        (LABEL_TYPE.to_owned(), job.process_type.clone()),
+    ])
+}
+
 pub(super) fn meta(job: &Job) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("FLYNN_APP_ID".to_owned(), job.app_id.clone()),

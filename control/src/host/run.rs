@@ -20,11 +20,8 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, watch};
 
-use super::docker::{
-    DockerError, Engine, LABEL_APP, LABEL_APP_NAME, LABEL_HOST, LABEL_JOB, LABEL_RELEASE,
-    LABEL_TYPE,
-};
-use super::job::{image_of, meta};
+use super::docker::{DockerError, Engine};
+use super::job::{image_of, labels, meta};
 use super::Ctx;
 use crate::api::db;
 use crate::api::types::{App, Artifact, Job, JobState, Release};
@@ -220,14 +217,7 @@ pub(crate) async fn create(
     let mut env = release.env.clone();
     env.extend(request.env.clone());
     env.extend(meta(&job));
-    let labels = HashMap::from([
-        (LABEL_HOST.to_owned(), ctx.config.id.clone()),
-        (LABEL_JOB.to_owned(), job.id.clone()),
-        (LABEL_APP.to_owned(), job.app_id.clone()),
-        (LABEL_APP_NAME.to_owned(), job.app_name.clone()),
-        (LABEL_RELEASE.to_owned(), job.release_id.clone()),
-        (LABEL_TYPE.to_owned(), RUN_TYPE.to_owned()),
-    ]);
+    let labels = labels(&ctx.config.id, &job);
     let (entrypoint, cmd) = match request.args.split_first() {
         Some((first, rest)) => (Some(vec![first.clone()]), Some(rest.to_vec())),
         None => (None, None),
