@@ -51,6 +51,14 @@ async fn start(engine: &[&str], extra: &[&str]) -> (Harness, Backend) {
     (h, b)
 }
 
+/// A connection to `addr` on which a GET of clients.test was answered 200, kept open.
+async fn served_connection(addr: &str) -> Conn {
+    let mut conn = Conn::open(addr).await.expect("connect");
+    let response = conn.get("/", "clients.test", &[]).await.expect("GET");
+    assert_eq!(response.status, 200);
+    conn
+}
+
 /// Asserts a response is the router's own answer with `status` and its body.
 fn assert_own_answer(response: &client::Response, status: u16, body: &str) {
     assert_eq!(response.status, status, "{}", response.text());
@@ -67,9 +75,7 @@ async fn idle_kept_alive_connections_are_closed(engine: &[&str]) {
     let addr = h.router.http.to_string();
 
     // A plain GET, then silence.
-    let mut conn = Conn::open(&addr).await.expect("connect");
-    let response = conn.get("/", "clients.test", &[]).await.expect("GET");
-    assert_eq!(response.status, 200);
+    let mut conn = served_connection(&addr).await;
     let idle = Instant::now();
     assert!(
         conn.closed_within(Duration::from_secs(6)).await,
@@ -134,14 +140,7 @@ async fn a_head_that_trickles_in_gets_408(engine: &[&str]) {
     );
 
     // A later request of a kept-alive connection: from its first byte.
-    let mut conn = Conn::open(&addr).await.expect("connect");
-    assert_eq!(
-        conn.get("/", "clients.test", &[])
-            .await
-            .expect("GET")
-            .status,
-        200
-    );
+    let mut conn = served_connection(&addr).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     conn.write(b"GET / HTTP/1.1\r\n").await.expect("write");
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -349,15 +348,7 @@ async fn at_the_connection_limit_accepting_waits_for_a_free_slot() {
     let addr = h.router.http.to_string();
     let mut open = Vec::new();
     for _ in 0..3 {
-        let mut conn = Conn::open(&addr).await.expect("connect");
-        assert_eq!(
-            conn.get("/", "clients.test", &[])
-                .await
-                .expect("GET")
-                .status,
-            200
-        );
-        open.push(conn);
+        open.push(served_connection(&addr).await);
     }
     // The fourth waits in the kernel's queue: connected, but not answered.
     let fourth = tokio::spawn({
