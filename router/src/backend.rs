@@ -64,9 +64,14 @@ impl Backend {
     /// the upstream timeout, ejects the instance for a while (500 ms, doubling per failure in a
     /// row up to 30 s); it is tried again once that has passed.
     pub fn failed(&self) {
+        self.failed_at(now_ms());
+    }
+
+    /// [`Backend::failed`] at `now` (ms on the backends' clock).
+    pub fn failed_at(&self, now: u64) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed).min(16);
         let backoff = EJECT_FIRST.saturating_mul(1 << failures).min(EJECT_MAX);
-        let until = now_ms() + backoff.as_millis() as u64;
+        let until = now + backoff.as_millis() as u64;
         self.ejected_until_ms.store(until, Ordering::Relaxed);
     }
 
@@ -79,8 +84,13 @@ impl Backend {
     }
 
     pub fn is_ejected(&self) -> bool {
+        self.is_ejected_at(now_ms())
+    }
+
+    /// [`Backend::is_ejected`] at `now` (ms on the backends' clock).
+    pub fn is_ejected_at(&self, now: u64) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        until != 0 && now < until
     }
 }
 
@@ -107,8 +117,8 @@ pub fn live() -> Vec<Arc<Backend>> {
         .collect()
 }
 
-/// Milliseconds on a monotonic clock shared by every backend.
-fn now_ms() -> u64 {
+/// Milliseconds on a monotonic clock shared by every backend (never 0).
+pub fn now_ms() -> u64 {
     static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
@@ -205,8 +215,13 @@ impl Service {
     /// The instance with that id (a sticky pin), recorded as tried; None when it is gone,
     /// ejected or already tried for this request.
     pub fn pick_by_id(&self, id: &str, tried: &mut Tried) -> Option<Arc<Backend>> {
+        self.pick_by_id_at(id, tried, now_ms())
+    }
+
+    /// [`Service::pick_by_id`] at `now` (ms on the backends' clock).
+    pub fn pick_by_id_at(&self, id: &str, tried: &mut Tried, now: u64) -> Option<Arc<Backend>> {
         let index = self.backends.iter().position(|b| b.id == id)?;
-        if tried.contains(index) || self.backends[index].is_ejected() {
+        if tried.contains(index) || self.backends[index].is_ejected_at(now) {
             return None;
         }
         tried.add(index);
@@ -215,6 +230,18 @@ impl Service {
 
     /// Chooses an instance not tried yet for this request, and records it as tried.
     pub fn pick(&self, leader_only: bool, tried: &mut Tried) -> Option<Arc<Backend>> {
+        self.pick_with(leader_only, tried, now_ms(), &mut ThreadRandom)
+    }
+
+    /// [`Service::pick`] at `now` (ms on the backends' clock) with the randomness of `random`:
+    /// what a simulation drives with its own clock and a seeded generator.
+    pub fn pick_with(
+        &self,
+        leader_only: bool,
+        tried: &mut Tried,
+        now: u64,
+        random: &mut impl Random,
+    ) -> Option<Arc<Backend>> {
         let candidates = if leader_only {
             self.backends.get(..1).unwrap_or(&[])
         } else {
@@ -228,12 +255,14 @@ impl Service {
             _ => {
                 // Two distinct untried instances, healthy ones first; the less busy wins, and
                 // an ejected one only when nothing healthy is left.
-                let healthy = |i: usize| !candidates[i].is_ejected();
-                let a = random_untried(candidates.len(), tried, None, healthy)
-                    .or_else(|| random_untried(candidates.len(), tried, None, |_| true))?;
-                let b = random_untried(candidates.len(), tried, Some(a), healthy)
-                    .or_else(|| random_untried(candidates.len(), tried, Some(a), |_| true))?;
-                let score = |i: usize| (candidates[i].is_ejected(), candidates[i].in_flight());
+                let n = candidates.len();
+                let healthy = |i: usize| !candidates[i].is_ejected_at(now);
+                let a = random_untried(n, tried, None, healthy, random)
+                    .or_else(|| random_untried(n, tried, None, |_| true, random))?;
+                let b = random_untried(n, tried, Some(a), healthy, random)
+                    .or_else(|| random_untried(n, tried, Some(a), |_| true, random))?;
+                let score =
+                    |i: usize| (candidates[i].is_ejected_at(now), candidates[i].in_flight());
                 if score(b) < score(a) {
                     b
                 } else {
@@ -253,12 +282,38 @@ fn random_untried(
     tried: &Tried,
     except: Option<usize>,
     keep: impl Fn(usize) -> bool,
+    random: &mut impl Random,
 ) -> Option<usize> {
-    let start = fastrand::usize(..len);
+    let start = random.below(len);
     (0..len)
         .map(|step| (start + step) % len)
         .find(|&i| !tried.contains(i) && Some(i) != except && keep(i))
 }
+
+/// Where backend choice gets its randomness: the thread's generator in the router, a seeded
+/// one in simulations.
+pub trait Random {
+    /// A number in `0..n` (`n > 0`).
+    fn below(&mut self, n: usize) -> usize;
+}
+
+/// The calling thread's generator (fastrand's thread-local one).
+pub struct ThreadRandom;
+
+impl Random for ThreadRandom {
+    fn below(&mut self, n: usize) -> usize {
+        fastrand::usize(..n)
+    }
+}
+
+impl Random for fastrand::Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.usize(..n)
+    }
+}
+
+#[cfg(test)]
+mod simulation;
 
 #[cfg(test)]
 mod tests {
