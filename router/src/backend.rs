@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 use flynn_store::Revision;
 
+mod attempts;
+pub use attempts::Attempts;
+
 /// Connect attempts per request (the first one plus retries on other instances).
 pub const MAX_ATTEMPTS: usize = 3;
 

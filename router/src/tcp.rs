@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::backend::{InFlight, Tried, MAX_ATTEMPTS};
+use crate::backend::{Attempts, InFlight};
 use crate::drain;
 use crate::metrics::Metrics;
 use crate::proxy_protocol;
@@ -207,9 +207,10 @@ async fn splice(
             .ok_or("no instance")?;
         (route, service)
     };
-    let mut tried = Tried::default();
+    // The connect-retry rule of every engine (crate::backend::Attempts).
+    let mut attempts = Attempts::new(service, route.leader, None);
     let (mut upstream, _in_flight) = loop {
-        let Some(backend) = service.pick(route.leader, &mut tried) else {
+        let Some(backend) = attempts.next() else {
             return Err("every connect failed");
         };
         let in_flight = InFlight::new(backend.clone());
@@ -218,10 +219,7 @@ async fn splice(
                 backend.succeeded();
                 break (stream, in_flight);
             }
-            _ => backend.failed(),
-        }
-        if tried.count() >= MAX_ATTEMPTS {
-            return Err("every connect failed");
+            _ => attempts.failed(&backend),
         }
     };
     let _ = upstream.set_nodelay(true);

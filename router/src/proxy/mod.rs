@@ -29,7 +29,7 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::{H1UpgradePolicy, PeerOptions};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::backend::{InFlight, Service, Tried, MAX_ATTEMPTS};
+use crate::backend::{Attempts, InFlight};
 use crate::drain;
 use crate::metrics::Metrics;
 use crate::table::host::HostBuf;
@@ -111,13 +111,11 @@ impl Proxy {
 pub struct RequestCtx {
     start: Instant,
     route: Option<Arc<RouteEntry>>,
-    service: Option<Arc<Service>>,
-    tried: Tried,
+    /// The connect attempts (the same rule as the fast path's and TCP routes').
+    attempts: Option<Attempts>,
     /// The instance of the current attempt, counted in flight while this lives.
     current: Option<InFlight>,
-    /// Sticky routes: the instance the client's cookie pins, and the cookie to set when the
-    /// chosen instance differs.
-    pinned: Option<String>,
+    /// Sticky routes: the cookie to set when the chosen instance is not the pinned one.
     set_cookie: Option<String>,
     /// Counts the request for draining.
     _in_flight: drain::Guard,
@@ -135,10 +133,8 @@ impl ProxyHttp for Proxy {
         RequestCtx {
             start: Instant::now(),
             route: None,
-            service: None,
-            tried: Tried::default(),
+            attempts: None,
             current: None,
-            pinned: None,
             set_cookie: None,
             _in_flight: self.in_flight.enter(),
         }
@@ -169,11 +165,13 @@ impl ProxyHttp for Proxy {
             answer(session, responses::canned(503)).await?;
             return Ok(true);
         };
-        if route.sticky {
-            ctx.pinned = sticky::cookie_value(req).and_then(|v| self.sticky.open(v));
-        }
+        let pinned = if route.sticky {
+            sticky::cookie_value(req).and_then(|v| self.sticky.open(v))
+        } else {
+            None
+        };
+        ctx.attempts = Some(Attempts::new(service.clone(), route.leader, pinned));
         ctx.route = Some(route.clone());
-        ctx.service = Some(service.clone());
         Ok(false)
     }
 
@@ -182,28 +180,21 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let (Some(route), Some(service)) = (&ctx.route, &ctx.service) else {
+        let (Some(route), Some(attempts)) = (&ctx.route, &mut ctx.attempts) else {
             return Err(Error::explain(ErrorType::InternalError, "no route chosen"));
         };
         // Still set: the last attempt connected, on a pooled connection the backend had closed
         // (pingora retries that only for idempotent requests). The same instance, once more.
         let again = ctx.current.take().map(|stale| stale.backend().clone());
-        let pinned = match (&ctx.pinned, route.leader) {
-            (Some(id), false) => service.pick_by_id(id, &mut ctx.tried),
-            _ => None,
-        };
-        let Some(backend) = again
-            .or(pinned)
-            .or_else(|| service.pick(route.leader, &mut ctx.tried))
-        else {
+        let Some(backend) = again.or_else(|| attempts.next()) else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no instance left to try",
             ));
         };
         if route.sticky {
-            ctx.set_cookie = match &ctx.pinned {
-                Some(id) if *id == backend.id => None,
+            ctx.set_cookie = match attempts.pinned() {
+                Some(id) if id == backend.id => None,
                 _ => self.sticky.seal(&backend.id),
             };
         }
@@ -236,16 +227,13 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.metrics.upstream_connect_errors.inc();
-        if let Some(current) = ctx.current.take() {
-            current.backend().failed();
-        }
-        let instances = match (&ctx.route, &ctx.service) {
-            (Some(route), _) if route.leader => 1,
-            (_, Some(service)) => service.backends().len(),
-            _ => 0,
+        let Some(attempts) = &ctx.attempts else {
+            return e;
         };
-        let attempts = ctx.tried.count();
-        e.set_retry(attempts < MAX_ATTEMPTS && attempts < instances);
+        if let Some(current) = ctx.current.take() {
+            attempts.failed(current.backend());
+        }
+        e.set_retry(attempts.more());
         e
     }
 

@@ -37,7 +37,7 @@ use tokio::time::timeout;
 
 use super::headers::Origin;
 use super::{responses, sticky, ClientTimeouts, Proxy};
-use crate::backend::{Backend, InFlight, Service, Tried, MAX_ATTEMPTS};
+use crate::backend::{Attempts, Backend, InFlight, Service};
 use crate::table::RouteEntry;
 use response::{Chunks, Framing};
 
@@ -404,7 +404,7 @@ impl FastH1 {
         conn: &mut Conn,
         head: &request::Head,
         route: &RouteEntry,
-        service: &Service,
+        service: &Arc<Service>,
     ) -> (u16, bool) {
         conn.upstream.clear();
         let rewrite = request::Rewrite {
@@ -424,11 +424,8 @@ impl FastH1 {
         let body_left = head.content_length - with_head as u64;
         let keep_client = !head.close && !*conn.shutdown.borrow();
 
-        let mut tried = Tried::default();
-        let Some(mut upstream) = self
-            .connect(route, service, pinned.as_deref(), &mut tried)
-            .await
-        else {
+        let mut attempts = Attempts::new(service.clone(), route.leader, pinned);
+        let Some(mut upstream) = self.connect(&mut attempts).await else {
             return self.fail(conn, 503).await;
         };
         let mut result = self
@@ -449,9 +446,9 @@ impl FastH1 {
                     ..upstream
                 },
                 Err(e) => {
-                    self.connect_failed(&upstream.in_flight, &e);
+                    self.connect_failed(&attempts, &upstream.in_flight, &e);
                     drop(upstream);
-                    let next = self.connect(route, service, None, &mut tried).await;
+                    let next = self.connect(&mut attempts).await;
                     let Some(next) = next else {
                         return self.fail(conn, 503).await;
                     };
@@ -477,7 +474,7 @@ impl FastH1 {
         // The instance answered: healthy again, whatever failed before.
         upstream.in_flight.backend().succeeded();
         let chosen = &upstream.in_flight.backend().id;
-        if route.sticky && pinned.as_ref() != Some(chosen) {
+        if route.sticky && attempts.pinned() != Some(chosen.as_str()) {
             // The client is pinned to the instance that answered, from now on.
             if let Some(sealed) = self.router.sticky.seal(chosen) {
                 let cookie = sticky::set_cookie(&sealed, conn.origin.proto == "https");
@@ -500,30 +497,12 @@ impl FastH1 {
         }
     }
 
-    /// A connection to an instance of `service` not `tried` yet: pooled, or new (connect
-    /// failures are tried again on other instances, as pingora's path does). None: no instance
+    /// A connection to the next instance `attempts` gives: pooled, or new (a failed connect
+    /// goes on to the next instance, by the rule every engine follows). None: no instance
     /// could be reached.
-    async fn connect(
-        &self,
-        route: &RouteEntry,
-        service: &Service,
-        pinned: Option<&str>,
-        tried: &mut Tried,
-    ) -> Option<Upstream> {
-        let instances = if route.leader {
-            1
-        } else {
-            service.backends().len()
-        };
+    async fn connect(&self, attempts: &mut Attempts) -> Option<Upstream> {
         loop {
-            if tried.count() >= MAX_ATTEMPTS || tried.count() >= instances {
-                return None;
-            }
-            // The pinned instance first (once: then it counts as tried), unless leader-only.
-            let pinned = pinned
-                .filter(|_| !route.leader)
-                .and_then(|id| service.pick_by_id(id, tried));
-            let backend = pinned.or_else(|| service.pick(route.leader, tried))?;
+            let backend = attempts.next()?;
             let in_flight = InFlight::new(backend.clone());
             let peer = self.peer(&backend);
             let connected = match self.connector.reused_stream(&peer).await {
@@ -539,16 +518,16 @@ impl FastH1 {
                         in_flight,
                     });
                 }
-                Err(e) => self.connect_failed(&in_flight, &e),
+                Err(e) => self.connect_failed(attempts, &in_flight, &e),
             }
         }
     }
 
     /// Counts a failed connect and ejects its instance for a while.
-    fn connect_failed(&self, instance: &InFlight, e: &pingora::Error) {
+    fn connect_failed(&self, attempts: &Attempts, instance: &InFlight, e: &pingora::Error) {
         tracing::debug!(backend = %instance.backend().addr, error = %e, "connect failed");
         self.router.metrics.upstream_connect_errors.inc();
-        instance.backend().failed();
+        attempts.failed(instance.backend());
     }
 
     /// A new connection to `peer`. Boxed: connecting is a large future (TLS states included)
