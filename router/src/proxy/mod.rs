@@ -3,16 +3,19 @@
 //! this path serves the rest (HTTP/2, upgrades, chunked and large uploads, HTTP/2 backends,
 //! HTTP/1.0).
 //!
-//! 1. `request_filter`: match host and path in the current table snapshot (no lock); answer
-//!    404 or 503 right here when there is no route or no live instance.
-//! 2. `upstream_peer`: choose an instance (P2C least in flight, or the leader).
+//! 1. `request_filter`: the request's [`plan`] by the current table snapshot (no lock), the
+//!    same as the fast path's: 404 or 503 answered right here, else the service to forward to.
+//! 2. `upstream_peer`: the next instance by the [`Attempts`] rule every engine follows (the
+//!    sticky pin, P2C least in flight, or the leader).
 //! 3. `fail_to_connect`: a connect failure is retried on another instance, a few times.
 //! 4. `upstream_request_filter` / `response_filter`: forwarding headers in, hop-by-hop out.
 //! 5. `fail_to_proxy`: 503 when no connect succeeded, 504 on a backend timeout, else 502.
 //! 6. `logging`: metrics.
 
+pub mod framing;
 pub mod h1;
 pub mod headers;
+pub mod plan;
 pub mod responses;
 pub mod sticky;
 
@@ -35,6 +38,7 @@ use crate::metrics::Metrics;
 use crate::table::host::HostBuf;
 use crate::table::{RouteEntry, Table};
 use headers::Origin;
+use plan::{Engine, Facts, Plan};
 use responses::Canned;
 use sticky::StickyKey;
 
@@ -153,25 +157,34 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let table = self.table.load();
+        let body = !session.is_body_empty();
+        let decided = {
+            let req = session.req_header();
+            let facts = Facts {
+                host: request_host(req),
+                path: request_path(req),
+                body,
+            };
+            plan::plan(&self.table.load(), &facts, Engine::Pingora)
+        };
+        let (route, service) = match decided {
+            Plan::Forward { route, service } => (route, service),
+            Plan::Answer(status) => {
+                answer(session, responses::canned(status)).await?;
+                return Ok(true);
+            }
+            Plan::HandOver => {
+                return Err(Error::explain(ErrorType::InternalError, "nowhere to hand over"))
+            }
+        };
         let req = session.req_header();
-        let host = request_host(req);
-        let path = request_path(req);
-        let Some(route) = table.lookup(host, path) else {
-            answer(session, responses::canned(404)).await?;
-            return Ok(true);
-        };
-        let Some(service) = table.service(&route.service).filter(|s| !s.is_empty()) else {
-            answer(session, responses::canned(503)).await?;
-            return Ok(true);
-        };
         let pinned = if route.sticky {
             sticky::cookie_value(req).and_then(|v| self.sticky.open(v))
         } else {
             None
         };
-        ctx.attempts = Some(Attempts::new(service.clone(), route.leader, pinned));
-        ctx.route = Some(route.clone());
+        ctx.attempts = Some(Attempts::new(service, route.leader, pinned));
+        ctx.route = Some(route);
         Ok(false)
     }
 
@@ -275,6 +288,9 @@ impl ProxyHttp for Proxy {
         if let Some(current) = &ctx.current {
             current.backend().succeeded();
         }
+        if upstream_response.version <= http::Version::HTTP_11 {
+            check_framing(upstream_response)?;
+        }
         headers::strip_response_hop_by_hop(upstream_response);
         // A proxy answers with its own HTTP version (RFC 9110 §6.2): an HTTP/1.0 backend's
         // response goes out as HTTP/1.1, so the client's connection stays reusable.
@@ -342,6 +358,29 @@ fn error_status(e: &Error) -> u16 {
         (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => 504,
         (_, ErrorSource::Upstream) => 502,
         (_, ErrorSource::Internal | ErrorSource::Unset) => 500,
+    }
+}
+
+/// Applies the framing rule both engines follow ([`framing`]) to an HTTP/1 backend's response:
+/// a 502 for one that breaks it, one `Content-Length` for identical ones.
+fn check_framing(resp: &mut ResponseHeader) -> Result<()> {
+    use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+    let values = |name| resp.headers.get_all(name).into_iter().map(|v| v.as_bytes());
+    let body = framing::response_body(values(TRANSFER_ENCODING), values(CONTENT_LENGTH));
+    match body {
+        Err(why) => {
+            tracing::info!(%why, "bad response from a backend");
+            Err(Error::explain(ErrorType::HTTPStatus(502), "bad response framing"))
+        }
+        Ok(framing::BodyLength::Length {
+            length,
+            rewrite: true,
+        }) => resp.insert_header(CONTENT_LENGTH, itoa::Buffer::new().format(length)),
+        Ok(framing::BodyLength::Chunked) if resp.headers.contains_key(CONTENT_LENGTH) => {
+            resp.remove_header(&CONTENT_LENGTH);
+            Ok(())
+        }
+        Ok(_) => Ok(()),
     }
 }
 

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::{Buf, BytesMut};
-use flynn_store::types::BackendProtocol;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
 use pingora::protocols::http::ServerSession;
@@ -36,6 +35,7 @@ use tokio::time::error::Elapsed;
 use tokio::time::timeout;
 
 use super::headers::Origin;
+use super::plan::{plan, Engine, Facts, Plan};
 use super::{responses, sticky, ClientTimeouts, Proxy};
 use crate::backend::{Attempts, Backend, InFlight, Service};
 use crate::table::RouteEntry;
@@ -213,15 +213,6 @@ impl Conn {
     }
 }
 
-/// What the table says to do with a request.
-enum Plan {
-    /// The router's own answer: 404 (no route) or 503 (no live instance).
-    Answer(u16),
-    /// Routes to HTTP/2 backends are pingora's.
-    HandOver,
-    Forward(Arc<RouteEntry>, Arc<Service>),
-}
-
 /// A backend connection for one request, counted in flight on its instance while it lives.
 struct Upstream {
     stream: Stream,
@@ -277,32 +268,22 @@ impl FastH1 {
             };
             let start = Instant::now();
             let _in_flight = self.router.in_flight.enter();
-            let (status, keep) = match self.plan(&conn.buf, &head) {
+            let facts = Facts {
+                host: &conn.buf[head.host.clone()],
+                path: &conn.buf[head.path.clone()],
+                body: head.content_length > 0,
+            };
+            let (status, keep) = match plan(&self.router.table.load(), &facts, Engine::FastPath) {
                 Plan::HandOver => return End::HandOver,
-                // A body sent with it would have to be read past: pingora does that.
-                Plan::Answer(_) if head.content_length > 0 => return End::HandOver,
                 Plan::Answer(status) => (status, self.answer(conn, &head, status).await),
-                Plan::Forward(route, service) => self.forward(conn, &head, &route, &service).await,
+                Plan::Forward { route, service } => {
+                    self.forward(conn, &head, &route, &service).await
+                }
             };
             self.router.metrics.record_request(status, start);
             if !keep {
                 return End::Close;
             }
-        }
-    }
-
-    /// What becomes of the request `head` at the start of `buf`, by the current table.
-    fn plan(&self, buf: &[u8], head: &request::Head) -> Plan {
-        let table = self.router.table.load();
-        let Some(route) = table.lookup(&buf[head.host.clone()], &buf[head.path.clone()]) else {
-            return Plan::Answer(404);
-        };
-        if route.backend_protocol != BackendProtocol::Http1 {
-            return Plan::HandOver;
-        }
-        match table.service(&route.service).filter(|s| !s.is_empty()) {
-            Some(service) => Plan::Forward(route.clone(), service.clone()),
-            None => Plan::Answer(503),
         }
     }
 

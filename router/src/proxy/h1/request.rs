@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use httparse::Status;
 
+pub use crate::proxy::framing::parse_length;
 use crate::proxy::headers::{self, Origin};
 use crate::proxy::sticky;
 
@@ -257,19 +258,6 @@ pub fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 fn offset(buf: &[u8], part: &[u8]) -> Range<usize> {
     let start = part.as_ptr() as usize - buf.as_ptr() as usize;
     start..start + part.len()
-}
-
-/// A Content-Length value: 1 to 18 digits, nothing else.
-pub fn parse_length(value: &[u8]) -> Option<u64> {
-    let value = value.trim_ascii();
-    if value.is_empty() || value.len() > 18 || !value.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    Some(
-        value
-            .iter()
-            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0')),
-    )
 }
 
 /// Characters of an origin-form target the fast path passes byte for byte (RFC 3986's

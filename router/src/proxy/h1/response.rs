@@ -2,7 +2,8 @@
 
 use httparse::Status;
 
-use super::request::{parse_length, put_header};
+use super::request::put_header;
+use crate::proxy::framing::{self, BodyLength};
 use crate::proxy::headers;
 
 /// More headers than this from a backend is a 502.
@@ -86,8 +87,6 @@ pub fn parse(
     let mut nominated: [&[u8]; MAX_NOMINATED] = [b""; MAX_NOMINATED];
     let mut nominations = 0;
     let mut backend_close = version == 0;
-    let mut length = None;
-    let mut chunked = false;
     for header in resp.headers.iter() {
         let name = header.name.as_bytes();
         if name.eq_ignore_ascii_case(b"connection") {
@@ -104,19 +103,30 @@ pub fn parse(
                     nominations += 1;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"content-length") {
-            match (length, parse_length(header.value)) {
-                (_, None) => return Parse::Bad("invalid Content-Length"),
-                (Some(a), Some(b)) if a != b => return Parse::Bad("conflicting Content-Length"),
-                (_, n) => length = n,
-            }
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            if chunked || !header.value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Parse::Bad("a Transfer-Encoding other than chunked");
-            }
-            chunked = true;
         }
     }
+    // The framing rule both engines follow (proxy::framing).
+    let named = |name: &'static str| {
+        resp.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let body = match framing::response_body(named("transfer-encoding"), named("content-length")) {
+        Ok(body) => body,
+        Err(framing::BadFraming::NotChunkedLast) => {
+            return Parse::Bad("a Transfer-Encoding whose final coding is not chunked")
+        }
+        Err(framing::BadFraming::ContentLength) => {
+            return Parse::Bad("conflicting or invalid Content-Length")
+        }
+    };
+    let chunked = body == BodyLength::Chunked;
+    // Sent as one plain value, the Content-Length line passes as it came; else it is rewritten.
+    let (length, rewrite_length) = match body {
+        BodyLength::Length { length, rewrite } => (Some(length), rewrite),
+        _ => (None, false),
+    };
     // HTTP/1.0 keeps the connection only when asked to with `Connection: keep-alive`.
     if version == 0 && !backend_close {
         backend_close = !resp.headers.iter().any(|h| {
@@ -150,10 +160,17 @@ pub fn parse(
             || nominated[..nominations]
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
-            || (chunked && name.eq_ignore_ascii_case(b"content-length"));
+            || ((chunked || rewrite_length) && name.eq_ignore_ascii_case(b"content-length"));
         if !dropped {
             put_header(out, name, header.value);
         }
+    }
+    if let (true, Some(length)) = (rewrite_length, length) {
+        put_header(
+            out,
+            b"Content-Length",
+            itoa::Buffer::new().format(length).as_bytes(),
+        );
     }
     if interim {
         out.extend_from_slice(b"\r\n");
@@ -329,6 +346,18 @@ mod tests {
             ),
             Framing::Length(7)
         );
+        let (head, text) = final_head(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 3\r\n\r\n",
+            false,
+            true,
+        );
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(text.contains("\r\nTransfer-Encoding: gzip, chunked\r\n"), "{text}");
+        assert!(!text.contains("Content-Length"), "{text}");
+        let (head, text) = final_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false, true);
+        assert_eq!(head.framing, Framing::Length(5));
+        assert_eq!(text.matches("Content-Length: 5\r\n").count(), 1, "{text}");
+        assert!(!text.contains("5, 5"), "{text}");
         let (head, text) = final_head(b"HTTP/1.0 200 OK\r\n\r\n", false, true);
         assert_eq!((head.framing, head.reusable), (Framing::UntilClose, false));
         assert!(text.starts_with("HTTP/1.1 200 OK\r\n"));
@@ -357,6 +386,8 @@ mod tests {
             &b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n"[..],
             b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
             b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
             b"HTTP/1.1 2000 OK\r\n\r\n",
             b"HTTP/1.1 020 OK\r\n\r\n",
