@@ -1,0 +1,375 @@
+//! Buildpack builds, Heroku's classic API: `bin/detect BUILD`, `bin/compile BUILD CACHE ENV`,
+//! `bin/release BUILD` run in one container of the stack image as its unprivileged user, with
+//! BUILD = `/app` (the pushed tree), CACHE = `/cache` (the app's build cache dir, kept between
+//! builds) and ENV = `/tmp/env` (one file per variable of the app's env). The host's CA bundle
+//! is mounted read-only over the stack's, for package registries behind a private CA.
+//!
+//! Which buildpack: `BUILDPACK_URL` in the app's env if set (see [`source`]), else the first of
+//! the bundled ones whose `bin/detect` says yes, in this order: python, static, procfile.
+//! After compile, `/app` is the slug; [`crate::slug`] layers it on the stack.
+
+mod source;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    UploadToContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures::StreamExt;
+
+pub use self::source::{Buildpack, Files, BUNDLED};
+use crate::context::Tar;
+use crate::engine::{self, engine_error, exec, ContainerGuard, Stream};
+use crate::{say, slug, stack, Build, BuildError, Built, Options, Output};
+
+/// Where things are in the build container.
+const CACHE_DIR: &str = "/cache";
+const ENV_DIR: &str = "/tmp/env";
+const BUILDPACKS_DIR: &str = "/tmp/buildpacks";
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// The largest slug kept (the compiled `/app`, before compression).
+const MAX_SLUG: usize = 2 << 30;
+
+/// What `bin/release` prints (YAML); other keys are ignored.
+#[derive(Debug, Default, serde::Deserialize)]
+struct Release {
+    #[serde(default)]
+    default_process_types: Option<BTreeMap<String, String>>,
+}
+
+/// Builds `build` with a buildpack into the image `tag`.
+pub async fn build(
+    docker: &Docker,
+    build: &Build,
+    options: &Options,
+    tag: &str,
+    out: &Output,
+) -> Result<Built, BuildError> {
+    let (stack_image, own) = options.stack();
+    stack::ensure(docker, &stack_image, own, out).await?;
+    let (candidates, _checkout) = source::candidates(build, out).await?;
+    prepare_cache(&build.cache_dir)?;
+
+    let upload = {
+        let build = build.clone();
+        let candidates = candidates.clone();
+        tokio::task::spawn_blocking(move || upload_tar(&build, &candidates))
+            .await
+            .map_err(|e| BuildError::Source(e.to_string()))?
+            .map_err(|e| BuildError::Source(e.to_string()))?
+    };
+
+    let labels = engine::labels(&build.app_id, &build.app_name, &build.build_id);
+    let container = start_container(docker, build, &stack_image, labels.clone()).await?;
+    docker
+        .upload_to_container(
+            container.id(),
+            Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+            bollard::body_full(upload.into()),
+        )
+        .await
+        .map_err(engine_error)?;
+
+    say(out, "-----> Detecting the buildpack").await?;
+    let pack = detect(docker, container.id(), &candidates, out).await?;
+
+    say(out, format!("-----> Compiling with the {} buildpack", pack.name)).await?;
+    let dir = format!("{BUILDPACKS_DIR}/{}", pack.name);
+    let compile = format!("{dir}/bin/compile");
+    let ran = exec(
+        docker,
+        container.id(),
+        &[&compile, stack::APP_DIR, CACHE_DIR, ENV_DIR],
+        &[],
+        Stream::Show,
+        out,
+    )
+    .await?;
+    if ran.exit_code != 0 {
+        return Err(BuildError::Buildpack {
+            buildpack: pack.name.clone(),
+            stage: "compile",
+            reason: format!("exit status {}", ran.exit_code),
+            tail: ran.tail,
+        });
+    }
+
+    let release_cmd = format!("{dir}/bin/release");
+    let ran = exec(
+        docker,
+        container.id(),
+        &[&release_cmd, stack::APP_DIR],
+        &[],
+        Stream::Capture,
+        out,
+    )
+    .await?;
+    if ran.exit_code != 0 {
+        return Err(BuildError::Buildpack {
+            buildpack: pack.name.clone(),
+            stage: "release",
+            reason: format!("exit status {}", ran.exit_code),
+            tail: ran.stdout.lines().rev().take(5).map(str::to_owned).collect(),
+        });
+    }
+    let release: Release = if ran.stdout.trim().is_empty() {
+        Release::default()
+    } else {
+        serde_yaml::from_str(&ran.stdout).map_err(|e| BuildError::Buildpack {
+            buildpack: pack.name.clone(),
+            stage: "release",
+            reason: format!("its output is not the expected YAML: {e}"),
+            tail: Vec::new(),
+        })?
+    };
+
+    let slug = download_slug(docker, container.id()).await?;
+    container.remove().await;
+    say(
+        out,
+        format!("-----> Slug compiled: {:.1} MB", slug.len() as f64 / 1e6),
+    )
+    .await?;
+    let slug_path = match &options.slug_dir {
+        Some(dir) => {
+            let path = dir.join(format!("{}.tgz", build.build_id));
+            tokio::fs::create_dir_all(dir)
+                .await
+                .and(tokio::fs::write(&path, &slug).await)
+                .map_err(|e| BuildError::Source(format!("cannot keep the slug: {e}")))?;
+            Some(path)
+        }
+        None => None,
+    };
+
+    say(out, format!("-----> Building the image {tag}")).await?;
+    let (image_id, procfile, guard) =
+        slug::build_from_slug(docker, &stack_image, &slug, tag, labels, out).await?;
+    let processes = processes(release.default_process_types, procfile);
+    say(
+        out,
+        format!(
+            "-----> Releasing: process types {}",
+            if processes.is_empty() {
+                "(none)".to_owned()
+            } else {
+                processes.keys().cloned().collect::<Vec<_>>().join(", ")
+            }
+        ),
+    )
+    .await?;
+    guard.keep();
+    Ok(Built {
+        image: tag.to_owned(),
+        image_id,
+        processes,
+        kind: format!("buildpack {}", pack.name),
+        port: None,
+        slug: slug_path,
+    })
+}
+
+/// The Procfile's types over the buildpack's defaults, each as an argv through the runner.
+fn processes(
+    defaults: Option<BTreeMap<String, String>>,
+    procfile: Option<BTreeMap<String, String>>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut types = defaults.unwrap_or_default();
+    types.extend(procfile.unwrap_or_default());
+    types
+        .into_iter()
+        .map(|(name, command)| (name, slug::argv(&command)))
+        .collect()
+}
+
+/// The cache dir exists and belongs to the build user (when we may chown; else it is opened
+/// to everyone, as a cache holds nothing secret the app's code could not fetch again).
+fn prepare_cache(dir: &Path) -> Result<(), BuildError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| BuildError::Source(format!("the build cache {}: {e}", dir.display())))?;
+    if std::os::unix::fs::chown(dir, Some(1000), Some(1000)).is_err() {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777))
+            .map_err(|e| BuildError::Source(format!("the build cache {}: {e}", dir.display())))?;
+    }
+    Ok(())
+}
+
+/// What goes into the build container at `/`: the tree at `app/`, the env at `tmp/env/`, the
+/// candidate buildpacks at `tmp/buildpacks/<name>/`.
+fn upload_tar(build: &Build, candidates: &[Buildpack]) -> std::io::Result<Vec<u8>> {
+    let mut tar = Tar::new();
+    tar.tree(&build.source, "app", 1000)?;
+    tar.dir("tmp/env", 0o755, 0)?;
+    for (key, value) in &build.env {
+        let valid = !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if valid {
+            tar.file(&format!("tmp/env/{key}"), value.as_bytes(), 0o644, 0)?;
+        }
+    }
+    for pack in candidates {
+        let dir = format!("tmp/buildpacks/{}", pack.name);
+        match &pack.files {
+            Files::Bundled(files) => {
+                tar.dir(&dir, 0o755, 0)?;
+                tar.dir(&format!("{dir}/bin"), 0o755, 0)?;
+                for (name, text) in files.iter() {
+                    tar.file(&format!("{dir}/bin/{name}"), text.as_bytes(), 0o755, 0)?;
+                }
+            }
+            Files::Dir(path) => tar.tree(path, &dir, 0)?,
+        }
+    }
+    tar.finish()
+}
+
+async fn start_container(
+    docker: &Docker,
+    build: &Build,
+    stack_image: &str,
+    labels: HashMap<String, String>,
+) -> Result<ContainerGuard, BuildError> {
+    let mut binds = vec![format!("{}:{CACHE_DIR}:rw", build.cache_dir.display())];
+    if Path::new(CA_BUNDLE).is_file() {
+        binds.push(format!("{CA_BUNDLE}:{CA_BUNDLE}:ro"));
+    }
+    let env = vec![
+        format!("HOME={}", stack::APP_DIR),
+        format!("STACK={stack_image}"),
+        format!("SSL_CERT_FILE={CA_BUNDLE}"),
+        format!("PIP_CERT={CA_BUNDLE}"),
+        format!("REQUESTS_CA_BUNDLE={CA_BUNDLE}"),
+        format!("GIT_SSL_CAINFO={CA_BUNDLE}"),
+    ];
+    let body = ContainerCreateBody {
+        image: Some(stack_image.to_owned()),
+        cmd: Some(vec!["sleep".into(), "infinity".into()]),
+        user: Some(stack::USER.to_owned()),
+        working_dir: Some(stack::APP_DIR.to_owned()),
+        env: Some(env),
+        labels: Some(labels),
+        host_config: Some(HostConfig {
+            init: Some(true),
+            binds: Some(binds),
+            ..HostConfig::default()
+        }),
+        ..ContainerCreateBody::default()
+    };
+    let name = format!("flynn-build-{}", build.build_id);
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
+            body,
+        )
+        .await
+        .map_err(engine_error)?;
+    let guard = ContainerGuard::new(docker, created.id);
+    docker
+        .start_container(guard.id(), None)
+        .await
+        .map_err(engine_error)?;
+    Ok(guard)
+}
+
+/// The first candidate whose `bin/detect` exits 0 (a single candidate from `BUILDPACK_URL`
+/// without a `bin/detect` is taken as is).
+async fn detect(
+    docker: &Docker,
+    id: &str,
+    candidates: &[Buildpack],
+    out: &Output,
+) -> Result<Buildpack, BuildError> {
+    for pack in candidates {
+        let detect = format!("{BUILDPACKS_DIR}/{}/bin/detect", pack.name);
+        let ran = exec(
+            docker,
+            id,
+            &[&detect, stack::APP_DIR],
+            &[],
+            Stream::Capture,
+            out,
+        )
+        .await?;
+        // 126/127: there is no bin/detect (or it cannot run).
+        let missing = matches!(ran.exit_code, 126 | 127);
+        if ran.exit_code == 0 || (pack.custom && missing) {
+            let said = ran.stdout.trim();
+            let shown = if said.is_empty() { &pack.name } else { said };
+            say(out, format!("-----> {shown} app detected")).await?;
+            return Ok(pack.clone());
+        }
+        if pack.custom {
+            return Err(BuildError::Buildpack {
+                buildpack: pack.name.clone(),
+                stage: "detect",
+                reason: format!(
+                    "the BUILDPACK_URL buildpack cannot build this app (bin/detect exit status {})",
+                    ran.exit_code
+                ),
+                tail: ran.tail,
+            });
+        }
+    }
+    Err(BuildError::NoBuildpack)
+}
+
+/// The compiled `/app` as a slug tarball (gzipped, entries under `app/`).
+async fn download_slug(docker: &Docker, id: &str) -> Result<Vec<u8>, BuildError> {
+    let options = DownloadFromContainerOptionsBuilder::default()
+        .path(stack::APP_DIR)
+        .build();
+    let mut stream = docker.download_from_container(id, Some(options));
+    let mut tar = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(engine_error)?;
+        if tar.len() + chunk.len() > MAX_SLUG {
+            return Err(BuildError::Source(format!(
+                "the compiled app is over {} GiB",
+                MAX_SLUG >> 30
+            )));
+        }
+        tar.extend_from_slice(&chunk);
+    }
+    tokio::task::spawn_blocking(move || slug::compress(&tar))
+        .await
+        .map_err(|e| BuildError::Source(e.to_string()))?
+        .map_err(|e| BuildError::Source(format!("compressing the slug: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn procfile_types_win_over_defaults() {
+        let defaults = BTreeMap::from([
+            ("web".to_owned(), "python app.py".to_owned()),
+            ("clock".to_owned(), "python clock.py".to_owned()),
+        ]);
+        let procfile = BTreeMap::from([("web".to_owned(), "gunicorn app".to_owned())]);
+        let got = processes(Some(defaults), Some(procfile));
+        assert_eq!(got["web"], ["/runner/init", "gunicorn app"]);
+        assert_eq!(got["clock"], ["/runner/init", "python clock.py"]);
+        assert!(processes(None, None).is_empty());
+    }
+
+    #[test]
+    fn release_yaml() {
+        let r: Release = serde_yaml::from_str("---\ndefault_process_types:\n  web: python app.py\n")
+            .expect("yaml");
+        assert_eq!(
+            r.default_process_types.expect("types")["web"],
+            "python app.py"
+        );
+        let r: Release = serde_yaml::from_str("---\ndefault_process_types: {}\naddons: []\n")
+            .expect("yaml");
+        assert_eq!(r.default_process_types, Some(BTreeMap::new()));
+    }
+}

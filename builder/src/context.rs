@@ -1,0 +1,204 @@
+//! Tar archives made in memory: a source tree for a build container or a build context, and
+//! single files. Owners are set explicitly (the engine extracts them as given); symlinks are
+//! kept as links, never followed out of the tree.
+
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// An archive being written.
+pub struct Tar {
+    builder: tar::Builder<Vec<u8>>,
+}
+
+impl Default for Tar {
+    fn default() -> Self {
+        Tar::new()
+    }
+}
+
+impl Tar {
+    pub fn new() -> Tar {
+        let mut builder = tar::Builder::new(Vec::new());
+        builder.mode(tar::HeaderMode::Deterministic);
+        Tar { builder }
+    }
+
+    /// A file at `path` (relative) with `mode`, owned by `owner` (uid = gid).
+    pub fn file(&mut self, path: &str, data: &[u8], mode: u32, owner: u64) -> io::Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(data.len() as u64);
+        header.set_mode(mode);
+        header.set_uid(owner);
+        header.set_gid(owner);
+        header.set_mtime(0);
+        self.builder.append_data(&mut header, path, data)
+    }
+
+    /// A directory entry at `path` (relative).
+    pub fn dir(&mut self, path: &str, mode: u32, owner: u64) -> io::Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_size(0);
+        header.set_mode(mode);
+        header.set_uid(owner);
+        header.set_gid(owner);
+        header.set_mtime(0);
+        self.builder.append_data(&mut header, path, io::empty())
+    }
+
+    /// The tree under `root` at `prefix` (a relative directory; empty: the archive's top),
+    /// owned by `owner`; a `.git` at the top is left out.
+    pub fn tree(&mut self, root: &Path, prefix: &str, owner: u64) -> io::Result<()> {
+        if !prefix.is_empty() {
+            self.dir(prefix, 0o755, owner)?;
+        }
+        self.walk(root, root, prefix, owner)
+    }
+
+    fn walk(&mut self, root: &Path, dir: &Path, prefix: &str, owner: u64) -> io::Result<()> {
+        let mut entries = std::fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let path = entry.path();
+            if dir == root && entry.file_name() == ".git" {
+                continue;
+            }
+            let rel = path
+                .strip_prefix(root)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            let name = if prefix.is_empty() {
+                rel.to_string_lossy().into_owned()
+            } else {
+                format!("{prefix}/{}", rel.to_string_lossy())
+            };
+            let meta = std::fs::symlink_metadata(&path)?;
+            let kind = meta.file_type();
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(meta.mode() & 0o7777);
+            header.set_uid(owner);
+            header.set_gid(owner);
+            header.set_mtime(meta.mtime().max(0) as u64);
+            if kind.is_symlink() {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                let target = std::fs::read_link(&path)?;
+                self.builder.append_link(&mut header, &name, target)?;
+            } else if kind.is_dir() {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                self.builder.append_data(&mut header, &name, io::empty())?;
+                self.walk(root, &path, prefix, owner)?;
+            } else if kind.is_file() {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(meta.len());
+                let file = std::fs::File::open(&path)?;
+                self.builder.append_data(&mut header, &name, file)?;
+            }
+            // Sockets, fifos and devices have no place in a build.
+        }
+        Ok(())
+    }
+
+    /// Appends every entry of another archive, under `prefix` stripped of nothing, owned by
+    /// `owner`. Entries whose path leaves `under` (absolute, `..`) are refused.
+    pub fn append_archive<R: io::Read>(
+        &mut self,
+        archive: R,
+        under: &str,
+        owner: u64,
+        mut seen: impl FnMut(&str, &[u8]),
+    ) -> io::Result<()> {
+        let mut archive = tar::Archive::new(archive);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let path = entry.path()?.to_string_lossy().into_owned();
+            let clean = path.trim_start_matches("./");
+            let inside = clean == under.trim_end_matches('/')
+                || clean.starts_with(&format!("{}/", under.trim_end_matches('/')));
+            if !inside || clean.split('/').any(|c| c == "..") {
+                return Err(io::Error::other(format!(
+                    "slug entry {path:?} is outside {under}/"
+                )));
+            }
+            let mut header = entry.header().clone();
+            header.set_uid(owner);
+            header.set_gid(owner);
+            let link = entry.link_name()?.map(|l| l.into_owned());
+            match header.entry_type() {
+                tar::EntryType::Symlink | tar::EntryType::Link => {
+                    let target = link.ok_or_else(|| io::Error::other("a link without a target"))?;
+                    self.builder.append_link(&mut header, clean, target)?;
+                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    let mut data = Vec::with_capacity(header.size().unwrap_or(0) as usize);
+                    io::Read::read_to_end(&mut entry, &mut data)?;
+                    seen(clean, &data);
+                    self.builder.append_data(&mut header, clean, data.as_slice())?;
+                }
+                tar::EntryType::Directory => {
+                    self.builder.append_data(&mut header, clean, io::empty())?;
+                }
+                // pax/GNU long-name records are folded into the entries by the reader.
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self) -> io::Result<Vec<u8>> {
+        self.builder.into_inner()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tree_keeps_modes_and_links_and_leaves_git_out() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("app.py"), "print(1)\n").expect("write");
+        std::fs::create_dir(dir.path().join(".git")).expect("mkdir");
+        std::fs::write(dir.path().join(".git/HEAD"), "x").expect("write");
+        std::fs::create_dir(dir.path().join("bin")).expect("mkdir");
+        std::fs::write(dir.path().join("bin/run"), "#!/bin/sh\n").expect("write");
+        let run = dir.path().join("bin/run");
+        std::fs::set_permissions(&run, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        std::os::unix::fs::symlink("../app.py", dir.path().join("bin/link")).expect("symlink");
+
+        let mut tar = Tar::new();
+        tar.tree(dir.path(), "app", 1000).expect("tree");
+        let bytes = tar.finish().expect("finish");
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().expect("entries") {
+            let entry = entry.expect("entry");
+            let h = entry.header();
+            assert_eq!(h.uid().expect("uid"), 1000);
+            seen.push((
+                entry.path().expect("path").to_string_lossy().into_owned(),
+                h.mode().expect("mode"),
+                h.entry_type().is_symlink(),
+            ));
+        }
+        let names: Vec<_> = seen.iter().map(|s| s.0.as_str()).collect();
+        assert_eq!(names, ["app", "app/app.py", "app/bin", "app/bin/link", "app/bin/run"]);
+        assert_eq!(seen[4].1, 0o755);
+        assert!(seen[3].2);
+    }
+
+    #[test]
+    fn an_archive_outside_its_dir_is_refused() {
+        let mut inner = Tar::new();
+        inner.file("etc/passwd", b"x", 0o644, 0).expect("file");
+        let bytes = inner.finish().expect("finish");
+        let mut tar = Tar::new();
+        let err = tar
+            .append_archive(bytes.as_slice(), "app", 1000, |_, _| {})
+            .expect_err("outside");
+        assert!(err.to_string().contains("outside app/"));
+    }
+}
