@@ -90,6 +90,8 @@ pub async fn put(
             ));
         }
     }
+    crate::scheduler::placement::check_tags(&new.tags, &release)
+        .map_err(|e| ApiError::invalid("tags", e))?;
     let key = state.db.formation(&app.id, &release.id);
     let created_at = match state.db.get::<Formation>(&key).await? {
         Some(existing) => existing.value.created_at,

@@ -1,5 +1,11 @@
 //! Jobs: the processes the scheduler placed on hosts (`<prefix>/jobs/<host>/<job>`), read by the
-//! API, written by the scheduler and the host agents through [`update`].
+//! API, written by the scheduler and the host agents through [`update`]; and the jobs no host
+//! matches (`<prefix>/blocked/<job>`, state `blocked`), written by the scheduler.
+//!
+//! Every change of a job's state is also an event (`object_type` `job`, the job as data, like
+//! Flynn's job events), on the controller's `/events`: [`update`] records it, and so do the
+//! scheduler (a new job: pending or blocked) and the host agent (a stopped job: down, before
+//! its record goes).
 
 use axum::extract::{Path, State};
 use axum::Json;
@@ -7,12 +13,44 @@ use axum::Json;
 use super::apps;
 use super::db::{self, Db, Versioned};
 use super::error::{ApiError, ApiResult};
-use super::types::Job;
+use super::types::{Event, Job};
 use super::ApiState;
 
 /// Every job of every host.
 pub async fn all(db: &Db) -> ApiResult<Vec<Versioned<Job>>> {
     db.list::<Job>(&db.jobs()).await
+}
+
+/// Where the blocked jobs are (no host matches them).
+pub fn blocked_prefix(db: &Db) -> String {
+    format!("{}/blocked/", db.keys.prefix())
+}
+
+/// The key of a blocked job.
+pub fn blocked_key(db: &Db, job_id: &str) -> String {
+    format!("{}{job_id}", blocked_prefix(db))
+}
+
+/// Every blocked job.
+pub async fn blocked(db: &Db) -> ApiResult<Vec<Versioned<Job>>> {
+    db.list::<Job>(&blocked_prefix(db)).await
+}
+
+/// Records the job as it is now as an event (`job`). The change itself has happened, so a
+/// failure here is logged, not returned.
+pub async fn record(db: &Db, job: &Job) {
+    let event = Event {
+        id: 0,
+        app: Some(job.app_id.clone()),
+        object_type: "job".to_owned(),
+        object_id: job.id.clone(),
+        data: serde_json::to_value(job).unwrap_or(serde_json::Value::Null),
+        created_at: db::now(),
+    };
+    let key = format!("{}{}", db.events(), uuid::Uuid::new_v4());
+    if let Err(e) = db.put(&key, &event, None).await {
+        tracing::warn!(error = %e, job = %job.id, state = %job.state, "cannot record a job event");
+    }
 }
 
 /// `GET /apps/{app}/jobs`: the app's jobs, oldest first.
@@ -21,10 +59,11 @@ pub async fn list(
     Path(app): Path<String>,
 ) -> ApiResult<Json<Vec<Job>>> {
     let app = apps::find(&state, &app).await?.value;
-    // The formations' jobs and the one-off jobs (`flynn run`).
+    // The formations' jobs, those no host matches, and the one-off jobs (`flynn run`).
     let mut jobs: Vec<Job> = all(&state.db)
         .await?
         .into_iter()
+        .chain(blocked(&state.db).await?)
         .chain(super::runs::all(&state.db).await?)
         .map(|j| j.value)
         .filter(|j| j.app_id == app.id)
@@ -34,7 +73,8 @@ pub async fn list(
 }
 
 /// Changes the job at `key` with `change`, compare-and-swap, retrying on a concurrent write;
-/// the new job, or None when there is no job at `key` (any more).
+/// the new job, or None when there is no job at `key` (any more). A new state is recorded as
+/// an event.
 pub async fn update(db: &Db, key: &str, change: impl Fn(&mut Job)) -> ApiResult<Option<Job>> {
     for _ in 0..100 {
         let Some(current) = db.get::<Job>(key).await? else {
@@ -51,6 +91,9 @@ pub async fn update(db: &Db, key: &str, change: impl Fn(&mut Job)) -> ApiResult<
             .await?
             .is_some()
         {
+            if next.state != current.value.state {
+                record(db, &next).await;
+            }
             return Ok(Some(next));
         }
     }

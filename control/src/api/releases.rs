@@ -98,8 +98,10 @@ pub async fn create(
             ));
         }
     }
-    for name in new.processes.keys() {
+    for (name, process) in &new.processes {
         validate::process_type(name)?;
+        crate::scheduler::placement::check_process(name, process)
+            .map_err(|e| ApiError::invalid("processes", e))?;
     }
     for key in new.env.keys() {
         if key.is_empty() || key.contains('=') || key.contains('\0') {

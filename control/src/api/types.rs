@@ -376,6 +376,9 @@ pub enum JobState {
     Down,
     /// Ended without being asked to (see `exit_status` and `error`).
     Crashed,
+    /// Wanted, but no live host matches its process type's tags (Flynn's): `error` says why.
+    /// Not on any host; the scheduler places it (same id) when a matching host comes.
+    Blocked,
 }
 
 impl JobState {
@@ -392,6 +395,7 @@ impl JobState {
             JobState::Stopping => "stopping",
             JobState::Down => "down",
             JobState::Crashed => "crashed",
+            JobState::Blocked => "blocked",
         }
     }
 }

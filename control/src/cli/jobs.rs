@@ -1,5 +1,6 @@
 //! `flynn scale` (Flynn's syntax: `web=3 worker=1`, waits for the jobs unless `-n`; no
-//! argument prints the scale), `flynn ps`, and `flynn deploy --image`.
+//! argument prints the scale; `--tag web:disk=ssd` asks for hosts with that tag, as Flynn's
+//! formation tags), `flynn ps`, and `flynn deploy --image`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -11,9 +12,10 @@ use super::output::say;
 use super::output::{self, Format};
 use super::Ctx;
 use crate::api::types::{
-    App, Artifact, Formation, Job, JobState, NewArtifact, NewFormation, NewRelease, Release,
+    App, Artifact, Formation, Host, Job, JobState, NewArtifact, NewFormation, NewRelease, Release,
 };
 use crate::host::docker::{DockerError, Engine};
+use crate::scheduler::placement;
 
 #[derive(Args, Debug)]
 pub struct ScaleArgs {
@@ -27,6 +29,32 @@ pub struct ScaleArgs {
     #[arg(short = 't', long = "timeout", default_value = "60s",
         value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// TYPE:KEY=VALUE (repeatable): the process type's jobs run only on hosts with this tag
+    /// (`flynn host --tag KEY=VALUE`)
+    #[arg(long = "tag", value_name = "TYPE:KEY=VALUE")]
+    pub tags: Vec<String>,
+    /// TYPE:KEY (repeatable): drop a tag the process type asked for
+    #[arg(long = "untag", value_name = "TYPE:KEY")]
+    pub untags: Vec<String>,
+}
+
+/// `web:disk=ssd` → (web, disk, ssd).
+fn parse_tag(raw: &str) -> anyhow::Result<(String, String, String)> {
+    let parsed = raw.split_once(':').and_then(|(t, kv)| {
+        let (k, v) = kv.split_once('=')?;
+        (!t.is_empty() && !k.is_empty()).then(|| (t.to_owned(), k.to_owned(), v.to_owned()))
+    });
+    parsed.ok_or_else(|| {
+        anyhow::anyhow!("--tag {raw:?}: expected TYPE:KEY=VALUE (e.g. web:disk=ssd)")
+    })
+}
+
+/// `web:disk` → (web, disk).
+fn parse_untag(raw: &str) -> anyhow::Result<(String, String)> {
+    raw.split_once(':')
+        .filter(|(t, k)| !t.is_empty() && !k.is_empty() && !k.contains('='))
+        .map(|(t, k)| (t.to_owned(), k.to_owned()))
+        .ok_or_else(|| anyhow::anyhow!("--untag {raw:?}: expected TYPE:KEY (e.g. web:disk)"))
 }
 
 #[derive(Args, Debug)]
@@ -98,21 +126,49 @@ pub async fn scale(ctx: &Ctx, args: ScaleArgs) -> anyhow::Result<()> {
         .iter()
         .map(|c| parse_count(c))
         .collect::<anyhow::Result<BTreeMap<String, i64>>>()?;
+    let new_tags = args
+        .tags
+        .iter()
+        .map(|t| parse_tag(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let untags = args
+        .untags
+        .iter()
+        .map(|t| parse_untag(t))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let client = ctx.client()?;
     let (app, release) = app_and_release(ctx, &client).await?;
-    let current = formation(&client, &app, &release.id)
+    let (current, mut tags) = formation(&client, &app, &release.id)
         .await?
-        .map(|f| f.processes)
+        .map(|f| (f.processes, f.tags))
         .unwrap_or_default();
-    if counts.is_empty() {
+    let retag = !args.tags.is_empty() || !args.untags.is_empty();
+    if counts.is_empty() && !retag {
         let scale: Vec<String> = release
             .processes
             .keys()
-            .map(|t| format!("{t}={}", current.get(t).copied().unwrap_or(0)))
+            .map(|t| {
+                let n = current.get(t).copied().unwrap_or(0);
+                match tags.get(t).filter(|t| !t.is_empty()) {
+                    Some(tags) => format!("{t}={n} ({})", placement::describe(tags)),
+                    None => format!("{t}={n}"),
+                }
+            })
             .collect();
         say!("{}", scale.join(" "));
         return Ok(());
     }
+    for (process_type, key, value) in &new_tags {
+        tags.entry(process_type.clone())
+            .or_default()
+            .insert(key.clone(), value.clone());
+    }
+    for (process_type, key) in &untags {
+        if let Some(of_type) = tags.get_mut(process_type) {
+            of_type.remove(key);
+        }
+    }
+    tags.retain(|_, of_type| !of_type.is_empty());
     let mut processes = current.clone();
     processes.extend(counts.clone());
     let path = format!(
@@ -125,7 +181,7 @@ pub async fn scale(ctx: &Ctx, args: ScaleArgs) -> anyhow::Result<()> {
             &path,
             &NewFormation {
                 processes: processes.clone(),
-                tags: BTreeMap::new(),
+                tags: tags.clone(),
             },
         )
         .await?;
@@ -133,12 +189,45 @@ pub async fn scale(ctx: &Ctx, args: ScaleArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(t, n)| format!("{t}: {}=>{n}", current.get(t).copied().unwrap_or(0)))
         .collect();
-    say!("scaling {}", changes.join(", "));
+    if changes.is_empty() {
+        say!("tags changed");
+    } else {
+        say!("scaling {}", changes.join(", "));
+    }
     if args.no_wait {
         return Ok(());
     }
     let started = Instant::now();
-    wait_for(&client, &app, &release.id, &processes, args.timeout).await?;
+    // An omni type runs its count on every host with its tags.
+    let hosts: Vec<Host> = client.get("/hosts").await?;
+    let expected: BTreeMap<String, i64> = processes
+        .iter()
+        .map(|(t, n)| {
+            let omni = release.processes.get(t).is_some_and(placement::is_omni);
+            let of_type = tags.get(t).cloned().unwrap_or_default();
+            let hosts = hosts
+                .iter()
+                .filter(|h| placement::matches(&of_type, h))
+                .count();
+            let n = if omni && hosts > 0 {
+                n * hosts as i64
+            } else {
+                *n
+            };
+            (t.clone(), n)
+        })
+        .collect();
+    // A job on a host without its type's tags is on its way out (the scheduler moves it).
+    let fits = |job: &Job| {
+        let of_type = tags.get(&job.process_type);
+        of_type.is_none_or(|tags| {
+            hosts
+                .iter()
+                .find(|h| h.id == job.host_id)
+                .is_some_and(|h| placement::matches(tags, h))
+        })
+    };
+    wait_for(&client, &app, &release.id, &expected, &fits, args.timeout).await?;
     say!("scale completed in {:.3}s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -150,6 +239,7 @@ async fn wait_for(
     app: &App,
     release: &str,
     want: &BTreeMap<String, i64>,
+    fits: &dyn Fn(&Job) -> bool,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
@@ -179,9 +269,9 @@ async fn wait_for(
         }
         first = false;
         // A stopped job's record goes once its container is removed.
-        seen.retain(|id, (process_type, _)| {
+        seen.retain(|id, (process_type, state)| {
             let here = jobs.iter().any(|j| &j.id == id);
-            if !here {
+            if !here && state != "down" {
                 say!("==> {process_type} {id} down");
             }
             here
@@ -192,7 +282,7 @@ async fn wait_for(
                 let of_type: Vec<&Job> = jobs.iter().filter(|j| &j.process_type == t).collect();
                 let up = of_type
                     .iter()
-                    .filter(|j| j.state == JobState::Up && !j.stop)
+                    .filter(|j| j.state == JobState::Up && !j.stop && fits(j))
                     .count();
                 let done = of_type.len() as i64 == *n && up as i64 == *n;
                 (!done).then(|| format!("{t}: {up} of {n} up, {} jobs", of_type.len()))
@@ -212,10 +302,12 @@ async fn wait_for(
     }
 }
 
-/// A job marked stop shows as stopping until its record goes.
+/// A job marked stop shows as stopping until its record goes; a blocked one says why.
 fn shown_state(job: &Job) -> String {
     if job.stop && job.state.is_active() {
         JobState::Stopping.to_string()
+    } else if job.state == JobState::Blocked {
+        format!("blocked: {}", why(job))
     } else {
         job.state.to_string()
     }

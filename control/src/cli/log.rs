@@ -1,6 +1,7 @@
 //! `flynn log [-f] [-t TYPE] [-j JOB] [-n N] [-r]`: the output of the app's jobs, read from their
 //! host agents (`docker logs`), each line as Flynn printed it:
-//! `2006-01-02T15:04:05.000000Z app[web.JOB]: text`.
+//! `2006-01-02T15:04:05.000000Z app[web.JOB]: text`. Jobs whose containers are gone (stopped,
+//! crashed, one-offs that ended) show the end of their output as their host agent kept it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -76,20 +77,36 @@ pub async fn log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
             );
         }
     }
-    let jobs = selected(&client, &app, &args).await?;
+    let mut jobs = selected(&client, &app, &args).await?;
+    let hosts = hosts(&client).await?;
+    if !args.follow || args.job.is_some() {
+        // The finished ones too (when following: only the one asked for by -j).
+        for job in finished(&client, &hosts, &app).await {
+            if wanted(&job, &args) && !jobs.iter().any(|j| j.id == job.id) {
+                jobs.push(job);
+            }
+        }
+    }
     if let Some(id) = &args.job {
         if jobs.is_empty() {
             anyhow::bail!("app {} has no job {id:?} (see flynn ps)", app.name);
         }
     }
-    let hosts = hosts(&client).await?;
     if !args.follow {
         let mut all = Vec::new();
         for job in &jobs {
             let Some(agent) = agent_of(&hosts, job, &client) else {
                 continue;
             };
-            let mut lines = open(&agent, job, false, args.lines).await?;
+            let mut lines = match open(&agent, job, false, args.lines).await {
+                Ok(lines) => lines,
+                // Ended meanwhile and its output not kept: nothing to show of it.
+                Err(e) if args.job.is_none() => {
+                    tracing::debug!(job = %job.id, error = %e, "no log");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             while let Some(line) = lines.next().await? {
                 if let Ok(line) = serde_json::from_slice::<LogLine>(&line) {
                     all.push((line, job.clone()));
@@ -120,7 +137,6 @@ pub async fn log(ctx: &Ctx, args: LogArgs) -> anyhow::Result<()> {
     // Follow: one stream per job, new jobs picked up as they come.
     let (tx, mut rx) = mpsc::channel::<String>(1024);
     let mut following = BTreeSet::new();
-    let mut jobs = jobs;
     let mut hosts = hosts;
     loop {
         for job in jobs.drain(..) {
@@ -170,14 +186,37 @@ async fn selected(client: &Client, app: &App, args: &LogArgs) -> anyhow::Result<
         .await?;
     Ok(jobs
         .into_iter()
-        .filter(|j| {
-            args.process_type
-                .as_ref()
-                .is_none_or(|t| &j.process_type == t)
-        })
-        .filter(|j| args.job.as_ref().is_none_or(|id| &j.id == id))
+        .filter(|j| wanted(j, args))
         .filter(|j| j.container_id.is_some())
         .collect())
+}
+
+/// Whether `-t` and `-j` select the job.
+fn wanted(job: &Job, args: &LogArgs) -> bool {
+    args.process_type
+        .as_ref()
+        .is_none_or(|t| &job.process_type == t)
+        && args.job.as_ref().is_none_or(|id| &job.id == id)
+}
+
+/// The app's finished jobs whose output the live hosts kept (a host that does not answer
+/// is skipped).
+async fn finished(client: &Client, hosts: &HashMap<String, Host>, app: &App) -> Vec<Job> {
+    let mut all = Vec::new();
+    let path = format!("/finished?app={}", segment(&app.id));
+    for host in hosts.values() {
+        let Ok(agent) = Agent::new(host, client) else {
+            continue;
+        };
+        match agent
+            .json::<Vec<Job>>(hyper::Method::GET, &path, None::<&()>)
+            .await
+        {
+            Ok(jobs) => all.extend(jobs),
+            Err(e) => tracing::debug!(host = %host.id, error = %e, "no finished jobs"),
+        }
+    }
+    all
 }
 
 async fn hosts(client: &Client) -> anyhow::Result<HashMap<String, Host>> {

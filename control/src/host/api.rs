@@ -5,7 +5,9 @@
 //! - `GET /ping`: `OK` (no key needed).
 //! - `GET /jobs`: the containers of this host's jobs ([`JobView`]).
 //! - `GET /jobs/{id}/logs?follow=true&tail=N`: the job's `docker logs`, one JSON
-//!   [`LogLine`](super::run::LogLine) per line; with `follow`, until the job ends.
+//!   [`LogLine`](super::run::LogLine) per line; with `follow`, until the job ends. A job whose
+//!   container is gone: the end of its output as kept ([`super::tails`]).
+//! - `GET /finished?app=ID`: the finished jobs of an app whose output is kept here.
 //! - `POST /runs` ([`RunRequest`]): a one-off job. With `Connection: Upgrade` and
 //!   `Upgrade: flynn-attach`, the answer is `101` and the connection carries the client's stdin
 //!   up and the job's output down as frames ([`super::run::Frame`]), ending with its exit status;
@@ -69,6 +71,7 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: tokio::net::TcpListener, key:
         .route("/ping", get(|| async { "OK\n" }))
         .route("/jobs", get(jobs))
         .route("/jobs/{id}/logs", get(logs))
+        .route("/finished", get(finished))
         .route("/runs", post(run_job))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
@@ -190,28 +193,58 @@ async fn logs(
             )
         }
     };
-    let Some(container) = found
+    let container = found
         .into_iter()
-        .find(|c| c.labels.get(LABEL_HOST) == Some(&agent.ctx.config.id))
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("job {id} has no container on host {}", agent.ctx.config.id),
-        );
+        .find(|c| c.labels.get(LABEL_HOST) == Some(&agent.ctx.config.id));
+    let lines = match container {
+        Some(container) => {
+            run::logs(&agent.ctx.engine, &container.id, params.follow, params.tail).boxed()
+        }
+        None => {
+            let kept = match &agent.ctx.tails {
+                Some(tails) => tails.read(&id).await,
+                None => None,
+            };
+            let Some(kept) = kept else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("job {id} has no container on host {}", agent.ctx.config.id),
+                );
+            };
+            let mut lines = kept.lines;
+            if let Some(n) = params.tail {
+                let n = usize::try_from(n).unwrap_or(usize::MAX);
+                lines.drain(..lines.len().saturating_sub(n));
+            }
+            futures::stream::iter(lines).boxed()
+        }
     };
-    let lines =
-        run::logs(&agent.ctx.engine, &container.id, params.follow, params.tail).map(|line| {
-            let mut json = serde_json::to_vec(&line).unwrap_or_default();
-            json.push(b'\n');
-            Ok::<_, std::convert::Infallible>(Bytes::from(json))
-        });
+    let lines = lines.map(|line| {
+        let mut json = serde_json::to_vec(&line).unwrap_or_default();
+        json.push(b'\n');
+        Ok::<_, std::convert::Infallible>(Bytes::from(json))
+    });
     let mut response = Response::new(Body::from_stream(lines));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/x-ndjson"),
     );
     response
+}
+
+#[derive(Deserialize)]
+struct FinishedParams {
+    app: String,
+}
+
+/// The finished jobs of an app whose output is kept here.
+async fn finished(State(agent): State<Agent>, Query(params): Query<FinishedParams>) -> Response {
+    let jobs = match &agent.ctx.tails {
+        Some(tails) => tails.jobs_of(&params.app).await,
+        None => Vec::new(),
+    };
+    Json(jobs).into_response()
 }
 
 fn wants_attach(headers: &HeaderMap) -> bool {

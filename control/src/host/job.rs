@@ -74,6 +74,11 @@ pub async fn run(ctx: Arc<Ctx>, job: Job, start: Start, mut stop: watch::Receive
             tracing::warn!(job = %job.id, error = %e, "cannot stop a job's container");
         }
     }
+    if let Some(tails) = &ctx.tails {
+        let mut ended = ended(&job, &end);
+        ended.container_id = Some(container.clone());
+        tails.save(&ctx.engine, &ended, &container).await;
+    }
     ctx.engine.remove(&container).await;
     finish(&ctx, &key, &job, end).await;
 }
@@ -160,14 +165,53 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// Writes how the job ended: a stopped job's record is deleted; a crashed one stays for the
-/// scheduler (which restarts it).
+/// The job as it ended (for its kept output).
+fn ended(job: &Job, end: &End) -> Job {
+    let mut job = job.clone();
+    job.ended_at_ms = Some(db::now_ms());
+    match end {
+        End::Stopped => job.state = JobState::Down,
+        End::Exited(status) => {
+            job.state = JobState::Crashed;
+            job.exit_status = *status;
+        }
+        End::Failed(reason) => {
+            job.state = JobState::Crashed;
+            job.error = Some(reason.clone());
+        }
+    }
+    job
+}
+
+/// Writes how the job ended: a stopped job is written `down` (an event) and its record
+/// deleted; a crashed one stays for the scheduler (which restarts it).
 async fn finish(ctx: &Ctx, key: &str, job: &Job, end: End) {
     let result = match end {
-        End::Stopped => jobs::delete_if(&ctx.db, key, |_| true).await.map(|_| ()),
+        End::Stopped => {
+            let down = jobs::update(&ctx.db, key, |j| {
+                j.state = JobState::Down;
+                j.ended_at_ms.get_or_insert_with(db::now_ms);
+            })
+            .await;
+            match down {
+                Ok(_) => jobs::delete_if(&ctx.db, key, |_| true).await.map(|_| ()),
+                Err(e) => Err(e),
+            }
+        }
         End::Exited(status) => {
             tracing::info!(job = %job.id, status = ?status, "a job exited");
             // Exited while being stopped: as good as stopped.
+            let down = jobs::update(&ctx.db, key, |j| {
+                if j.stop {
+                    j.state = JobState::Down;
+                    j.exit_status = status;
+                    j.ended_at_ms.get_or_insert_with(db::now_ms);
+                }
+            })
+            .await;
+            if let Err(e) = down {
+                tracing::warn!(job = %job.id, error = %e, "cannot write the job's state");
+            }
             match jobs::delete_if(&ctx.db, key, |j| j.stop).await {
                 Ok(true) => Ok(()),
                 Ok(false) => jobs::update(&ctx.db, key, |j| {

@@ -12,12 +12,13 @@ pub mod cmd;
 pub mod docker;
 mod job;
 pub mod run;
+pub mod tails;
 
 pub use self::job::memory_limit as job_memory_limit;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,9 +52,10 @@ pub struct HostArgs {
     #[arg(long = "host-api-addr", env = "FLYNN_HOST_API_ADDR")]
     pub api_addr: Option<SocketAddr>,
 
-    /// A tag of this host, KEY=VALUE (repeatable); formations can ask for tags.
-    #[arg(long = "tag", value_parser = parse_tag)]
-    pub tags: Vec<(String, String)>,
+    /// A tag of this host, KEY=VALUE (repeatable); a formation may ask for tags per process
+    /// type (`flynn scale --tag web:KEY=VALUE`), and its jobs then run only on hosts that have them.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
 
     /// The Docker Engine's socket.
     #[arg(
@@ -86,11 +88,11 @@ pub struct HostArgs {
     pub job_drain_timeout: Duration,
 }
 
-fn parse_tag(raw: &str) -> Result<(String, String), String> {
+fn parse_tag(raw: &str) -> anyhow::Result<(String, String)> {
     raw.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
+        .filter(|(k, _)| !k.trim().is_empty())
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .ok_or_else(|| format!("{raw:?} is not KEY=VALUE"))
+        .ok_or_else(|| anyhow::anyhow!("--tag {raw:?}: expected KEY=VALUE (e.g. disk=ssd)"))
 }
 
 /// How a host agent runs.
@@ -111,6 +113,8 @@ pub struct AgentConfig {
     pub api_addr: Option<SocketAddr>,
     /// The cluster key the agent's API asks for (empty: the API refuses every request).
     pub key: String,
+    /// Where the last output of finished jobs is kept ([`tails`]); None: not kept.
+    pub job_logs: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -125,7 +129,11 @@ impl AgentConfig {
         Ok(AgentConfig {
             id,
             external_ip: args.external_ip,
-            tags: args.tags.iter().cloned().collect(),
+            tags: args
+                .tags
+                .iter()
+                .map(|t| parse_tag(t))
+                .collect::<anyhow::Result<_>>()?,
             docker_socket: args.docker_socket.clone(),
             lease_ttl: args.lease_ttl.max(Duration::from_secs(1)),
             stop_grace: args.stop_grace,
@@ -134,6 +142,7 @@ impl AgentConfig {
             default_memory: 1 << 30,
             api_addr: args.api_addr,
             key: String::new(),
+            job_logs: Some(data.join("job-logs")),
         })
     }
 }
@@ -159,6 +168,8 @@ pub(crate) struct Ctx {
     pub config: AgentConfig,
     /// The current lease of the host (a new one after the store lost the old one).
     pub lease: watch::Receiver<LeaseId>,
+    /// The finished jobs' output, if kept.
+    pub tails: Option<tails::Tails>,
 }
 
 /// A running job task.
@@ -236,11 +247,13 @@ pub async fn run(db: Db, config: AgentConfig) {
     ));
     log_up(&config, &info);
     let key = config.key.clone();
+    let tails = config.job_logs.clone().map(tails::Tails::new);
     let ctx = Arc::new(Ctx {
         db,
         engine,
         config,
         lease: lease_rx,
+        tails,
     });
     tokio::spawn(api::serve(ctx.clone(), api_listener, key));
     let mut tasks = HashMap::new();
@@ -370,7 +383,12 @@ async fn reconcile(ctx: &Arc<Ctx>, tasks: &mut HashMap<String, Task>) -> ApiResu
                 })
                 .await?;
             }
-            JobState::Down | JobState::Crashed => {}
+            // Its task wrote it down and ended before deleting it: delete it now.
+            JobState::Down => {
+                jobs::delete_if(&ctx.db, &key, |j| j.state == JobState::Down).await?;
+            }
+            // Crashed: the scheduler forgets it. Blocked: never on a host.
+            JobState::Crashed | JobState::Blocked => {}
         }
     }
     for (id, task) in tasks.iter() {

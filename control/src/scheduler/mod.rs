@@ -6,6 +6,7 @@
 //! deployments in progress ([`deploy`]).
 
 pub mod deploy;
+pub mod placement;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -15,7 +16,7 @@ use flynn_store::{LeaseId, StoreError};
 
 use self::reconcile::{Plan, State};
 use crate::api::db::{self, Db};
-use crate::api::types::{App, Formation, Host, Job};
+use crate::api::types::{App, Formation, Host, Job, JobState, Release};
 use crate::api::{jobs, ApiResult};
 
 /// The leader's lease by default: a follower acts within about this long (plus the store's
@@ -93,14 +94,16 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
         crate::host::changes(db, db.jobs()),
         crate::host::changes(db, db.hosts()),
         crate::host::changes(db, format!("{}/deploying/", db.keys.prefix())),
+        crate::host::changes(db, jobs::blocked_prefix(db)),
     ];
     // Aborts the deployments it runs when leadership ends (a new leader takes them over).
     let mut deployer = deploy::Deployer::default();
     let mut keep_alive = tokio::time::interval(config.lease_ttl / 3);
     let mut wake_at: Option<u64> = None;
     let mut blocked_before = Vec::new();
+    let mut releases = HashMap::new();
     loop {
-        match pass(db).await {
+        match pass(db, &mut releases).await {
             Ok(plan) => {
                 wake_at = plan.wake_at;
                 if plan.blocked != blocked_before {
@@ -119,7 +122,7 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
         let until_wake = wake_at.map_or(config.resync, |at| {
             Duration::from_millis(at.saturating_sub(db::now_ms())).min(config.resync)
         });
-        let [formations, jobs, hosts, deploying] = &mut changes;
+        let [formations, jobs, hosts, deploying, blocked] = &mut changes;
         let sleep = tokio::time::sleep(until_wake);
         tokio::pin!(sleep);
         loop {
@@ -128,6 +131,7 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
                 _ = jobs.recv() => break,
                 _ = hosts.recv() => break,
                 _ = deploying.recv() => break,
+                _ = blocked.recv() => break,
                 _ = &mut sleep => break,
                 _ = keep_alive.tick() => {
                     match db.store.keep_alive(lease).await {
@@ -146,20 +150,31 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
     }
 }
 
-/// Reads everything, plans, applies.
-async fn pass(db: &Db) -> ApiResult<Plan> {
+/// Reads everything, plans, applies. `releases` keeps the releases read before (they never
+/// change once created).
+async fn pass(db: &Db, releases: &mut HashMap<String, Release>) -> ApiResult<Plan> {
     let formations: Vec<Formation> = values(db.list(&db.all_formations()).await?);
     let apps: HashMap<String, App> = values::<App>(db.list(&db.apps()).await?)
         .into_iter()
         .map(|a| (a.id.clone(), a))
         .collect();
-    let jobs: Vec<Job> = values(jobs::all(db).await?);
+    let mut jobs: Vec<Job> = values(jobs::all(db).await?);
+    jobs.extend(values(jobs::blocked(db).await?));
     let hosts: Vec<Host> = values(db.list(&db.hosts()).await?);
+    releases.retain(|id, _| formations.iter().any(|f| &f.release == id));
+    for formation in &formations {
+        if !releases.contains_key(&formation.release) {
+            if let Some(release) = db.get::<Release>(&db.release(&formation.release)).await? {
+                releases.insert(formation.release.clone(), release.value);
+            }
+        }
+    }
     let now = db::now();
     let plan = reconcile::plan(
         &State {
             formations: &formations,
             apps: &apps,
+            releases,
             jobs: &jobs,
             hosts: &hosts,
             now_ms: db::now_ms(),
@@ -185,7 +200,31 @@ async fn apply(db: &Db, plan: &Plan) -> ApiResult<()> {
     for job in &plan.start {
         tracing::info!(job = %job.id, app = %job.app_name, process_type = %job.process_type,
             host = %job.host_id, restarts = job.restarts, "placing a job");
-        db.create(&db.job(&job.host_id, &job.id), job, None).await?;
+        if db.create(&db.job(&job.host_id, &job.id), job, None).await? {
+            jobs::record(db, job).await;
+        }
+    }
+    // After the placed ones exist, so that a blocked job never vanishes from the listing.
+    for id in &plan.unblock {
+        jobs::delete_if(db, &jobs::blocked_key(db, id), |j| {
+            j.state == JobState::Blocked
+        })
+        .await?;
+    }
+    for job in &plan.block {
+        if db
+            .create(&jobs::blocked_key(db, &job.id), job, None)
+            .await?
+        {
+            jobs::record(db, job).await;
+        }
+    }
+    for job in &plan.reblock {
+        let error = job.error.clone();
+        jobs::update(db, &jobs::blocked_key(db, &job.id), |j| {
+            j.error = error.clone()
+        })
+        .await?;
     }
     Ok(())
 }

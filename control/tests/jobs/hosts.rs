@@ -18,19 +18,32 @@ const HOST_TTL: Duration = Duration::from_secs(2);
 
 /// A `flynn host` process, SIGKILLed when dropped (its containers are removed by its
 /// [`Containers`]).
-struct Agent {
+pub(super) struct Agent {
     child: std::process::Child,
     ip: &'static str,
     store: String,
     key: String,
     data: tempfile::TempDir,
-    host: String,
+    pub(super) host: String,
+    tags: Vec<String>,
 }
 
 impl Agent {
-    fn start(store: &str, key: &str, host: &str, ip: &'static str) -> Agent {
+    pub(super) fn start(store: &str, key: &str, host: &str, ip: &'static str) -> Agent {
+        Agent::tagged(store, key, host, ip, &[])
+    }
+
+    /// With `--tag` for each of `tags` (KEY=VALUE).
+    pub(super) fn tagged(
+        store: &str,
+        key: &str,
+        host: &str,
+        ip: &'static str,
+        tags: &[&str],
+    ) -> Agent {
         let data = tempfile::tempdir().expect("agent data dir");
-        let child = spawn(store, key, host, ip, data.path());
+        let tags: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let child = spawn(store, key, host, ip, data.path(), &tags);
         Agent {
             child,
             ip,
@@ -38,16 +51,17 @@ impl Agent {
             key: key.to_owned(),
             data,
             host: host.to_owned(),
+            tags,
         }
     }
 
-    fn kill(&mut self) {
+    pub(super) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
     /// A new process with the same host id, data dir and address.
-    fn restart(&mut self) {
+    pub(super) fn restart(&mut self) {
         self.kill();
         self.child = spawn(
             &self.store,
@@ -55,10 +69,11 @@ impl Agent {
             &self.host,
             self.ip,
             self.data.path(),
+            &self.tags,
         );
     }
 
-    fn log(&self) -> String {
+    pub(super) fn log(&self) -> String {
         std::fs::read_to_string(self.data.path().join("agent.log")).unwrap_or_default()
     }
 }
@@ -69,7 +84,14 @@ impl Drop for Agent {
     }
 }
 
-fn spawn(store: &str, key: &str, host: &str, ip: &str, data: &Path) -> std::process::Child {
+fn spawn(
+    store: &str,
+    key: &str,
+    host: &str,
+    ip: &str,
+    data: &Path,
+    tags: &[String],
+) -> std::process::Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -82,6 +104,7 @@ fn spawn(store: &str, key: &str, host: &str, ip: &str, data: &Path) -> std::proc
         .args(["--host-id", host, "--external-ip", ip])
         .args(["--host-lease-ttl", &format!("{}s", HOST_TTL.as_secs())])
         .args(["--drain-delay", "200ms", "--log", "info"])
+        .args(tags.iter().flat_map(|t| ["--tag", t.as_str()]))
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("FLYNN_CONTROLLER_KEY", key)
@@ -93,7 +116,7 @@ fn spawn(store: &str, key: &str, host: &str, ip: &str, data: &Path) -> std::proc
 }
 
 /// Fails with every log when `check` does not hold within [`super::SETTLE`].
-async fn settle<F, Fut>(s: &Setup, agents: &[&Agent], what: &str, check: F)
+pub(super) async fn settle<F, Fut>(s: &Setup, agents: &[&Agent], what: &str, check: F)
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -108,7 +131,7 @@ where
 }
 
 /// The jobs that are up, by host.
-async fn up_on(s: &Setup, host: &str) -> BTreeSet<String> {
+pub(super) async fn up_on(s: &Setup, host: &str) -> BTreeSet<String> {
     s.jobs()
         .await
         .iter()

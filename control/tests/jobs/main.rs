@@ -9,6 +9,8 @@ mod deploys;
 #[allow(dead_code)]
 mod harness;
 mod hosts;
+mod logs;
+mod placement;
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
