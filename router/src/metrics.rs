@@ -12,6 +12,9 @@ use prometheus::{
     TextEncoder,
 };
 
+/// The sides a fast-path body relay can fail on (`proxy::h1::Side` labels).
+pub const RELAY_SIDES: [&str; 4] = ["client", "backend", "timeout", "malformed"];
+
 /// Every metric the router exports. Counters for the hot path are resolved once, here.
 pub struct Metrics {
     registry: Registry,
@@ -32,6 +35,8 @@ pub struct Metrics {
     pub tcp_connections: IntCounter,
     pub proxy_header_refused: IntCounter,
     pub h1_handed_over: IntCounter,
+    /// `flynn_router_h1_relay_errors_total{side}`, in the order of [`RELAY_SIDES`].
+    h1_relay_errors: [IntCounter; 4],
     /// Read off the connection limit at each scrape.
     client_connections: IntGauge,
     client_connections_max: IntGauge,
@@ -66,9 +71,20 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let relay_errors = IntCounterVec::new(
+            Opts::new(
+                "flynn_router_h1_relay_errors_total",
+                "Response bodies the HTTP/1.1 fast path could not pass on whole, by the side that \
+                 failed (client, backend, timeout, malformed)",
+            ),
+            &["side"],
+        )
+        .expect("valid metric");
+        let h1_relay_errors = RELAY_SIDES.map(|side| relay_errors.with_label_values(&[side]));
         let int_counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid");
         let int_gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid");
         let metrics = Metrics {
+            h1_relay_errors,
             requests_by_class,
             request_duration,
             upstream_connect_errors: int_counter(
@@ -142,7 +158,8 @@ impl Metrics {
             last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+            Box::new(relay_errors),
             Box::new(metrics.client_connections.clone()),
             Box::new(metrics.client_connections_max.clone()),
             Box::new(metrics.accept_paused.clone()),
@@ -176,6 +193,13 @@ impl Metrics {
     pub fn record_request(&self, status: u16, start: std::time::Instant) {
         self.count_status(status);
         self.request_duration.observe(start.elapsed().as_secs_f64());
+    }
+
+    /// Counts a response body the fast path could not pass on whole, by the side that failed
+    /// (one of [`RELAY_SIDES`]; anything else is counted as `backend`).
+    pub fn relay_failed(&self, side: &str) {
+        let index = RELAY_SIDES.iter().position(|s| *s == side).unwrap_or(1);
+        self.h1_relay_errors[index].inc();
     }
 
     /// Counts one answered request by its status (0: nothing was sent).

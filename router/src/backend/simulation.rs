@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use super::{Backend, InFlight, Service, Tried, MAX_ATTEMPTS};
+use super::{Attempts, Backend, InFlight, Service, MAX_ATTEMPTS};
 
 /// How one simulated instance behaves.
 #[derive(Clone, Copy, Debug)]
@@ -24,7 +24,7 @@ const UP: (u64, u64) = (0, 0);
 struct Simulation {
     now: u64,
     rng: fastrand::Rng,
-    service: Service,
+    service: Arc<Service>,
     behaviour: Vec<Behaviour>,
     in_flight: VecDeque<(u64, InFlight)>,
     /// Requests served per instance.
@@ -50,7 +50,7 @@ impl Simulation {
             // The clock starts at 1: 0 means "never ejected" to a backend.
             now: 1,
             rng: fastrand::Rng::with_seed(seed),
-            service: Service::new(backends),
+            service: Arc::new(Service::new(backends)),
             behaviour: behaviour.to_vec(),
             in_flight: VecDeque::new(),
             served: vec![0; behaviour.len()],
@@ -67,20 +67,15 @@ impl Simulation {
             .expect("a picked backend is in the service")
     }
 
-    /// One request: pick, connect (or be refused and retry elsewhere), stay in flight.
+    /// One request: pick, connect (or be refused and retry elsewhere), stay in flight, by the
+    /// attempts rule the router's engines follow.
     fn request(&mut self) {
-        let mut tried = Tried::default();
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(backend) = self
-                .service
-                .pick_with(false, &mut tried, self.now, &mut self.rng)
-            else {
-                break;
-            };
+        let mut attempts = Attempts::new(self.service.clone(), false, None);
+        while let Some(backend) = attempts.next_with(self.now, &mut self.rng) {
             let i = self.index(&backend);
             let b = self.behaviour[i];
             if (b.down.0..b.down.1).contains(&self.now) {
-                backend.failed_at(self.now);
+                attempts.failed_at(&backend, self.now);
                 self.refused_at[i].push(self.now);
                 continue;
             }

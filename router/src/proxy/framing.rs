@@ -36,8 +36,9 @@ pub enum BadFraming {
     ContentLength,
 }
 
-/// The body length by the `Transfer-Encoding` and `Content-Length` values of a response.
-pub fn response_body<'v>(
+/// The body length by the `Transfer-Encoding` and `Content-Length` values of a response (or
+/// of a request pingora accepted, to send its Content-Length on as one value).
+pub fn body_length<'v>(
     transfer_encoding: impl IntoIterator<Item = &'v [u8]>,
     content_length: impl IntoIterator<Item = &'v [u8]>,
 ) -> Result<BodyLength, BadFraming> {
@@ -102,7 +103,7 @@ mod tests {
     use super::*;
 
     fn body(te: &[&str], cl: &[&str]) -> Result<BodyLength, BadFraming> {
-        response_body(
+        body_length(
             te.iter().map(|v| v.as_bytes()),
             cl.iter().map(|v| v.as_bytes()),
         )

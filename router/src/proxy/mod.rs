@@ -174,7 +174,10 @@ impl ProxyHttp for Proxy {
                 return Ok(true);
             }
             Plan::HandOver => {
-                return Err(Error::explain(ErrorType::InternalError, "nowhere to hand over"))
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "nowhere to hand over",
+                ))
             }
         };
         let req = session.req_header();
@@ -268,6 +271,7 @@ impl ProxyHttp for Proxy {
                 .map(|a| a.port()),
         };
         headers::add_forwarding(upstream_request, &origin)?;
+        single_content_length(upstream_request)?;
         if ctx.route.as_ref().is_some_and(|r| r.sticky) {
             sticky::strip_cookie(upstream_request)?;
         }
@@ -366,11 +370,14 @@ fn error_status(e: &Error) -> u16 {
 fn check_framing(resp: &mut ResponseHeader) -> Result<()> {
     use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
     let values = |name| resp.headers.get_all(name).into_iter().map(|v| v.as_bytes());
-    let body = framing::response_body(values(TRANSFER_ENCODING), values(CONTENT_LENGTH));
+    let body = framing::body_length(values(TRANSFER_ENCODING), values(CONTENT_LENGTH));
     match body {
         Err(why) => {
             tracing::info!(%why, "bad response from a backend");
-            Err(Error::explain(ErrorType::HTTPStatus(502), "bad response framing"))
+            Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "bad response framing",
+            ))
         }
         Ok(framing::BodyLength::Length {
             length,
@@ -381,6 +388,31 @@ fn check_framing(resp: &mut ResponseHeader) -> Result<()> {
             Ok(())
         }
         Ok(_) => Ok(()),
+    }
+}
+
+/// A request's identical Content-Length values (`5, 5`, or two lines), which pingora accepts,
+/// go to the backend as one plain value: a backend must not be left to read them its own way.
+fn single_content_length(req: &mut RequestHeader) -> Result<()> {
+    use http::header::CONTENT_LENGTH;
+    let mut values = req.headers.get_all(CONTENT_LENGTH).into_iter();
+    let plain = match (values.next(), values.next()) {
+        (Some(one), None) => !one.as_bytes().contains(&b','),
+        (None, _) => true,
+        (Some(_), Some(_)) => false,
+    };
+    if plain {
+        return Ok(());
+    }
+    let values = req.headers.get_all(CONTENT_LENGTH).into_iter();
+    match framing::body_length([], values.map(|v| v.as_bytes())) {
+        Ok(framing::BodyLength::Length { length, .. }) => {
+            req.insert_header(CONTENT_LENGTH, itoa::Buffer::new().format(length))
+        }
+        _ => Err(Error::explain(
+            ErrorType::HTTPStatus(400),
+            "conflicting Content-Length values",
+        )),
     }
 }
 

@@ -115,8 +115,10 @@ mod tests {
         let table = table();
         for engine in [Engine::FastPath, Engine::Pingora] {
             let plan = |host, body| plan(&table, &facts(host, body), engine);
-            assert!(matches!(plan("a.test", false), Plan::Forward { ref service, .. }
-                if service.backends().len() == 1));
+            assert!(
+                matches!(plan("a.test", false), Plan::Forward { ref service, .. }
+                if service.backends().len() == 1)
+            );
             assert!(matches!(plan("A.TEST:8080", true), Plan::Forward { .. }));
             assert!(matches!(plan("nowhere.test", false), Plan::Answer(404)));
             assert!(matches!(plan("", false), Plan::Answer(404)));

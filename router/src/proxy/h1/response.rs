@@ -112,7 +112,7 @@ pub fn parse(
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
             .map(|h| h.value)
     };
-    let body = match framing::response_body(named("transfer-encoding"), named("content-length")) {
+    let body = match framing::body_length(named("transfer-encoding"), named("content-length")) {
         Ok(body) => body,
         Err(framing::BadFraming::NotChunkedLast) => {
             return Parse::Bad("a Transfer-Encoding whose final coding is not chunked")
@@ -352,9 +352,16 @@ mod tests {
             true,
         );
         assert_eq!(head.framing, Framing::Chunked);
-        assert!(text.contains("\r\nTransfer-Encoding: gzip, chunked\r\n"), "{text}");
+        assert!(
+            text.contains("\r\nTransfer-Encoding: gzip, chunked\r\n"),
+            "{text}"
+        );
         assert!(!text.contains("Content-Length"), "{text}");
-        let (head, text) = final_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false, true);
+        let (head, text) = final_head(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n",
+            false,
+            true,
+        );
         assert_eq!(head.framing, Framing::Length(5));
         assert_eq!(text.matches("Content-Length: 5\r\n").count(), 1, "{text}");
         assert!(!text.contains("5, 5"), "{text}");
