@@ -12,6 +12,10 @@ use flynn_router::table::host::HostBuf;
 use flynn_router::table::{RouteEntry, Table};
 use flynn_store::types::{Certificate, HttpRoute, Instance, Route};
 
+#[path = "differential.rs"]
+mod differential;
+pub use differential::h1_differential;
+
 /// Serialises a parsed value and parses it back as the same type.
 macro_rules! round_trip {
     ($value:expr, $ty:ty) => {{

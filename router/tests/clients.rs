@@ -12,23 +12,7 @@ use flynn_testkit::client::{self, Conn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Runs each named test once per engine: `<name>::fast_path` and `<name>::pingora`.
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn fast_path() {
-                super::$name(&["--h1-fast-path", "true"]).await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn pingora() {
-                super::$name(&["--h1-fast-path", "false"]).await;
-            }
-        }
-    )*};
-}
-
-on_both_engines!(
+common::on_both_engines!(
     idle_kept_alive_connections_are_closed,
     a_head_that_trickles_in_gets_408,
     a_head_over_64_kib_gets_431,

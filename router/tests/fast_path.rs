@@ -329,3 +329,68 @@ async fn a_connection_idle_long_enough_to_give_its_buffers_back_is_served_as_bef
     assert_eq!(echoed(&response)["uri"], "/again");
     assert_eq!(h.router.metric(HANDED_OVER).await, 0.0);
 }
+
+/// A response body cut off on the way is counted by the side that failed
+/// (`flynn_router_h1_relay_errors_total{side}`): the backend closing early, a broken chunked
+/// body, a backend silent past the upstream timeout, a client that stops reading.
+#[tokio::test]
+async fn a_body_cut_off_is_counted_by_the_side_that_failed() {
+    let h = Harness::start(&["--upstream-timeout", "500ms"]).await;
+    let short = raw_backend_with(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", true).await;
+    let broken = raw_backend(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
+    // The head and part of the body, then silence.
+    let silent = raw_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await;
+    for (name, addr) in [("short", short), ("broken", broken), ("silent", silent)] {
+        h.instance(name, "raw", addr).await;
+        h.route(&format!("http-{name}"), &format!("{name}.test"), "/", name)
+            .await;
+    }
+    // Their bodies never end: wait for each route by its status line alone.
+    for host in ["short.test", "broken.test", "silent.test"] {
+        let addr = h.router.http;
+        flynn_testkit::eventually(common::APPLY, host, || async move {
+            let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+                return false;
+            };
+            let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+            let _ = stream.write_all(request.as_bytes()).await;
+            let mut got = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut got)).await;
+            // Routed: not the router's 404 or 503 (a broken chunked body may send nothing).
+            !got.starts_with(b"HTTP/1.1 404") && !got.starts_with(b"HTTP/1.1 503")
+        })
+        .await
+        .expect("routes applied");
+    }
+    let sample = |side: &str| format!("flynn_router_h1_relay_errors_total{{side=\"{side}\"}}");
+    let mut before = Vec::new();
+    for side in ["backend", "malformed", "timeout"] {
+        before.push(h.router.metric(&sample(side)).await);
+    }
+    for (host, side) in [
+        ("short.test", "backend"),
+        ("broken.test", "malformed"),
+        ("silent.test", "timeout"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(h.router.http)
+            .await
+            .expect("connect");
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("write");
+        // The head goes out, then the connection is closed where the body broke off.
+        let mut got = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+        assert!(read.is_ok(), "{host}: still open");
+        let text = String::from_utf8_lossy(&got);
+        // What was passed on is never a whole response: the client can tell it was cut off.
+        assert!(!text.ends_with("abcdefghij"), "{host} ({side}): {text}");
+    }
+    for (i, side) in ["backend", "malformed", "timeout"].into_iter().enumerate() {
+        assert_eq!(
+            h.router.metric(&sample(side)).await,
+            before[i] + 1.0,
+            "{side}"
+        );
+    }
+}

@@ -45,3 +45,8 @@ fn proxy_header_corpus() {
 fn h1_messages_corpus() {
     replay("h1_messages", targets::h1_messages);
 }
+
+#[test]
+fn h1_differential_corpus() {
+    replay("h1_differential", targets::h1_differential);
+}

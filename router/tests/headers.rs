@@ -8,8 +8,16 @@ use common::{echoed, Harness};
 use flynn_testkit::backend::{echoed_header, echoed_headers, Backend};
 use flynn_testkit::client::{self, Conn};
 
-async fn harness_with_echo() -> (Harness, Backend) {
-    let h = Harness::start(&[]).await;
+common::on_both_engines!(
+    forwarding_headers_are_appended,
+    request_ids_are_kept_when_valid_and_made_otherwise,
+    hop_by_hop_request_headers_are_stripped,
+    hop_by_hop_response_headers_are_stripped,
+    an_http_1_0_backend_is_answered_as_http_1_1_on_a_kept_alive_connection,
+);
+
+async fn harness_with_echo(engine: &[&str]) -> (Harness, Backend) {
+    let h = Harness::start(engine).await;
     let b = Backend::start("echo").await;
     h.instance("web", "i1", b.addr).await;
     h.route("http-1", "headers.test", "/", "web").await;
@@ -23,9 +31,8 @@ fn one(json: &serde_json::Value, name: &str) -> String {
     values[0].clone()
 }
 
-#[tokio::test]
-async fn forwarding_headers_are_appended() {
-    let (h, _b) = harness_with_echo().await;
+async fn forwarding_headers_are_appended(engine: &[&str]) {
+    let (h, _b) = harness_with_echo(engine).await;
     let port = h.router.http.port().to_string();
 
     let before_ms = now_ms();
@@ -73,9 +80,8 @@ fn now_ms() -> u128 {
         .unwrap_or(0)
 }
 
-#[tokio::test]
-async fn request_ids_are_kept_when_valid_and_made_otherwise() {
-    let (h, _b) = harness_with_echo().await;
+async fn request_ids_are_kept_when_valid_and_made_otherwise(engine: &[&str]) {
+    let (h, _b) = harness_with_echo(engine).await;
     let valid = [
         "abcdefghij0123456789",
         "Zm9vYmFyYmF6cXV4cXV1eA==",
@@ -122,9 +128,8 @@ fn is_uuid(s: &str) -> bool {
         })
 }
 
-#[tokio::test]
-async fn hop_by_hop_request_headers_are_stripped() {
-    let (h, _b) = harness_with_echo().await;
+async fn hop_by_hop_request_headers_are_stripped(engine: &[&str]) {
+    let (h, _b) = harness_with_echo(engine).await;
     let response = client::send(
         &h.router.http.to_string(),
         b"GET / HTTP/1.1\r\nHost: headers.test\r\nConnection: keep-alive, X-Secret\r\n\
@@ -148,9 +153,8 @@ async fn hop_by_hop_request_headers_are_stripped() {
     assert_eq!(one(&json, "host"), "headers.test");
 }
 
-#[tokio::test]
-async fn hop_by_hop_response_headers_are_stripped() {
-    let h = Harness::start(&[]).await;
+async fn hop_by_hop_response_headers_are_stripped(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let addr = common::raw_backend(
         b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: keep-alive, X-Internal\r\n\
           X-Internal: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\n\
@@ -184,9 +188,8 @@ async fn hop_by_hop_response_headers_are_stripped() {
     }
 }
 
-#[tokio::test]
-async fn an_http_1_0_backend_is_answered_as_http_1_1_on_a_kept_alive_connection() {
-    let h = Harness::start(&[]).await;
+async fn an_http_1_0_backend_is_answered_as_http_1_1_on_a_kept_alive_connection(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let addr = common::raw_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nok\n").await;
     h.instance("web", "old", addr).await;
     h.route("http-1", "old.test", "/", "web").await;

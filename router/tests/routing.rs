@@ -6,9 +6,15 @@ use common::{backend_of, echoed, Harness};
 use flynn_testkit::backend::Backend;
 use flynn_testkit::client::{self, Conn};
 
-#[tokio::test]
-async fn host_matching_exact_beats_wildcard_beats_catch_all() {
-    let h = Harness::start(&[]).await;
+common::on_both_engines!(
+    host_matching_exact_beats_wildcard_beats_catch_all,
+    longest_path_prefix_wins_on_slash_boundaries,
+    the_uri_reaches_the_backend_byte_for_byte,
+    no_instance_is_503_and_changes_apply_live,
+);
+
+async fn host_matching_exact_beats_wildcard_beats_catch_all(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let exact = Backend::start("exact").await;
     let wild = Backend::start("wild").await;
     let deeper = Backend::start("deeper").await;
@@ -68,9 +74,8 @@ async fn host_matching_exact_beats_wildcard_beats_catch_all() {
     assert_eq!(backend_of(&h.get("/", "a.example.com").await), "wild");
 }
 
-#[tokio::test]
-async fn longest_path_prefix_wins_on_slash_boundaries() {
-    let h = Harness::start(&[]).await;
+async fn longest_path_prefix_wins_on_slash_boundaries(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let mut backends = Vec::new();
     for name in ["root", "api", "v2"] {
         let b = Backend::start(name).await;
@@ -121,9 +126,8 @@ async fn common_wait_backend(h: &Harness, host: &str, path: &str, want: &str) {
     .expect("route applied");
 }
 
-#[tokio::test]
-async fn the_uri_reaches_the_backend_byte_for_byte() {
-    let h = Harness::start(&[]).await;
+async fn the_uri_reaches_the_backend_byte_for_byte(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let b = Backend::start("b").await;
     h.instance("web", "i1", b.addr).await;
     h.route("http-1", "uri.test", "/", "web").await;
@@ -146,9 +150,8 @@ async fn the_uri_reaches_the_backend_byte_for_byte() {
     }
 }
 
-#[tokio::test]
-async fn no_instance_is_503_and_changes_apply_live() {
-    let h = Harness::start(&[]).await;
+async fn no_instance_is_503_and_changes_apply_live(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     h.route("http-1", "live.test", "/", "web").await;
     h.wait_status("live.test", "/", 503).await;
     let response = h.get("/", "live.test").await;

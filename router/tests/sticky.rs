@@ -9,6 +9,11 @@ use flynn_testkit::backend::{echoed_header, Backend};
 use flynn_testkit::client::{self, Conn, Response};
 use serde_json::json;
 
+common::on_both_engines!(
+    a_client_stays_on_its_instance_until_that_instance_is_gone,
+    websocket_upgrades_follow_the_cookie,
+);
+
 /// The `_backend=...` pair of a response's Set-Cookie, if any.
 fn sticky_cookie(response: &Response) -> Option<String> {
     response
@@ -26,9 +31,8 @@ async fn get_with_cookie(addr: &str, cookie: &str) -> Response {
         .expect("request")
 }
 
-#[tokio::test]
-async fn a_client_stays_on_its_instance_until_that_instance_is_gone() {
-    let h = Harness::start(&[]).await;
+async fn a_client_stays_on_its_instance_until_that_instance_is_gone(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let backends = [
         Backend::start("instance-alpha").await,
         Backend::start("instance-bravo").await,
@@ -98,7 +102,7 @@ async fn a_client_stays_on_its_instance_until_that_instance_is_gone() {
     }
 
     // A second router on the same store reads the same key: the cookie holds across routers.
-    let other = Router::start(&h.etcd.url(), &[]).await;
+    let other = Router::start(&h.etcd.url(), engine).await;
     let response = {
         let mut conn = Conn::open(&other.http.to_string()).await.expect("connect");
         conn.get("/", "sticky.test", &[("Cookie", new_cookie.as_str())])
@@ -107,16 +111,15 @@ async fn a_client_stays_on_its_instance_until_that_instance_is_gone() {
     };
     assert_eq!(backend_of(&response), new_home);
     assert_eq!(sticky_cookie(&response), None);
-    // All of it on the router's HTTP/1.1 fast path (router/src/proxy/h1).
+    // Nothing was handed over: on the fast path, all of it stayed on it (router/src/proxy/h1).
     assert_eq!(
         h.router.metric("flynn_router_h1_handed_over_total").await,
         0.0
     );
 }
 
-#[tokio::test]
-async fn websocket_upgrades_follow_the_cookie() {
-    let h = Harness::start(&[]).await;
+async fn websocket_upgrades_follow_the_cookie(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let backends = [Backend::start("a").await, Backend::start("b").await];
     for b in &backends {
         h.instance("web", &b.name, b.addr).await;

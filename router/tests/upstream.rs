@@ -13,6 +13,21 @@ use flynn_testkit::client::{self, Conn};
 use flynn_testkit::{free_port, tls};
 use serde_json::json;
 
+common::on_both_engines!(
+    connect_failures_are_retried_on_another_instance,
+    an_error_after_the_request_was_sent_is_not_retried,
+    a_silent_backend_is_a_504,
+    p2c_sends_new_requests_to_the_less_busy_instance,
+    leader_routes_use_the_first_registered_instance,
+    keep_alive_pooling_and_disable_keep_alives,
+    backends_that_close_idle_connections_cost_no_error,
+    idle_backend_connections_the_backend_closed_are_closed_by_the_router,
+    responses_stream_without_buffering,
+    h2c_backends_get_http_2_whatever_the_client_speaks,
+    h2_backends_over_tls_are_verified_against_the_backend_ca,
+    backend_response_framing_is_judged_alike,
+);
+
 /// An address where nothing listens: connects are refused.
 fn dead_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port()))
@@ -34,9 +49,8 @@ async fn hang_up_backend() -> (SocketAddr, Arc<AtomicUsize>) {
     (addr, accepted)
 }
 
-#[tokio::test]
-async fn connect_failures_are_retried_on_another_instance() {
-    let h = Harness::start(&[]).await;
+async fn connect_failures_are_retried_on_another_instance(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let live = Backend::start("live").await;
     let revived = dead_addr();
     h.instance("web", "dead-1", revived).await;
@@ -91,9 +105,8 @@ async fn connect_failures_are_retried_on_another_instance() {
     assert_eq!(response.text(), "Service Unavailable\n");
 }
 
-#[tokio::test]
-async fn an_error_after_the_request_was_sent_is_not_retried() {
-    let h = Harness::start(&[]).await;
+async fn an_error_after_the_request_was_sent_is_not_retried(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let good = Backend::start("good").await;
     let (bad, bad_accepts) = hang_up_backend().await;
     h.instance("web", "good", good.addr).await;
@@ -129,9 +142,8 @@ async fn an_error_after_the_request_was_sent_is_not_retried() {
     );
 }
 
-#[tokio::test]
-async fn a_silent_backend_is_a_504() {
-    let h = Harness::start(&["--upstream-timeout", "300ms"]).await;
+async fn a_silent_backend_is_a_504(engine: &[&str]) {
+    let h = Harness::start(&common::flags(engine, &["--upstream-timeout", "300ms"])).await;
     let b = Backend::start("slow").await;
     h.instance("web", "i1", b.addr).await;
     h.route("http-1", "slow.test", "/", "web").await;
@@ -145,9 +157,8 @@ async fn a_silent_backend_is_a_504() {
     assert_eq!(h.get("/slow/50", "slow.test").await.status, 200);
 }
 
-#[tokio::test]
-async fn p2c_sends_new_requests_to_the_less_busy_instance() {
-    let h = Harness::start(&[]).await;
+async fn p2c_sends_new_requests_to_the_less_busy_instance(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let slow = Backend::start_with(
         "slow",
         Options {
@@ -198,9 +209,8 @@ async fn p2c_sends_new_requests_to_the_less_busy_instance() {
     );
 }
 
-#[tokio::test]
-async fn leader_routes_use_the_first_registered_instance() {
-    let h = Harness::start(&[]).await;
+async fn leader_routes_use_the_first_registered_instance(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let first = Backend::start("first").await;
     let second = Backend::start("second").await;
     h.instance("db", "first", first.addr).await;
@@ -234,9 +244,8 @@ async fn leader_routes_use_the_first_registered_instance() {
     }
 }
 
-#[tokio::test]
-async fn keep_alive_pooling_and_disable_keep_alives() {
-    let h = Harness::start(&[]).await;
+async fn keep_alive_pooling_and_disable_keep_alives(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let pooled = Backend::start("pooled").await;
     let fresh = Backend::start("fresh").await;
     h.instance("pooled", "i1", pooled.addr).await;
@@ -278,8 +287,8 @@ async fn keep_alive_pooling_and_disable_keep_alives() {
 
 /// A router with one route, `idle.test`, to a backend that closes connections idle for
 /// `idle_timeout`, and a client connection to the router.
-async fn closing_backend(idle_timeout: Duration) -> (Harness, Backend, Conn) {
-    let h = Harness::start(&[]).await;
+async fn closing_backend(engine: &[&str], idle_timeout: Duration) -> (Harness, Backend, Conn) {
+    let h = Harness::start(engine).await;
     let b = Backend::start_with(
         "closer",
         Options {
@@ -295,9 +304,8 @@ async fn closing_backend(idle_timeout: Duration) -> (Harness, Backend, Conn) {
     (h, b, conn)
 }
 
-#[tokio::test]
-async fn backends_that_close_idle_connections_cost_no_error() {
-    let (_h, b, mut conn) = closing_backend(Duration::from_millis(150)).await;
+async fn backends_that_close_idle_connections_cost_no_error(engine: &[&str]) {
+    let (_h, b, mut conn) = closing_backend(engine, Duration::from_millis(150)).await;
     for i in 0..6 {
         let response = conn.get("/", "idle.test", &[]).await.expect("answer");
         assert_eq!(response.status, 200, "request {i} after an idle close");
@@ -333,9 +341,8 @@ fn close_wait_to(remote: SocketAddr) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn idle_backend_connections_the_backend_closed_are_closed_by_the_router() {
-    let (_h, b, mut conn) = closing_backend(Duration::from_millis(100)).await;
+async fn idle_backend_connections_the_backend_closed_are_closed_by_the_router(engine: &[&str]) {
+    let (_h, b, mut conn) = closing_backend(engine, Duration::from_millis(100)).await;
     let response = conn.get("/", "idle.test", &[]).await.expect("answer");
     assert_eq!(response.status, 200);
     // The backend closes the pooled connection after 100 ms. Nothing reuses it, yet the router
@@ -361,9 +368,8 @@ async fn idle_backend_connections_the_backend_closed_are_closed_by_the_router() 
     assert_eq!(response.status, 200);
 }
 
-#[tokio::test]
-async fn responses_stream_without_buffering() {
-    let h = Harness::start(&[]).await;
+async fn responses_stream_without_buffering(engine: &[&str]) {
+    let h = Harness::start(engine).await;
     let b = Backend::start("stream").await;
     h.instance("web", "i1", b.addr).await;
     h.route("http-1", "stream.test", "/", "web").await;
@@ -389,9 +395,8 @@ async fn responses_stream_without_buffering() {
     assert!(started.elapsed() >= Duration::from_millis(1400));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2c_backends_get_http_2_whatever_the_client_speaks() {
-    let h = Harness::start(&["--h2c"]).await;
+async fn h2c_backends_get_http_2_whatever_the_client_speaks(engine: &[&str]) {
+    let h = Harness::start(&common::flags(engine, &["--h2c"])).await;
     let grpc = Backend::start_with(
         "grpc",
         Options {
@@ -455,14 +460,14 @@ async fn h2c_backends_get_http_2_whatever_the_client_speaks() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn h2_backends_over_tls_are_verified_against_the_backend_ca() {
+async fn h2_backends_over_tls_are_verified_against_the_backend_ca(engine: &[&str]) {
     let dir = tempfile::tempdir().expect("tempdir");
     // The trusted backend's certificate is the CA the router is given.
     let (trusted_cert, trusted_key) = tls::self_signed(&["grpcs.test"]);
     let ca = dir.path().join("backend-ca.pem");
     std::fs::write(&ca, &trusted_cert).expect("write CA");
-    let h = Harness::start(&["--backend-ca", ca.to_str().expect("utf-8 path")]).await;
+    let ca = ca.to_str().expect("utf-8 path");
+    let h = Harness::start(&common::flags(engine, &["--backend-ca", ca])).await;
 
     let tls_backend = |(cert, key): (String, String)| Options {
         tls: Some(tls::h2_server_config(&cert, &key)),
@@ -527,4 +532,73 @@ async fn a_backend_ca_without_certificates_is_refused_at_start() {
         stderr.contains("--backend-ca") && stderr.contains("no certificate"),
         "{stderr}"
     );
+}
+
+/// A backend's framing headers get one answer on both engines (router/src/proxy/framing.rs):
+/// a Transfer-Encoding ending in chunked is chunked, identical Content-Length values are one
+/// (sent once), and conflicting values or a final coding other than chunked are a 502.
+async fn backend_response_framing_is_judged_alike(engine: &[&str]) {
+    let h = Harness::start(engine).await;
+    let cases: [(&str, &'static [u8], u16); 7] = [
+        (
+            "te",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            200,
+        ),
+        (
+            "te-cl",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            200,
+        ),
+        ("cl-list", b"HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\nhello", 200),
+        (
+            "cl-twice",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            200,
+        ),
+        (
+            "cl-conflict",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            502,
+        ),
+        ("te-gzip", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nhello", 502),
+        (
+            "te-twice",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            502,
+        ),
+    ];
+    for (name, raw, _) in cases {
+        let addr = common::raw_backend_with(raw, true).await;
+        h.instance(name, "i1", addr).await;
+        h.route(&format!("http-{name}"), &format!("{name}.test"), "/", name)
+            .await;
+    }
+    for (name, _, status) in cases {
+        let host = format!("{name}.test");
+        h.wait_status(&host, "/", status).await;
+        // On a kept-alive connection: the next request still finds it usable after a 200.
+        let mut conn = Conn::open(&h.router.http.to_string()).await.expect("open");
+        for _ in 0..2 {
+            let response = conn.get("/", &host, &[]).await.expect("answered");
+            assert_eq!(response.status, status, "{name}");
+            if status == 502 {
+                assert_eq!(response.text(), "Bad Gateway\n", "{name}");
+                break;
+            }
+            assert_eq!(response.text(), "hello", "{name}");
+            let lengths: Vec<_> = response
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.as_str())
+                .collect();
+            let codings = response.header("transfer-encoding");
+            match name {
+                "te" => assert_eq!((codings, lengths.len()), (Some("gzip, chunked"), 0)),
+                "te-cl" => assert_eq!((codings, lengths.len()), (Some("chunked"), 0)),
+                _ => assert_eq!((codings, lengths), (None, vec!["5"]), "{name}"),
+            }
+        }
+    }
 }

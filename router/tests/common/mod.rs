@@ -18,6 +18,32 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
 
+/// Runs each named `async fn name(engine: &[&str])` once per HTTP engine, as
+/// `<name>::fast_path` (`--h1-fast-path true`) and `<name>::pingora` (`--h1-fast-path false`):
+/// one suite, both engines (as the store's conformance suite runs on both store backends).
+#[allow(unused_macros)]
+macro_rules! on_both_engines {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn fast_path() {
+                super::$name(&["--h1-fast-path", "true"]).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn pingora() {
+                super::$name(&["--h1-fast-path", "false"]).await;
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use on_both_engines;
+
+/// The flags of one engine followed by `extra` ones.
+pub fn flags<'a>(engine: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+    engine.iter().chain(extra).copied().collect()
+}
+
 /// How long the tests give the router to apply a store change. The contract is milliseconds;
 /// this is generous so that a loaded CI machine does not flake.
 pub const APPLY: Duration = Duration::from_secs(5);
