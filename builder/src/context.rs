@@ -101,52 +101,6 @@ impl Tar {
         Ok(())
     }
 
-    /// Appends every entry of another archive, under `prefix` stripped of nothing, owned by
-    /// `owner`. Entries whose path leaves `under` (absolute, `..`) are refused.
-    pub fn append_archive<R: io::Read>(
-        &mut self,
-        archive: R,
-        under: &str,
-        owner: u64,
-        mut seen: impl FnMut(&str, &[u8]),
-    ) -> io::Result<()> {
-        let mut archive = tar::Archive::new(archive);
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let path = entry.path()?.to_string_lossy().into_owned();
-            let clean = path.trim_start_matches("./");
-            let inside = clean == under.trim_end_matches('/')
-                || clean.starts_with(&format!("{}/", under.trim_end_matches('/')));
-            if !inside || clean.split('/').any(|c| c == "..") {
-                return Err(io::Error::other(format!(
-                    "slug entry {path:?} is outside {under}/"
-                )));
-            }
-            let mut header = entry.header().clone();
-            header.set_uid(owner);
-            header.set_gid(owner);
-            let link = entry.link_name()?.map(|l| l.into_owned());
-            match header.entry_type() {
-                tar::EntryType::Symlink | tar::EntryType::Link => {
-                    let target = link.ok_or_else(|| io::Error::other("a link without a target"))?;
-                    self.builder.append_link(&mut header, clean, target)?;
-                }
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let mut data = Vec::with_capacity(header.size().unwrap_or(0) as usize);
-                    io::Read::read_to_end(&mut entry, &mut data)?;
-                    seen(clean, &data);
-                    self.builder.append_data(&mut header, clean, data.as_slice())?;
-                }
-                tar::EntryType::Directory => {
-                    self.builder.append_data(&mut header, clean, io::empty())?;
-                }
-                // pax/GNU long-name records are folded into the entries by the reader.
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
     pub fn finish(self) -> io::Result<Vec<u8>> {
         self.builder.into_inner()
     }
@@ -185,20 +139,17 @@ mod tests {
             ));
         }
         let names: Vec<_> = seen.iter().map(|s| s.0.as_str()).collect();
-        assert_eq!(names, ["app", "app/app.py", "app/bin", "app/bin/link", "app/bin/run"]);
+        assert_eq!(
+            names,
+            [
+                "app",
+                "app/app.py",
+                "app/bin",
+                "app/bin/link",
+                "app/bin/run"
+            ]
+        );
         assert_eq!(seen[4].1, 0o755);
         assert!(seen[3].2);
-    }
-
-    #[test]
-    fn an_archive_outside_its_dir_is_refused() {
-        let mut inner = Tar::new();
-        inner.file("etc/passwd", b"x", 0o644, 0).expect("file");
-        let bytes = inner.finish().expect("finish");
-        let mut tar = Tar::new();
-        let err = tar
-            .append_archive(bytes.as_slice(), "app", 1000, |_, _| {})
-            .expect_err("outside");
-        assert!(err.to_string().contains("outside app/"));
     }
 }

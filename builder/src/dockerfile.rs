@@ -51,7 +51,13 @@ pub async fn build(
         .and_then(|ports| first_tcp_port(ports.iter().map(String::as_str)));
     match port {
         Some(port) => say(out, format!("-----> web listens on port {port} (EXPOSE)")).await?,
-        None => say(out, "-----> the image exposes no port: web must listen on $PORT").await?,
+        None => {
+            say(
+                out,
+                "-----> the image exposes no port: web must listen on $PORT",
+            )
+            .await?
+        }
     }
     guard.keep();
     Ok(Built {
@@ -124,7 +130,8 @@ mod tests {
 
     #[test]
     fn from_lines() {
-        let text = "# syntax is not used\nARG V=1\nFROM --platform=linux/amd64 flynn/stack:x AS build\n\
+        let text =
+            "# syntax is not used\nARG V=1\nFROM --platform=linux/amd64 flynn/stack:x AS build\n\
                     RUN make \\\n  all\nfrom scratch\nFROM build AS final\nFROM other/img:${V}\n\
                     FROM busybox\nCOPY --from=build /a /a\nFROM busybox\n";
         assert_eq!(base_images(text), ["flynn/stack:x", "busybox"]);

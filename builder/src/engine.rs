@@ -334,7 +334,10 @@ mod tests {
     fn lines_split_across_chunks() {
         let mut lines = Lines::default();
         assert_eq!(lines.push(b"Collect"), Vec::<String>::new());
-        assert_eq!(lines.push(b"ing six\r\nDone\n\npart"), ["Collecting six", "Done"]);
+        assert_eq!(
+            lines.push(b"ing six\r\nDone\n\npart"),
+            ["Collecting six", "Done"]
+        );
         assert_eq!(lines.finish().as_deref(), Some("part"));
         assert_eq!(lines.tail, ["Collecting six", "Done", "part"]);
         for i in 0..30 {

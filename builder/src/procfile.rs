@@ -110,6 +110,9 @@ mod tests {
         ));
         assert_eq!(parse(b"web: \xff"), Err(ProcfileError::NotUtf8));
         let msg = parse(b"web\n").expect_err("invalid").to_string();
-        assert_eq!(msg, "Procfile line 1: expected `type: command`, found \"web\"");
+        assert_eq!(
+            msg,
+            "Procfile line 1: expected `type: command`, found \"web\""
+        );
     }
 }

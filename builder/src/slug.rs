@@ -64,17 +64,26 @@ pub async fn image_from_slug(
     labels: HashMap<String, String>,
     out: &Output,
 ) -> Result<SlugImage, BuildError> {
-    let (image_id, procfile, guard) =
-        build_from_slug(docker, stack, slug_tgz, tag, labels, out).await?;
+    let slug = slug_tgz.to_vec();
+    let tar = tokio::task::spawn_blocking(move || {
+        let mut tar = Vec::new();
+        flate2::read::GzDecoder::new(slug.as_slice()).read_to_end(&mut tar)?;
+        Ok::<_, std::io::Error>(tar)
+    })
+    .await
+    .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
+    .map_err(|e| BuildError::Source(format!("the slug is not a gzipped tar: {e}")))?;
+    let (image_id, procfile, guard) = assemble(docker, stack, tar, tag, labels, out).await?;
     guard.keep();
     Ok(SlugImage { image_id, procfile })
 }
 
-/// [`image_from_slug`], keeping the image's guard armed for the caller.
-pub(crate) async fn build_from_slug(
+/// [`image_from_slug`] from the slug's tar itself (not compressed), keeping the image's guard
+/// armed for the caller.
+pub(crate) async fn assemble(
     docker: &Docker,
     stack: &str,
-    slug_tgz: &[u8],
+    slug_tar: Vec<u8>,
     tag: &str,
     labels: HashMap<String, String>,
     out: &Output,
@@ -87,11 +96,13 @@ pub(crate) async fn build_from_slug(
             "{stack} is not in the Docker Engine (flynn stack build makes it)"
         )));
     }
-    let slug = slug_tgz.to_vec();
-    let (layer, procfile) = tokio::task::spawn_blocking(move || layer(&slug))
-        .await
-        .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
-        .map_err(|e| BuildError::Source(format!("the slug: {e}")))?;
+    let (slug_tar, procfile) = tokio::task::spawn_blocking(move || {
+        let procfile = check(&slug_tar)?;
+        Ok::<_, std::io::Error>((slug_tar, procfile))
+    })
+    .await
+    .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
+    .map_err(|e| BuildError::Source(format!("the slug: {e}")))?;
     let procfile = procfile.map(|bytes| procfile::parse(&bytes)).transpose()?;
 
     let body = ContainerCreateBody {
@@ -114,28 +125,35 @@ pub(crate) async fn build_from_slug(
         .await
         .map_err(engine_error)?;
     let container = ContainerGuard::new(docker, created.id);
-    docker
-        .upload_to_container(
-            container.id(),
-            Some(UploadToContainerOptionsBuilder::default().path("/").build()),
-            bollard::body_full(layer.into()),
-        )
-        .await
-        .map_err(engine_error)?;
-    let guard = ImageGuard::new(docker, tag);
-    let options = CommitContainerOptionsBuilder::default()
-        .container(container.id())
-        .repo(repo)
-        .tag(version)
-        .comment("flynn: a slug on the stack")
-        .pause(false)
-        .build();
-    let committed = docker
-        .commit_container(options, ContainerConfig::default())
-        .await
-        .map_err(engine_error)?;
+    let result = async {
+        let runner = runner_tar().map_err(|e| BuildError::Source(e.to_string()))?;
+        for tar in [runner, slug_tar] {
+            docker
+                .upload_to_container(
+                    container.id(),
+                    Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+                    bollard::body_full(tar.into()),
+                )
+                .await
+                .map_err(engine_error)?;
+        }
+        let guard = ImageGuard::new(docker, tag);
+        let options = CommitContainerOptionsBuilder::default()
+            .container(container.id())
+            .repo(repo)
+            .tag(version)
+            .comment("flynn: a slug on the stack")
+            .pause(false)
+            .build();
+        let committed = docker
+            .commit_container(options, ContainerConfig::default())
+            .await
+            .map_err(engine_error)?;
+        Ok::<_, BuildError>((committed.id, guard))
+    }
+    .await;
     container.remove().await;
-    let id = committed.id;
+    let (id, guard) = result?;
     say(out, format!("       image {}", short(&id))).await?;
     Ok((id, procfile, guard))
 }
@@ -145,23 +163,40 @@ fn short(id: &str) -> &str {
     &hex[..hex.len().min(12)]
 }
 
-/// The layer: the slug's `app/` tree owned by the app user and the runner; and the slug's
-/// Procfile, if any.
-fn layer(slug_tgz: &[u8]) -> std::io::Result<(Vec<u8>, Option<Vec<u8>>)> {
+/// The runner at `runner/init`.
+fn runner_tar() -> std::io::Result<Vec<u8>> {
     let mut tar = Tar::new();
     tar.dir("runner", 0o755, 0)?;
     tar.file("runner/init", RUNNER.as_bytes(), 0o755, 0)?;
-    let mut procfile = None;
-    let gz = flate2::read::GzDecoder::new(slug_tgz);
-    tar.append_archive(gz, "app", 1000, |path, data| {
-        if path == "app/Procfile" {
-            procfile = Some(data.to_vec());
-        }
-    })?;
-    Ok((tar.finish()?, procfile))
+    tar.finish()
 }
 
-/// Gzips a tar of `app/` (what the engine's archive download of `/app` gives) into a slug.
+/// Checks that every entry of a slug's tar is under `app/` (no absolute path, no `..`), and
+/// returns its `app/Procfile`, if any.
+fn check(slug_tar: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    let mut procfile = None;
+    let mut archive = tar::Archive::new(slug_tar);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let clean = path.trim_start_matches("./");
+        let inside = clean == "app" || clean == "app/" || clean.starts_with("app/");
+        if !inside || clean.split('/').any(|c| c == "..") {
+            return Err(std::io::Error::other(format!(
+                "entry {path:?} is outside app/"
+            )));
+        }
+        if clean == "app/Procfile" && entry.header().entry_type().is_file() {
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data)?;
+            procfile = Some(data);
+        }
+    }
+    Ok(procfile)
+}
+
+/// Gzips a slug's tar (what the engine's archive download of `/app` gives) into a slug
+/// tarball.
 pub fn compress(tar: &[u8]) -> std::io::Result<Vec<u8>> {
     let mut gz = flate2::read::GzEncoder::new(tar, flate2::Compression::fast());
     let mut slug = Vec::new();
@@ -174,27 +209,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_layer_has_the_runner_and_app() {
+    fn a_slug_is_checked_and_its_procfile_found() {
         let mut app = Tar::new();
         app.dir("app", 0o755, 1000).expect("dir");
         app.file("app/Procfile", b"web: python app.py\n", 0o644, 1000)
             .expect("file");
-        let slug = compress(&app.finish().expect("tar")).expect("gzip");
-        let (context, procfile) = layer(&slug).expect("layer");
-        assert_eq!(procfile.as_deref(), Some(&b"web: python app.py\n"[..]));
-        let mut archive = tar::Archive::new(context.as_slice());
-        let names: Vec<String> = archive
-            .entries()
-            .expect("entries")
-            .map(|e| {
-                e.expect("entry")
-                    .path()
-                    .expect("path")
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect();
-        assert_eq!(names, ["runner", "runner/init", "app", "app/Procfile"]);
+        let tar = app.finish().expect("tar");
+        assert_eq!(
+            check(&tar).expect("valid").as_deref(),
+            Some(&b"web: python app.py\n"[..])
+        );
+        let slug = compress(&tar).expect("gzip");
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(slug.as_slice())
+            .read_to_end(&mut back)
+            .expect("gunzip");
+        assert_eq!(back, tar);
+
+        let mut bad = Tar::new();
+        bad.file("etc/passwd", b"x", 0o644, 0).expect("file");
+        let err = check(&bad.finish().expect("tar")).expect_err("outside");
+        assert!(err.to_string().contains("outside app/"), "{err}");
         assert_eq!(argv("python app.py"), ["/runner/init", "python app.py"]);
     }
 }

@@ -195,12 +195,19 @@ pub async fn build(docker: &Docker, image: &str, out: &Output) -> Result<(), Bui
     }
     if let Some(e) = import_error {
         remove_image(docker, &partial).await;
-        return Err(BuildError::Stack(format!("the engine's import failed: {e}")));
+        return Err(BuildError::Stack(format!(
+            "the engine's import failed: {e}"
+        )));
     }
     docker
         .tag_image(
             &partial,
-            Some(TagImageOptionsBuilder::default().repo(repo).tag(tag).build()),
+            Some(
+                TagImageOptionsBuilder::default()
+                    .repo(repo)
+                    .tag(tag)
+                    .build(),
+            ),
         )
         .await
         .map_err(engine_error)?;

@@ -12,10 +12,18 @@ const DETECT: &str = "#!/bin/sh\necho Greeter\n";
 const COMPILE: &str = "#!/bin/sh\nset -e\necho \"-----> greeting with $(cat \"$3/GREETING\")\"\n\
     cat \"$3/GREETING\" > \"$1/greeting.txt\"\ncount=$(cat \"$2/count\" 2>/dev/null || echo 0)\n\
     echo $((count + 1)) > \"$2/count\"\necho \"-----> build number $((count + 1))\"\n";
-const RELEASE: &str = "#!/bin/sh\ncat <<'YAML'\n---\ndefault_process_types:\n  web: cat greeting.txt\nYAML\n";
+const RELEASE: &str =
+    "#!/bin/sh\ncat <<'YAML'\n---\ndefault_process_types:\n  web: cat greeting.txt\nYAML\n";
 
 fn buildpack(dir: &std::path::Path) {
-    write_tree(dir, &[("bin/detect", DETECT), ("bin/compile", COMPILE), ("bin/release", RELEASE)]);
+    write_tree(
+        dir,
+        &[
+            ("bin/detect", DETECT),
+            ("bin/compile", COMPILE),
+            ("bin/release", RELEASE),
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,26 +31,43 @@ async fn buildpack_url_a_local_dir() {
     let pack = tempfile::tempdir().expect("tempdir");
     buildpack(pack.path());
     // A requirements.txt would pick python: BUILDPACK_URL overrides detection.
-    let mut app = App::new("custom", &[("requirements.txt", "six\n"), ("Procfile", "clock: true\n")]);
-    app.env.insert("BUILDPACK_URL".into(), pack.path().display().to_string());
-    app.env.insert("GREETING".into(), "hello from the env".into());
+    let mut app = App::new(
+        "custom",
+        &[("requirements.txt", "six\n"), ("Procfile", "clock: true\n")],
+    );
+    app.env
+        .insert("BUILDPACK_URL".into(), pack.path().display().to_string());
+    app.env
+        .insert("GREETING".into(), "hello from the env".into());
     let (built, lines) = app.build(&build_id("custom1")).await;
     let built = built.expect("the build succeeds");
     assert_eq!(built.kind, "buildpack custom");
-    assert!(lines.iter().any(|l| l == "-----> Greeter app detected"), "{lines:?}");
-    assert!(lines.iter().any(|l| l == "-----> greeting with hello from the env"));
+    assert!(
+        lines.iter().any(|l| l == "-----> Greeter app detected"),
+        "{lines:?}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l == "-----> greeting with hello from the env"));
     assert!(lines.iter().any(|l| l == "-----> build number 1"));
     assert_eq!(built.processes["web"], ["/runner/init", "cat greeting.txt"]);
     assert_eq!(built.processes["clock"], ["/runner/init", "true"]);
-    assert_eq!(app.run_once(&built.image, "cat greeting.txt"), "hello from the env");
+    assert_eq!(
+        app.run_once(&built.image, "cat greeting.txt"),
+        "hello from the env"
+    );
 
     // The cache dir persists between builds of the app.
     let (again, lines) = app.build(&build_id("custom2")).await;
     again.expect("the second build succeeds");
-    assert!(lines.iter().any(|l| l == "-----> build number 2"), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l == "-----> build number 2"),
+        "{lines:?}"
+    );
 
     // A buildpack dir without bin/compile is refused before anything runs.
-    app.env.insert("BUILDPACK_URL".into(), "/nonexistent/buildpack".into());
+    app.env
+        .insert("BUILDPACK_URL".into(), "/nonexistent/buildpack".into());
     let (result, _) = app.build(&build_id("custom3")).await;
     let err = result.expect_err("a missing buildpack fails");
     assert!(matches!(err, BuildError::BuildpackUrl { .. }), "{err:?}");
@@ -55,12 +80,23 @@ async fn buildpack_url_a_git_repository() {
     buildpack(repo.path());
     let git = |args: &[&str]| {
         let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "init.defaultBranch=main"])
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@example.com",
+                "-c",
+                "init.defaultBranch=main",
+            ])
             .args(args)
             .current_dir(repo.path())
             .output()
             .expect("git");
-        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     git(&["init", "-q"]);
     git(&["add", "."]);
@@ -71,7 +107,12 @@ async fn buildpack_url_a_git_repository() {
     app.env.insert("GREETING".into(), "from git".into());
     let (built, lines) = app.build(&build_id("gitpack")).await;
     let built = built.expect("the build succeeds");
-    assert!(lines.iter().any(|l| l.starts_with("-----> Fetching the buildpack file://")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("-----> Fetching the buildpack file://")),
+        "{lines:?}"
+    );
     assert_eq!(app.run_once(&built.image, "cat greeting.txt"), "from git");
 
     let missing = format!("file://{}/nothing-here", repo.path().display());

@@ -18,7 +18,9 @@ async fn stack_image() -> String {
             println!("| {line}");
         }
     });
-    stack::ensure(&docker, &image, true, &tx).await.expect("the stack image");
+    stack::ensure(&docker, &image, true, &tx)
+        .await
+        .expect("the stack image");
     drop(tx);
     print.await.expect("printer");
     image
@@ -31,12 +33,18 @@ async fn dockerfile_app_builds_and_answers_on_its_exposed_port() {
         "FROM {stack}\nCOPY server.py /srv/server.py\nENV GREETING=dockerfile\nEXPOSE 7000\n\
          USER 1000\nCMD [\"python3\", \"/srv/server.py\"]\n"
     );
-    let mut app = App::new("docker", &[
-        ("Dockerfile", &dockerfile),
-        ("server.py", &python_server("os.environ['GREETING'] + ' app'")),
-        // A requirements.txt does not make it a Python buildpack build: the Dockerfile wins.
-        ("requirements.txt", "six\n"),
-    ]);
+    let mut app = App::new(
+        "docker",
+        &[
+            ("Dockerfile", &dockerfile),
+            (
+                "server.py",
+                &python_server("os.environ['GREETING'] + ' app'"),
+            ),
+            // A requirements.txt does not make it a Python buildpack build: the Dockerfile wins.
+            ("requirements.txt", "six\n"),
+        ],
+    );
     let id = build_id("docker");
     let started = Instant::now();
     let (built, lines) = app.build(&id).await;
@@ -46,24 +54,40 @@ async fn dockerfile_app_builds_and_answers_on_its_exposed_port() {
     assert_eq!(built.port, Some(7000));
     assert_eq!(built.processes.len(), 1);
     assert!(built.processes["web"].is_empty());
-    assert!(lines.iter().any(|l| l.contains("Step 1/7 : FROM flynn/stack:")), "{lines:?}");
-    assert!(lines.iter().any(|l| l == "-----> web listens on port 7000 (EXPOSE)"));
-    assert_eq!(app.serve(&built.image, &[], 7000), "dockerfile app");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Step 1/7 : FROM flynn/stack:")),
+        "{lines:?}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l == "-----> web listens on port 7000 (EXPOSE)"));
+    assert_eq!(app.serve(&built.image, &[], 7000).await, "dockerfile app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dockerfile_errors_are_clear() {
-    let mut app = App::new("dockermissing", &[("Dockerfile", "FROM flynn/not-here:1\nRUN true\n")]);
+    let mut app = App::new(
+        "dockermissing",
+        &[("Dockerfile", "FROM flynn/not-here:1\nRUN true\n")],
+    );
     let (result, _) = app.build(&build_id("missing")).await;
     let err = result.expect_err("a missing base image fails");
-    assert!(matches!(&err, BuildError::MissingBaseImage(i) if i == "flynn/not-here:1"), "{err:?}");
+    assert!(
+        matches!(&err, BuildError::MissingBaseImage(i) if i == "flynn/not-here:1"),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("not in the Docker Engine"));
 
     let stack = stack_image().await;
-    let mut app = App::new("dockerfail", &[(
-        "Dockerfile",
-        &format!("FROM {stack}\nRUN echo about to fail && exit 3\n"),
-    )]);
+    let mut app = App::new(
+        "dockerfail",
+        &[(
+            "Dockerfile",
+            &format!("FROM {stack}\nRUN echo about to fail && exit 3\n"),
+        )],
+    );
     let id = build_id("fail");
     let (result, _) = app.build(&id).await;
     let err = result.expect_err("a failing step fails");

@@ -11,7 +11,7 @@
 mod source;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
@@ -65,90 +65,26 @@ pub async fn build(
 
     let labels = engine::labels(&build.app_id, &build.app_name, &build.build_id);
     let container = start_container(docker, build, &stack_image, labels.clone()).await?;
-    docker
-        .upload_to_container(
-            container.id(),
-            Some(UploadToContainerOptionsBuilder::default().path("/").build()),
-            bollard::body_full(upload.into()),
-        )
-        .await
-        .map_err(engine_error)?;
-
-    say(out, "-----> Detecting the buildpack").await?;
-    let pack = detect(docker, container.id(), &candidates, out).await?;
-
-    say(out, format!("-----> Compiling with the {} buildpack", pack.name)).await?;
-    let dir = format!("{BUILDPACKS_DIR}/{}", pack.name);
-    let compile = format!("{dir}/bin/compile");
-    let ran = exec(
-        docker,
-        container.id(),
-        &[&compile, stack::APP_DIR, CACHE_DIR, ENV_DIR],
-        &[],
-        Stream::Show,
-        out,
-    )
-    .await?;
-    if ran.exit_code != 0 {
-        return Err(BuildError::Buildpack {
-            buildpack: pack.name.clone(),
-            stage: "compile",
-            reason: format!("exit status {}", ran.exit_code),
-            tail: ran.tail,
-        });
-    }
-
-    let release_cmd = format!("{dir}/bin/release");
-    let ran = exec(
-        docker,
-        container.id(),
-        &[&release_cmd, stack::APP_DIR],
-        &[],
-        Stream::Capture,
-        out,
-    )
-    .await?;
-    if ran.exit_code != 0 {
-        return Err(BuildError::Buildpack {
-            buildpack: pack.name.clone(),
-            stage: "release",
-            reason: format!("exit status {}", ran.exit_code),
-            tail: ran.stdout.lines().rev().take(5).map(str::to_owned).collect(),
-        });
-    }
-    let release: Release = if ran.stdout.trim().is_empty() {
-        Release::default()
-    } else {
-        serde_yaml::from_str(&ran.stdout).map_err(|e| BuildError::Buildpack {
-            buildpack: pack.name.clone(),
-            stage: "release",
-            reason: format!("its output is not the expected YAML: {e}"),
-            tail: Vec::new(),
-        })?
-    };
-
-    let slug = download_slug(docker, container.id()).await?;
+    // The container goes whatever happens; on a drop, its guard removes it.
+    let result = compile(docker, container.id(), upload, &candidates, out).await;
     container.remove().await;
+    let (pack, release, slug_tar) = result?;
     say(
         out,
-        format!("-----> Slug compiled: {:.1} MB", slug.len() as f64 / 1e6),
+        format!(
+            "-----> Slug compiled: {:.1} MB",
+            slug_tar.len() as f64 / 1e6
+        ),
     )
     .await?;
     let slug_path = match &options.slug_dir {
-        Some(dir) => {
-            let path = dir.join(format!("{}.tgz", build.build_id));
-            tokio::fs::create_dir_all(dir)
-                .await
-                .and(tokio::fs::write(&path, &slug).await)
-                .map_err(|e| BuildError::Source(format!("cannot keep the slug: {e}")))?;
-            Some(path)
-        }
+        Some(dir) => Some(keep_slug(dir, &build.build_id, &slug_tar).await?),
         None => None,
     };
 
     say(out, format!("-----> Building the image {tag}")).await?;
     let (image_id, procfile, guard) =
-        slug::build_from_slug(docker, &stack_image, &slug, tag, labels, out).await?;
+        slug::assemble(docker, &stack_image, slug_tar, tag, labels, out).await?;
     let processes = processes(release.default_process_types, procfile);
     say(
         out,
@@ -171,6 +107,86 @@ pub async fn build(
         port: None,
         slug: slug_path,
     })
+}
+
+/// Detect, compile and release in the running build container; the compiled `/app` as a tar.
+async fn compile(
+    docker: &Docker,
+    id: &str,
+    upload: Vec<u8>,
+    candidates: &[Buildpack],
+    out: &Output,
+) -> Result<(Buildpack, Release, Vec<u8>), BuildError> {
+    docker
+        .upload_to_container(
+            id,
+            Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+            bollard::body_full(upload.into()),
+        )
+        .await
+        .map_err(engine_error)?;
+
+    say(out, "-----> Detecting the buildpack").await?;
+    let pack = detect(docker, id, candidates, out).await?;
+
+    say(
+        out,
+        format!("-----> Compiling with the {} buildpack", pack.name),
+    )
+    .await?;
+    let dir = format!("{BUILDPACKS_DIR}/{}", pack.name);
+    let compile = format!("{dir}/bin/compile");
+    let argv = [compile.as_str(), stack::APP_DIR, CACHE_DIR, ENV_DIR];
+    let ran = exec(docker, id, &argv, &[], Stream::Show, out).await?;
+    if ran.exit_code != 0 {
+        return Err(BuildError::Buildpack {
+            buildpack: pack.name.clone(),
+            stage: "compile",
+            reason: format!("exit status {}", ran.exit_code),
+            tail: ran.tail,
+        });
+    }
+
+    let release = format!("{dir}/bin/release");
+    let argv = [release.as_str(), stack::APP_DIR];
+    let ran = exec(docker, id, &argv, &[], Stream::Capture, out).await?;
+    if ran.exit_code != 0 {
+        return Err(BuildError::Buildpack {
+            buildpack: pack.name.clone(),
+            stage: "release",
+            reason: format!("exit status {}", ran.exit_code),
+            tail: ran.tail,
+        });
+    }
+    let release: Release = if ran.stdout.trim().is_empty() {
+        Release::default()
+    } else {
+        serde_yaml::from_str(&ran.stdout).map_err(|e| BuildError::Buildpack {
+            buildpack: pack.name.clone(),
+            stage: "release",
+            reason: format!("its output is not the expected YAML: {e}"),
+            tail: Vec::new(),
+        })?
+    };
+    let slug = download_slug(docker, id).await?;
+    Ok((pack, release, slug))
+}
+
+/// Writes the slug tarball (gzipped) as `<dir>/<build id>.tgz`.
+async fn keep_slug(dir: &Path, build_id: &str, tar: &[u8]) -> Result<PathBuf, BuildError> {
+    let tar = tar.to_vec();
+    let slug = tokio::task::spawn_blocking(move || slug::compress(&tar))
+        .await
+        .map_err(|e| BuildError::Source(e.to_string()))?
+        .map_err(|e| BuildError::Source(format!("compressing the slug: {e}")))?;
+    let path = dir.join(format!("{build_id}.tgz"));
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| BuildError::Source(format!("cannot keep the slug: {e}")))?;
+    tokio::fs::write(&path, &slug)
+        .await
+        .map_err(|e| BuildError::Source(format!("cannot keep the slug: {e}")))?;
+    Ok(path)
 }
 
 /// The Procfile's types over the buildpack's defaults, each as an argv through the runner.
@@ -206,10 +222,7 @@ fn upload_tar(build: &Build, candidates: &[Buildpack]) -> std::io::Result<Vec<u8
     tar.tree(&build.source, "app", 1000)?;
     tar.dir("tmp/env", 0o755, 0)?;
     for (key, value) in &build.env {
-        let valid = !key.is_empty()
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if valid {
             tar.file(&format!("tmp/env/{key}"), value.as_bytes(), 0o644, 0)?;
         }
@@ -320,7 +333,7 @@ async fn detect(
     Err(BuildError::NoBuildpack)
 }
 
-/// The compiled `/app` as a slug tarball (gzipped, entries under `app/`).
+/// The compiled `/app` as a tar (entries under `app/`).
 async fn download_slug(docker: &Docker, id: &str) -> Result<Vec<u8>, BuildError> {
     let options = DownloadFromContainerOptionsBuilder::default()
         .path(stack::APP_DIR)
@@ -337,10 +350,7 @@ async fn download_slug(docker: &Docker, id: &str) -> Result<Vec<u8>, BuildError>
         }
         tar.extend_from_slice(&chunk);
     }
-    tokio::task::spawn_blocking(move || slug::compress(&tar))
-        .await
-        .map_err(|e| BuildError::Source(e.to_string()))?
-        .map_err(|e| BuildError::Source(format!("compressing the slug: {e}")))
+    Ok(tar)
 }
 
 #[cfg(test)]
@@ -362,14 +372,15 @@ mod tests {
 
     #[test]
     fn release_yaml() {
-        let r: Release = serde_yaml::from_str("---\ndefault_process_types:\n  web: python app.py\n")
-            .expect("yaml");
+        let r: Release =
+            serde_yaml::from_str("---\ndefault_process_types:\n  web: python app.py\n")
+                .expect("yaml");
         assert_eq!(
             r.default_process_types.expect("types")["web"],
             "python app.py"
         );
-        let r: Release = serde_yaml::from_str("---\ndefault_process_types: {}\naddons: []\n")
-            .expect("yaml");
+        let r: Release =
+            serde_yaml::from_str("---\ndefault_process_types: {}\naddons: []\n").expect("yaml");
         assert_eq!(r.default_process_types, Some(BTreeMap::new()));
     }
 }

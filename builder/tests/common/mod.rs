@@ -74,46 +74,77 @@ impl App {
     /// Runs `image` with `argv` (the host agent's way: argv[0] the entrypoint, the rest its
     /// arguments; empty: the image's own) and PORT=`port` published on 127.0.0.1; returns
     /// the body of `GET /` once it answers.
-    pub fn serve(&mut self, image: &str, argv: &[String], port: u16) -> String {
+    pub async fn serve(&mut self, image: &str, argv: &[String], port: u16) -> String {
         let name = format!("{}-run-{}", self.name, self.containers.len());
         let mut cmd = Command::new("docker");
-        cmd.args(["run", "-d", "--init", "--name", &name, "--label", "flynn.test=builder"])
-            .args(["-e", &format!("PORT={port}")])
-            .args(["-p", &format!("127.0.0.1::{port}")]);
+        cmd.args([
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            &name,
+            "--label",
+            "flynn.test=builder",
+        ])
+        .args(["-e", &format!("PORT={port}")])
+        .args(["-p", &format!("127.0.0.1::{port}")]);
         if let Some((first, rest)) = argv.split_first() {
             cmd.args(["--entrypoint", first]).arg(image).args(rest);
         } else {
             cmd.arg(image);
         }
         let run = cmd.output().expect("docker run");
-        assert!(run.status.success(), "docker run: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         self.containers.push(name.clone());
         let port_out = docker(&["port", &name, &format!("{port}/tcp")]);
-        let addr = port_out.lines().next().expect("a published port").trim().to_owned();
+        let addr = port_out
+            .lines()
+            .next()
+            .expect("a published port")
+            .trim()
+            .to_owned();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let curl = Command::new("curl")
+            let curl = tokio::process::Command::new("curl")
                 .args(["-sf", "--max-time", "2", &format!("http://{addr}/")])
                 .output()
+                .await
                 .expect("curl");
             if curl.status.success() {
                 return String::from_utf8_lossy(&curl.stdout).into_owned();
             }
             if Instant::now() > deadline {
-                let logs = Command::new("docker").args(["logs", &name]).output().expect("logs");
+                let logs = Command::new("docker")
+                    .args(["logs", &name])
+                    .output()
+                    .expect("logs");
                 panic!(
                     "{image} did not answer on {addr}: {}{}",
                     String::from_utf8_lossy(&logs.stdout),
                     String::from_utf8_lossy(&logs.stderr)
                 );
             }
-            std::thread::sleep(Duration::from_millis(200));
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     /// Runs a one-off command line in `image` through its runner and returns its stdout.
     pub fn run_once(&self, image: &str, command: &str) -> String {
-        docker(&["run", "--rm", "--init", "--label", "flynn.test=builder", "--entrypoint", "/runner/init", image, command])
+        docker(&[
+            "run",
+            "--rm",
+            "--init",
+            "--label",
+            "flynn.test=builder",
+            "--entrypoint",
+            "/runner/init",
+            image,
+            command,
+        ])
     }
 }
 
@@ -134,7 +165,11 @@ pub fn write_tree(root: &Path, files: &[(&str, &str)]) {
         let path = root.join(path);
         std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
         std::fs::write(&path, text).expect("write");
-        if path.parent().and_then(|p| p.file_name()).is_some_and(|n| n == "bin") {
+        if path
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "bin")
+        {
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         }
