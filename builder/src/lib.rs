@@ -18,6 +18,7 @@ pub mod buildpack;
 mod context;
 pub mod dockerfile;
 mod engine;
+pub mod git;
 pub mod procfile;
 pub mod slug;
 pub mod stack;

@@ -33,7 +33,7 @@ pub(crate) fn authorized(headers: &axum::http::HeaderMap, key: &str) -> bool {
 }
 
 /// Compares without stopping at the first difference, so timing tells nothing about the key.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() || b.is_empty() {
         return false;
     }

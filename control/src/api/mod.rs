@@ -17,6 +17,7 @@ pub mod error;
 mod events;
 mod extract;
 mod formations;
+pub mod git;
 pub mod jobs;
 pub mod metrics;
 mod releases;

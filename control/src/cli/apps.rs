@@ -80,8 +80,15 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("{}/git", cluster.controller_url.trim_end_matches('/')));
         let url = format!("{}/{}.git", base.trim_end_matches('/'), app.name);
         match git::set_remote(&args.remote, &url) {
-            Ok(()) => remote = Some(url),
+            Ok(()) => remote = Some(url.clone()),
             Err(e) => eprintln!("flynn: warning: {e:#}"),
+        }
+        // `git push` then takes the cluster key from `flynn git-credentials`.
+        let helper = git::url_base(&url)
+            .ok_or_else(|| anyhow::anyhow!("{url:?} is not a URL"))
+            .and_then(|base| git::set_credential_helper(&base, &cluster.name));
+        if let Err(e) = helper {
+            eprintln!("flynn: warning: {e:#}");
         }
     }
     say!("Created {}", app.name);

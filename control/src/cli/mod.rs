@@ -9,8 +9,10 @@ mod apps;
 pub mod client;
 mod cluster;
 pub mod config;
+mod credentials;
 mod deploys;
 pub mod git;
+mod git_hook;
 mod jobs;
 mod log;
 pub mod output;
@@ -99,6 +101,12 @@ pub enum Command {
     Server(Box<crate::server::Args>),
     /// Run a host agent: the jobs the scheduler places on this host, as Docker containers
     Host(Box<crate::host::cmd::Args>),
+    /// Git credential helper: gives git the cluster key for a cluster's git endpoint
+    /// (`flynn create` sets it up for the app's remote)
+    GitCredentials(credentials::CredentialsArgs),
+    /// The pre-receive hook of the controller's git repositories (run by git, not by hand)
+    #[command(hide = true)]
+    GitHook(git_hook::HookArgs),
 }
 
 /// Parses the command line, runs it, and turns an error into one line and exit code 1.
@@ -123,6 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Server(args) => crate::server::run(*args),
         Command::Host(args) => crate::host::cmd::run(*args),
         Command::Cluster(args) => cluster::run(&ctx, args),
+        Command::GitCredentials(args) => credentials::run(&ctx, args),
         command => {
             // A bug is still one line, never a backtrace.
             std::panic::set_hook(Box::new(|info| eprintln!("flynn: internal error: {info}")));
@@ -154,7 +163,11 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Env(args) => release::env(ctx, args).await,
         Command::Limit(args) => release::limit(ctx, args).await,
         Command::Release(args) => release::release(ctx, args).await,
-        Command::Cluster(_) | Command::Server(_) | Command::Host(_) => Ok(()),
+        Command::GitHook(args) => git_hook::run(args).await,
+        Command::Cluster(_)
+        | Command::Server(_)
+        | Command::Host(_)
+        | Command::GitCredentials(_) => Ok(()),
     }
 }
 

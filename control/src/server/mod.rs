@@ -217,7 +217,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(agent) = agent {
         runtime.spawn(crate::host::run(state.db.clone(), agent));
     }
-    let app = api::router(state.clone());
+    let controller_url = setup::controller_url(args.controller_addr);
+    // `git push` lands here: repositories and builds under the data directory.
+    let flynn_bin = std::env::current_exe().context("cannot find the flynn binary")?;
+    let mut git = api::git::GitConfig::new(data.clone(), flynn_bin, controller_url.clone());
+    git.docker = Some(args.host.docker_socket.clone());
+    git.web_port = args.router.http_addrs.first().map(|a| a.port());
+    let app = api::router(state.clone()).merge(api::git::router(state.clone(), git));
     let options = ServeOptions {
         header_timeout: args.controller_header_timeout,
         ..ServeOptions::default()
@@ -226,7 +232,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(controller_listener)?
     };
-    let controller_url = setup::controller_url(args.controller_addr);
     std::thread::Builder::new()
         .name("flynn-controller".to_owned())
         .spawn(move || {
