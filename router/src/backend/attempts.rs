@@ -66,11 +66,6 @@ impl Attempts {
         self.tried.count() < self.limit()
     }
 
-    /// The next instance to connect to (recorded as tried); None when every attempt is used.
-    pub fn next(&mut self) -> Option<Arc<Backend>> {
-        self.next_with(now_ms(), &mut ThreadRandom)
-    }
-
     /// [`Attempts::next`] at `now` (ms on the backends' clock) with `random`'s choices.
     pub fn next_with(&mut self, now: u64, random: &mut impl Random) -> Option<Arc<Backend>> {
         if !self.more() {
@@ -94,6 +89,16 @@ impl Attempts {
     /// [`Attempts::failed`] at `now` (ms on the backends' clock).
     pub fn failed_at(&self, backend: &Backend, now: u64) {
         backend.failed_at(now);
+    }
+}
+
+/// The instances to connect to, in order (each recorded as tried when it is handed out);
+/// the caller stops at the first that connects and reports the others [`Attempts::failed`].
+impl Iterator for Attempts {
+    type Item = Arc<Backend>;
+
+    fn next(&mut self) -> Option<Arc<Backend>> {
+        self.next_with(now_ms(), &mut ThreadRandom)
     }
 }
 
@@ -143,7 +148,11 @@ mod tests {
             let mut distinct = tried.clone();
             distinct.sort();
             distinct.dedup();
-            assert_eq!(distinct.len(), MAX_ATTEMPTS, "an instance tried twice: {tried:?}");
+            assert_eq!(
+                distinct.len(),
+                MAX_ATTEMPTS,
+                "an instance tried twice: {tried:?}"
+            );
             // Each failed one is ejected.
             for id in &tried {
                 let b = s.backends().iter().find(|b| &b.id == id).expect("known");
@@ -175,7 +184,10 @@ mod tests {
             let mut attempts = Attempts::new(service(4), false, Some("i3".into()));
             let (tried, connected) = run(&mut attempts, &["i3"], 1, seed);
             assert_eq!(tried[0], "i3");
-            assert!(connected && tried.len() == 2 && tried[1] != "i3", "{tried:?}");
+            assert!(
+                connected && tried.len() == 2 && tried[1] != "i3",
+                "{tried:?}"
+            );
         }
         // A pinned instance that is gone or ejected is skipped without costing an attempt.
         let s = service(3);
