@@ -199,6 +199,7 @@ pub async fn build(docker: &Docker, image: &str, out: &Output) -> Result<(), Bui
             "the engine's import failed: {e}"
         )));
     }
+    let replaced = docker.inspect_image(image).await.ok().and_then(|i| i.id);
     docker
         .tag_image(
             &partial,
@@ -212,12 +213,13 @@ pub async fn build(docker: &Docker, image: &str, out: &Output) -> Result<(), Bui
         .await
         .map_err(engine_error)?;
     remove_image(docker, &partial).await;
-    let size = docker
-        .inspect_image(image)
-        .await
-        .map_err(engine_error)?
-        .size
-        .unwrap_or(0);
+    let built = docker.inspect_image(image).await.map_err(engine_error)?;
+    let size = built.size.unwrap_or(0);
+    // The image this one replaces (--force), unless app images still stand on it.
+    if let Some(old) = replaced.filter(|old| built.id.as_ref() != Some(old)) {
+        let keep_if_used = bollard::query_parameters::RemoveImageOptionsBuilder::default().build();
+        let _ = docker.remove_image(&old, Some(keep_if_used), None).await;
+    }
     say(
         out,
         format!(

@@ -57,10 +57,11 @@ impl App {
         self.images
             .push(flynn_builder::image_tag(&self.name, build_id).expect("tag"));
         let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+        let started = Instant::now();
         let collect = tokio::spawn(async move {
             let mut lines = Vec::new();
             while let Some(line) = rx.recv().await {
-                println!("| {line}");
+                println!("|{:6.1}s {line}", started.elapsed().as_secs_f64());
                 lines.push(line);
             }
             lines

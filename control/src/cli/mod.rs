@@ -20,6 +20,7 @@ mod release;
 mod routes;
 mod run;
 mod services;
+mod stack;
 
 use std::process::ExitCode;
 
@@ -101,6 +102,8 @@ pub enum Command {
     Server(Box<crate::server::Args>),
     /// Run a host agent: the jobs the scheduler places on this host, as Docker containers
     Host(Box<crate::host::cmd::Args>),
+    /// Build the stack image buildpack apps build and run on, in the local Docker Engine
+    Stack(stack::StackArgs),
     /// Git credential helper: gives git the cluster key for a cluster's git endpoint
     /// (`flynn create` sets it up for the app's remote)
     GitCredentials(credentials::CredentialsArgs),
@@ -163,6 +166,7 @@ async fn dispatch(ctx: &Ctx, command: Command) -> anyhow::Result<()> {
         Command::Env(args) => release::env(ctx, args).await,
         Command::Limit(args) => release::limit(ctx, args).await,
         Command::Release(args) => release::release(ctx, args).await,
+        Command::Stack(args) => stack::run(args).await,
         Command::GitHook(args) => git_hook::run(args).await,
         Command::Cluster(_)
         | Command::Server(_)
