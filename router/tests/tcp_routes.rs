@@ -202,3 +202,234 @@ async fn no_live_instance_closes_the_client_connection() {
         .expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+// --- Moving bytes: splice (and its copying fallback) seen from outside ----------------------
+
+/// A TCP route to `backend` on a fresh port, applied: the port.
+async fn route_to(h: &Harness, id: &str, backend: SocketAddr, extra: serde_json::Value) -> u16 {
+    let service = format!("svc-{id}");
+    let n = h.router.metric("flynn_router_instances").await;
+    h.instance(&service, "i1", backend).await;
+    eventually(APPLY, "the instance applied", || async {
+        h.router.metric("flynn_router_instances").await > n
+    })
+    .await
+    .expect("instance in the table");
+    let port = free_port();
+    let listeners = h.router.metric("flynn_router_tcp_listeners").await;
+    tcp_route(h, id, port, &service, extra).await;
+    wait_listeners(h, listeners + 1.0).await;
+    port
+}
+
+/// `len` bytes that a dropped, repeated or shifted block would change.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// FNV-1a, 64 bits: the checksum both ends compute.
+fn checksum(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A backend that, on each connection (after reading a PROXY header when `expect_proxy`, and
+/// answering its source as `from <addr>\n`), sends `answer` bytes of `pattern(_, 7)` while
+/// reading everything the client sends until the client's end of stream, then sends the
+/// checksum and length of what it read (16 bytes) and closes.
+async fn checksum_backend(answer: usize, expect_proxy: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if expect_proxy {
+                    let line = match proxy_protocol::read_header(&mut stream).await {
+                        Ok(Header::Proxied { source, .. }) => format!("from {source}\n"),
+                        Ok(Header::Local) => "from local\n".to_owned(),
+                        Err(e) => format!("bad header: {e}\n"),
+                    };
+                    let _ = stream.write_all(line.as_bytes()).await;
+                }
+                let (mut r, mut w) = stream.into_split();
+                let sender = tokio::spawn(async move {
+                    let _ = w.write_all(&pattern(answer, 7)).await;
+                    w
+                });
+                let mut got = Vec::new();
+                let _ = r.read_to_end(&mut got).await;
+                let Ok(mut w) = sender.await else { return };
+                let mut tail = checksum(&got).to_be_bytes().to_vec();
+                tail.extend_from_slice(&(got.len() as u64).to_be_bytes());
+                let _ = w.write_all(&tail).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `upload` through `stream` and shuts its writing down while reading everything that
+/// comes back: the bytes read.
+async fn upload_and_read(stream: TcpStream, upload: Vec<u8>) -> Vec<u8> {
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        w.write_all(&upload).await.expect("upload");
+        w.shutdown().await.expect("shut writing down");
+        w
+    });
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut got))
+        .await
+        .expect("the backend finished in time")
+        .expect("read");
+    let _w = writer.await.expect("writer");
+    got
+}
+
+/// Checks what a `checksum_backend` sent back: `prefix`, its `answer` bytes, then the checksum
+/// and length of `uploaded`.
+fn check_answer(got: &[u8], prefix: &str, answer: usize, uploaded: &[u8]) {
+    assert!(
+        got.len() == prefix.len() + answer + 16,
+        "{} bytes back, wanted {}",
+        got.len(),
+        prefix.len() + answer + 16
+    );
+    let (head, rest) = got.split_at(prefix.len());
+    assert_eq!(String::from_utf8_lossy(head), prefix);
+    let (body, tail) = rest.split_at(answer);
+    assert!(
+        checksum(body) == checksum(&pattern(answer, 7)),
+        "backend → client bytes changed"
+    );
+    let mut want = checksum(uploaded).to_be_bytes().to_vec();
+    want.extend_from_slice(&(uploaded.len() as u64).to_be_bytes());
+    assert_eq!(
+        tail, want,
+        "client → backend bytes changed (checksum, length)"
+    );
+}
+
+#[tokio::test]
+async fn large_streams_cross_a_tcp_route_both_ways_unchanged() {
+    let h = tcp_harness().await;
+    const UP: usize = 96 << 20;
+    const DOWN: usize = 80 << 20;
+    let port = route_to(
+        &h,
+        "tcp-big",
+        checksum_backend(DOWN, false).await,
+        json!({}),
+    )
+    .await;
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let upload = pattern(UP, 11);
+    let got = upload_and_read(stream, upload.clone()).await;
+    check_answer(&got, "", DOWN, &upload);
+}
+
+#[tokio::test]
+async fn a_half_closed_tcp_connection_keeps_moving_the_other_way() {
+    let h = tcp_harness().await;
+    // The backend's side ends first: it says `bye` and shuts its writing down, then still reads
+    // the client's upload to its end and reports the checksum it read.
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let (report, received) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.write_all(b"bye\n").await;
+            let _ = stream.shutdown().await;
+            let mut got = Vec::new();
+            let _ = stream.read_to_end(&mut got).await;
+            let _ = report.send((checksum(&got), got.len()));
+        }
+    });
+    let port = route_to(&h, "tcp-half", backend, json!({})).await;
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let mut bye = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut bye))
+        .await
+        .expect("the backend's end of stream passed on")
+        .expect("read");
+    assert_eq!(bye, b"bye\n");
+    // The client's direction is still open: 8 MiB reach the backend after its end of stream.
+    let upload = pattern(8 << 20, 5);
+    stream.write_all(&upload).await.expect("upload after EOF");
+    stream.shutdown().await.expect("shut down");
+    let got = tokio::time::timeout(Duration::from_secs(10), received)
+        .await
+        .expect("the backend read to the end in time")
+        .expect("the backend reported");
+    assert_eq!(got, (checksum(&upload), upload.len()));
+}
+
+#[tokio::test]
+async fn the_proxy_header_comes_first_then_spliced_bytes() {
+    let h = tcp_harness().await;
+    const UP: usize = 24 << 20;
+    const DOWN: usize = 24 << 20;
+    let backend = checksum_backend(DOWN, true).await;
+    let port = route_to(&h, "tcp-ppv2", backend, json!({"proxy_protocol": "v2"})).await;
+    let stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let client = stream.local_addr().expect("local addr");
+    let upload = pattern(UP, 13);
+    let got = upload_and_read(stream, upload.clone()).await;
+    check_answer(&got, &format!("from {client}\n"), DOWN, &upload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_tcp_connections_each_get_their_own_bytes() {
+    let h = tcp_harness().await;
+    const CONNS: usize = 200;
+    const UP: usize = 1 << 20;
+    const DOWN: usize = 512 << 10;
+    let port = route_to(
+        &h,
+        "tcp-many",
+        checksum_backend(DOWN, false).await,
+        json!({}),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for i in 0..CONNS {
+        // Each connection its own bytes (computed before connecting).
+        let upload = pattern(UP, 100 + i as u64);
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("connect");
+            let got = upload_and_read(stream, upload.clone()).await;
+            check_answer(&got, "", DOWN, &upload);
+        }));
+    }
+    let mut failed = 0;
+    for task in tasks {
+        failed += usize::from(task.await.is_err());
+    }
+    if failed > 0 {
+        let log = h.router.log();
+        let lines: Vec<_> = log.lines().filter(|l| l.contains("TCP")).take(20).collect();
+        panic!(
+            "{failed} of {CONNS} connections failed; router log:\n{}",
+            lines.join("\n")
+        );
+    }
+    assert!(h.router.metric("flynn_router_tcp_connections_total").await >= CONNS as f64);
+}
