@@ -1,7 +1,8 @@
 //! Draining: on SIGTERM (or after handing the listeners to a new binary on SIGQUIT) pingora
 //! stops accepting; this waits for the requests and TCP connections in flight to finish, bounded
-//! by `--drain-timeout`, and then ends the process — at once when nothing is in flight, instead
-//! of sleeping out pingora's whole grace period.
+//! by `--drain-timeout`, and then ends pingora's grace period (a vendored hook), so that the
+//! process exits through pingora's own shutdown at once when nothing is in flight, instead of
+//! sleeping out the whole period.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
+use pingora::server::{GracePeriodEnd, ShutdownWatch};
 use pingora::services::background::BackgroundService;
 
 /// Work in flight: HTTP requests and TCP route connections.
@@ -65,10 +66,11 @@ impl Drop for Guard {
     }
 }
 
-/// The background service that ends the process once drained.
+/// The background service that ends the shutdown's grace period once drained.
 pub struct Drain {
     pub in_flight: Arc<InFlight>,
     pub timeout: Duration,
+    pub grace_end: GracePeriodEnd,
 }
 
 #[cfg(test)]
@@ -130,11 +132,11 @@ impl BackgroundService for Drain {
         );
         let deadline = tokio::time::Instant::now() + self.timeout;
         if self.in_flight.idle(deadline).await {
-            tracing::info!(took = ?started.elapsed(), "drained, exiting");
+            tracing::info!(took = ?started.elapsed(), "drained, shutting down");
         } else {
             let left = self.in_flight.count();
-            tracing::warn!(left, "drain timeout reached, exiting with work in flight");
+            tracing::warn!(left, "drain timeout reached, shutting down with work in flight");
         }
-        std::process::exit(0);
+        self.grace_end.end();
     }
 }

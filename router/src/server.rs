@@ -95,8 +95,8 @@ pub fn build(config: RouterConfig) -> Server {
             .backend_ca
             .as_ref()
             .map(|p| p.to_string_lossy().into_owned()),
-        // The `Drain` service ends the process as soon as nothing is in flight; pingora's
-        // grace period is only the upper bound.
+        // The `Drain` service ends pingora's grace period as soon as nothing is in flight; the
+        // period is only the upper bound.
         grace_period_seconds: Some(config.drain_timeout.as_secs() + 1),
         graceful_shutdown_timeout_seconds: Some(1),
         upgrade_sock: config.upgrade_sock.clone(),
@@ -202,6 +202,7 @@ pub fn build(config: RouterConfig) -> Server {
         Drain {
             in_flight,
             timeout: config.drain_timeout,
+            grace_end: server.grace_period_end(),
         },
     );
     let sync = background_service(

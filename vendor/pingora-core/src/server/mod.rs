@@ -224,6 +224,34 @@ pub struct Server {
     pub configuration: Arc<ServerConf>,
     /// The parser command line options
     pub options: Option<Opt>,
+    // flynn patch: see GracePeriodEnd.
+    grace_end: GracePeriodEnd,
+}
+
+// flynn patch: a way for a service to end the grace period of a graceful shutdown early.
+/// Ends the grace period of a graceful shutdown (SIGTERM, or after a graceful upgrade's hand
+/// over) before [ServerConf::grace_period_seconds] have passed: a service that knows the
+/// server is drained calls [GracePeriodEnd::end], and the shutdown goes on at once.
+#[derive(Clone, Debug, Default)]
+pub struct GracePeriodEnd(Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl GracePeriodEnd {
+    /// Ends the grace period (now, or as soon as it starts).
+    pub fn end(&self) {
+        let (ended, wake) = &*self.0;
+        *ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        wake.notify_all();
+    }
+
+    /// Waits until [GracePeriodEnd::end] or `timeout`; true when ended early.
+    fn wait(&self, timeout: Duration) -> bool {
+        let (ended, wake) = &*self.0;
+        let guard = ended.lock().unwrap_or_else(|e| e.into_inner());
+        let (guard, _) = wake
+            .wait_timeout_while(guard, timeout, |ended| !*ended)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
 }
 
 // TODO: delete the pid when exit
@@ -479,6 +507,7 @@ impl Server {
             options: opt,
             dependencies: Arc::new(Mutex::new(DependencyGraph::new())),
             bootstrap,
+            grace_end: GracePeriodEnd::default(), // flynn patch
         }
     }
 
@@ -527,7 +556,13 @@ impl Server {
             options: opt,
             dependencies: Arc::new(Mutex::new(DependencyGraph::new())),
             bootstrap,
+            grace_end: GracePeriodEnd::default(), // flynn patch
         })
+    }
+
+    /// flynn patch: the handle that ends a graceful shutdown's grace period early.
+    pub fn grace_period_end(&self) -> GracePeriodEnd {
+        self.grace_end.clone()
     }
 
     /// Add a service to this server.
@@ -808,8 +843,12 @@ impl Server {
                 .grace_period_seconds
                 .unwrap_or(EXIT_TIMEOUT);
             info!("Graceful shutdown: grace period {}s starts", exit_timeout);
-            thread::sleep(Duration::from_secs(exit_timeout));
-            info!("Graceful shutdown: grace period ends");
+            // flynn patch: the grace period ends early once a service says it is drained.
+            if self.grace_end.wait(Duration::from_secs(exit_timeout)) {
+                info!("Graceful shutdown: grace period ended early (drained)");
+            } else {
+                info!("Graceful shutdown: grace period ends");
+            }
         }
 
         // Give tokio runtimes time to exit
