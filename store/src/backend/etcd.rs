@@ -4,11 +4,18 @@
 //! [`StoreError::Unavailable`]. HTTP/2 keep-alive pings on open streams make a dead server break
 //! a watch within [`KEEP_ALIVE_INTERVAL`] + [`KEEP_ALIVE_TIMEOUT`]; a killed server breaks it at
 //! once. The channel connects lazily: [`EtcdStore::connect`] succeeds while etcd is down.
+//!
+//! With several endpoints, a member that refuses connections (dead) is taken out of the
+//! client's balance within [`PROBE_EVERY`] and put back once it accepts them again (the
+//! client's balancer would otherwise keep choosing it: it fails at once, so it looks idle).
+//! A request that failed before any member acted on it (no connection, or a member without a
+//! leader during an election) is sent again for up to [`RETRY_FOR`]; a read, after any
+//! transport failure.
 
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -30,6 +37,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// Time to wait for a ping's answer before the connection counts as dead.
 pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a request that no member acted on is tried again (an election takes a second or
+/// two after the leader's death).
+pub const RETRY_FOR: Duration = Duration::from_secs(4);
+/// The pause between two tries.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// How often each endpoint is probed (a TCP connect) when there are several.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
 /// Largest response accepted. Listings come in pages ([`DEFAULT_PAGE`] keys), so only keys
 /// with huge values come near it; etcd's own limit on a request (`--max-request-bytes`,
 /// 1.5 MiB by default) bounds what one write can hold.
@@ -52,6 +66,17 @@ pub struct EtcdStore {
     /// For the next page of a listing: the prefix and how many bytes of the last key the
     /// window that filled the last page kept.
     depth_hint: Arc<Mutex<Option<(String, usize)>>>,
+    /// Ends the endpoint prober when the last clone goes.
+    _prober: Option<Arc<Prober>>,
+}
+
+/// The task that keeps dead members out of the client's balance; aborted when dropped.
+struct Prober(tokio::task::AbortHandle);
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl EtcdStore {
@@ -71,9 +96,14 @@ impl EtcdStore {
                 }
                 other => other,
             })?;
+        let prober = (endpoints.len() > 1).then(|| {
+            let task = tokio::spawn(probe(client.clone(), endpoints.to_vec()));
+            Arc::new(Prober(task.abort_handle()))
+        });
         Ok(EtcdStore {
             client,
             depth_hint: Arc::default(),
+            _prober: prober,
         })
     }
 
@@ -105,8 +135,12 @@ impl EtcdStore {
                     options = options.with_serializable();
                 }
             }
-            let mut kv = self.kv();
-            match bounded(kv.get(start, Some(options))).await {
+            let answer = retried(true, || {
+                let (mut kv, options) = (self.kv(), options.clone());
+                async move { kv.get(start, Some(options)).await }
+            })
+            .await;
+            match answer {
                 Ok(response) => break response,
                 // Keys with big values: a page of that many is over the message limit. Fewer.
                 Err(StoreError::Rejected(m))
@@ -164,6 +198,81 @@ async fn bounded<T>(
         Err(_) => Err(StoreError::Unavailable(format!(
             "etcd did not answer within {REQUEST_TIMEOUT:?}"
         ))),
+    }
+}
+
+/// Runs the request `make` makes until an answer, sending it again for up to [`RETRY_FOR`] while
+/// it fails in a way that shows no member acted on it (every failure of a read: `idempotent`).
+async fn retried<T, Fut>(idempotent: bool, mut make: impl FnMut() -> Fut) -> Result<T, StoreError>
+where
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let deadline = Instant::now() + RETRY_FOR;
+    loop {
+        match bounded(make()).await {
+            Err(StoreError::Unavailable(m))
+                if (idempotent || not_acted_on(&m)) && Instant::now() < deadline =>
+            {
+                tracing::debug!(error = %m, "etcd request failed; trying again");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
+/// The failure came before any member took the request: no connection was made, or the member
+/// has no leader (refused by `require_leader` before it is proposed).
+fn not_acted_on(message: &str) -> bool {
+    [
+        "tcp connect error",
+        "error trying to connect",
+        "Connection refused",
+        "no leader",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
+/// Keeps the members that refuse connections out of `client`'s balance, and puts them back
+/// once they accept them; never takes the last one out.
+async fn probe(client: Client, endpoints: Vec<String>) {
+    let mut out: Vec<bool> = vec![false; endpoints.len()];
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        let checks = endpoints.iter().map(|endpoint| async move {
+            let addr = endpoint
+                .trim_start_matches("http://")
+                .trim_start_matches("https://")
+                .trim_end_matches('/');
+            let connect = tokio::net::TcpStream::connect(addr);
+            matches!(tokio::time::timeout(PROBE_EVERY, connect).await, Ok(Ok(_)))
+        });
+        let up = futures::future::join_all(checks).await;
+        for (i, endpoint) in endpoints.iter().enumerate() {
+            let others_in = (0..endpoints.len()).any(|j| j != i && !out[j] && up[j]);
+            if !up[i] && !out[i] && others_in {
+                match client.remove_endpoint(endpoint).await {
+                    Ok(()) => {
+                        tracing::warn!(%endpoint, "etcd member refuses connections: out of the balance");
+                        out[i] = true;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%endpoint, error = %e, "cannot take an etcd member out")
+                    }
+                }
+            } else if up[i] && out[i] {
+                match client.add_endpoint(endpoint).await {
+                    Ok(()) => {
+                        tracing::info!(%endpoint, "etcd member accepts connections again: back in the balance");
+                        out[i] = false;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%endpoint, error = %e, "cannot put an etcd member back")
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -229,8 +338,11 @@ fn put_options(lease: Option<LeaseId>) -> Option<PutOptions> {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>, StoreError> {
-        let mut kv = self.kv();
-        let mut response = bounded(kv.get(key, None)).await?;
+        let mut response = retried(true, || {
+            let mut kv = self.kv();
+            async move { kv.get(key, None).await }
+        })
+        .await?;
         response
             .take_kvs()
             .into_iter()
@@ -339,9 +451,14 @@ impl Store for EtcdStore {
     }
 
     async fn status(&self) -> Result<StoreStatus, StoreError> {
-        let mut kv = self.kv();
-        let options = GetOptions::new().with_count_only();
-        let response = bounded(kv.get(vec![0], Some(options))).await?;
+        let response = retried(true, || {
+            let mut kv = self.kv();
+            async move {
+                let options = GetOptions::new().with_count_only();
+                kv.get(vec![0], Some(options)).await
+            }
+        })
+        .await?;
         let header = response
             .header()
             .ok_or_else(|| StoreError::Unavailable("etcd answered without a header".into()))?;
@@ -358,19 +475,24 @@ impl Store for EtcdStore {
         value: Vec<u8>,
         lease: Option<LeaseId>,
     ) -> Result<Revision, StoreError> {
-        let mut kv = self.kv();
-        let response = bounded(kv.put(key, value, put_options(lease)))
-            .await
-            .map_err(|e| match lease {
-                Some(id) => lease_missing(e, id),
-                None => e,
-            })?;
+        let response = retried(false, || {
+            let (mut kv, value) = (self.kv(), value.clone());
+            async move { kv.put(key, value, put_options(lease)).await }
+        })
+        .await
+        .map_err(|e| match lease {
+            Some(id) => lease_missing(e, id),
+            None => e,
+        })?;
         header_revision(response.header())
     }
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
-        let mut kv = self.kv();
-        let response = bounded(kv.delete(key, None)).await?;
+        let response = retried(false, || {
+            let mut kv = self.kv();
+            async move { kv.delete(key, None).await }
+        })
+        .await?;
         Ok(response.deleted() > 0)
     }
 
@@ -390,8 +512,12 @@ impl Store for EtcdStore {
             .when([compare])
             .and_then([TxnOp::put(key, value, put_options(lease))])
             .or_else([TxnOp::get(key, None)]);
-        let mut kv = self.kv();
-        let response = bounded(kv.txn(txn)).await.map_err(|e| match lease {
+        let response = retried(false, || {
+            let (mut kv, txn) = (self.kv(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+        .map_err(|e| match lease {
             Some(id) => lease_missing(e, id),
             None => e,
         })?;
@@ -412,8 +538,11 @@ impl Store for EtcdStore {
         let txn = Txn::new()
             .when([Compare::mod_revision(key, CompareOp::Equal, expected)])
             .and_then([TxnOp::delete(key, None)]);
-        let mut kv = self.kv();
-        let response = bounded(kv.txn(txn)).await?;
+        let response = retried(false, || {
+            let (mut kv, txn) = (self.kv(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await?;
         if !response.succeeded() {
             return Ok(false);
         }
@@ -427,15 +556,18 @@ impl Store for EtcdStore {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from.max(1));
-        let mut watch_client = self
-            .client
-            .watch_client()
-            .max_decoding_message_size(MAX_MESSAGE);
         // Wait for etcd to confirm the watch, so that it is live when this returns.
-        let watcher = bounded(async {
-            let mut watcher = watch_client.watch(prefix, Some(options)).await?;
-            let first = watcher.message().await?;
-            Ok::<_, etcd_client::Error>((watcher, first))
+        let watcher = retried(true, || {
+            let mut watch_client = self
+                .client
+                .watch_client()
+                .max_decoding_message_size(MAX_MESSAGE);
+            let options = options.clone();
+            async move {
+                let mut watcher = watch_client.watch(prefix, Some(options)).await?;
+                let first = watcher.message().await?;
+                Ok::<_, etcd_client::Error>((watcher, first))
+            }
         })
         .await?;
         let (stream, first) = watcher;
@@ -454,8 +586,12 @@ impl Store for EtcdStore {
         let seconds = i64::try_from(ttl.as_millis().div_ceil(1000))
             .unwrap_or(i64::MAX)
             .max(1);
-        let mut lease = self.lease();
-        let response = bounded(lease.grant(seconds, None)).await?;
+        // Granted twice at worst: the extra lease holds nothing and expires.
+        let response = retried(true, || {
+            let mut lease = self.lease();
+            async move { lease.grant(seconds, None).await }
+        })
+        .await?;
         if !response.error().is_empty() {
             return Err(StoreError::Rejected(response.error().to_owned()));
         }
@@ -463,31 +599,43 @@ impl Store for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut client = self.lease();
         // One round trip; the client answers `LeaseKeepAliveError` when etcd says TTL 0.
-        match tokio::time::timeout(REQUEST_TIMEOUT, client.keep_alive(lease)).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(etcd_client::Error::LeaseKeepAliveError(_))) => {
-                Err(StoreError::LeaseNotFound(lease))
+        let alive = retried(true, || {
+            let mut client = self.lease();
+            async move {
+                match client.keep_alive(lease).await {
+                    Ok(_) => Ok(true),
+                    Err(etcd_client::Error::LeaseKeepAliveError(_)) => Ok(false),
+                    Err(e) => Err(e),
+                }
             }
-            Ok(Err(e)) => Err(lease_missing(map_error(e), lease)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "etcd did not answer within {REQUEST_TIMEOUT:?}"
-            ))),
+        })
+        .await
+        .map_err(|e| lease_missing(e, lease))?;
+        if alive {
+            Ok(())
+        } else {
+            Err(StoreError::LeaseNotFound(lease))
         }
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), StoreError> {
-        let mut client = self.lease();
-        bounded(client.revoke(lease))
-            .await
-            .map_err(|e| lease_missing(e, lease))?;
+        retried(true, || {
+            let mut client = self.lease();
+            async move { client.revoke(lease).await }
+        })
+        .await
+        .map_err(|e| lease_missing(e, lease))?;
         Ok(())
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), StoreError> {
-        let mut kv = self.kv();
-        match bounded(kv.compact(revision, None)).await {
+        let compacted = retried(true, || {
+            let mut kv = self.kv();
+            async move { kv.compact(revision, None).await }
+        })
+        .await;
+        match compacted {
             Ok(_) => Ok(()),
             Err(StoreError::Rejected(m)) if m.contains("compacted") => Ok(()),
             Err(e) => Err(e),
