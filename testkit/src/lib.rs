@@ -1,6 +1,7 @@
 //! Helpers for integration tests: real processes on free ports, never mocks.
 //!
 //! - [`Etcd`]: a real `etcd` server (Debian's `etcd-server`) in a temporary data dir.
+//! - [`EtcdCluster`]: several of them forming one cluster, members SIGKILLed one by one.
 //! - [`backend`]: a real HTTP/1.1 backend that echoes what it received.
 //! - [`client`]: a raw HTTP/1.1 client that sends exactly the bytes a test gives it.
 //! - [`tls`]: self-signed test certificates, and an h2 TLS server configuration for backends.
@@ -8,9 +9,11 @@
 pub mod backend;
 pub mod client;
 mod etcd;
+mod etcd_cluster;
 pub mod tls;
 
 pub use etcd::Etcd;
+pub use etcd_cluster::EtcdCluster;
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;

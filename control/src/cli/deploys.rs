@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 
-use super::client::{segment, Client};
+use super::client::{segment, Client, ClientError};
 use super::jobs::current_app;
 use super::output::{self, say, Format};
 use super::Ctx;
@@ -14,6 +14,8 @@ use crate::api::types::{App, Deployment, DeploymentStatus, Release, ReleaseRef};
 
 /// The longest the CLI follows a deployment (the deployer has its own timeouts).
 const FOLLOW_AT_MOST: Duration = Duration::from_secs(3600);
+/// How long following goes on through a controller or store that does not answer.
+const FOLLOW_THROUGH: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug)]
 pub struct DeploymentArgs {
@@ -63,9 +65,7 @@ pub async fn deploy(client: &Client, app: &App, release: &Release) -> anyhow::Re
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        deployment = client
-            .get(&format!("/deployments/{}", segment(&deployment.id)))
-            .await?;
+        deployment = follow(client, &deployment.id).await?;
     }
     say!(
         "Deployed release {} to {} in {:.3}s",
@@ -74,6 +74,31 @@ pub async fn deploy(client: &Client, app: &App, release: &Release) -> anyhow::Re
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The deployment as it is now. The deployment runs on without this client: a controller or
+/// store that cannot answer for a moment (a controller restarting, an etcd election) is asked
+/// again for up to [`FOLLOW_THROUGH`].
+async fn follow(client: &Client, id: &str) -> anyhow::Result<Deployment> {
+    let started = Instant::now();
+    loop {
+        match client.get(&format!("/deployments/{}", segment(id))).await {
+            Ok(deployment) => return Ok(deployment),
+            Err(e) if transient(&e) && started.elapsed() < FOLLOW_THROUGH => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The controller could not be reached, or could not reach its store.
+fn transient(error: &ClientError) -> bool {
+    match error {
+        ClientError::Unreachable { .. } => true,
+        ClientError::Api { status, .. } => *status == http::StatusCode::SERVICE_UNAVAILABLE,
+        _ => false,
+    }
 }
 
 /// `flynn deployment`: the app's deployments, newest first.

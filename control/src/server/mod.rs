@@ -2,7 +2,8 @@
 //! controller API (axum, on its own runtime thread) share one store: the embedded one under
 //! the data directory by default, or etcd with `--store etcd://…`. The controller's runtime also
 //! runs a scheduler (it leads when no other controller does) and a host agent on the local
-//! Docker Engine (unless `--no-host-agent`).
+//! Docker Engine (unless `--no-host-agent`). With `--no-router` it is a controller node only
+//! (the routers being `flynn-router`s on the same etcd).
 //!
 //! On first start it generates the controller key (`<data>/controller.key`) and writes the
 //! client config (`~/.flynnrc`, cluster `default`) so that `flynn create` works at once.
@@ -139,6 +140,11 @@ pub struct Args {
     #[arg(long = "no-host-agent", env = "FLYNN_NO_HOST_AGENT")]
     pub no_host_agent: bool,
 
+    /// Run no router here: the controller API and scheduler (and the host agent) only, for a
+    /// controller node beside `flynn-router`s on the same store.
+    #[arg(long = "no-router", env = "FLYNN_NO_ROUTER")]
+    pub no_router: bool,
+
     /// The in-process host agent's flags (the same as `flynn host`'s).
     #[command(flatten)]
     pub host: HostArgs,
@@ -158,7 +164,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(key) if !key.trim().is_empty() => key.trim().to_owned(),
         _ => setup::controller_key(&data)?,
     };
-    args.router.check_free()?;
+    if !args.no_router {
+        args.router.check_free()?;
+    }
     let controller_listener =
         std::net::TcpListener::bind(args.controller_addr).with_context(|| {
             format!(
@@ -232,7 +240,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _guard = runtime.enter();
         tokio::net::TcpListener::from_std(controller_listener)?
     };
-    std::thread::Builder::new()
+    let controller = std::thread::Builder::new()
         .name("flynn-controller".to_owned())
         .spawn(move || {
             let served = runtime.block_on(async move {
@@ -252,10 +260,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .router
             .http_addrs
             .first()
+            .filter(|_| !args.no_router)
             .map(|a| format!("http://localhost:{}", a.port()));
         setup::write_client_config(&args.cluster_name, &controller_url, &key, router_url)?;
     }
 
+    if args.no_router {
+        // Until the process is signalled (SIGTERM's default action ends it), or the API fails.
+        let _ = controller.join();
+        anyhow::bail!("the controller API stopped");
+    }
     tracing::info!(http = ?args.router.http_addrs, https = ?args.router.https(),
         admin = %args.router.admin_addr, tcp = ?args.router.tcp_ports, "starting the router");
     let upgrade_sock = data.join("upgrade.sock").display().to_string();

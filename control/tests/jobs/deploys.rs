@@ -3,93 +3,12 @@
 //! one-by-one; not one request may fail. A release whose server exits at once is rolled back
 //! with the old one serving, under load too.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::engine::Wrk;
 use super::{Setup, TestImage};
-
-/// wrk against the app through the router, until [`Wrk::finish`].
-struct Wrk {
-    child: std::process::Child,
-}
-
-/// What wrk reported.
-#[derive(Debug)]
-struct WrkReport {
-    requests: u64,
-    non_2xx: u64,
-    socket_errors: u64,
-    text: String,
-}
-
-impl Wrk {
-    fn start(s: &Setup) -> Wrk {
-        let child = std::process::Command::new("wrk")
-            .args(["-t1", "-c8", "-d300s", "--timeout", "5s"])
-            .args(["-H", &format!("Host: {}.localhost", s.app)])
-            .arg(format!("http://{}/", s.server.http))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run wrk (the tests need it)");
-        Wrk { child }
-    }
-
-    /// Stops wrk (SIGINT: it prints its report) and reads its report.
-    fn finish(mut self) -> WrkReport {
-        let pid = self.child.id().to_string();
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .expect("kill -INT wrk");
-        let child = std::mem::replace(
-            &mut self.child,
-            std::process::Command::new("true").spawn().expect("true"),
-        );
-        let out = child.wait_with_output().expect("wrk output");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let number_after = |label: &str| -> u64 {
-            text.lines()
-                .find_map(|l| l.trim().strip_prefix(label))
-                .and_then(|rest| rest.trim().split([' ', ',']).next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        let requests = text
-            .lines()
-            .find(|l| l.contains("requests in"))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        // "Socket errors: connect 0, read 1, write 0, timeout 0"
-        let socket_errors = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
-            .map(|rest| {
-                rest.split(',')
-                    .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
-        WrkReport {
-            requests,
-            non_2xx: number_after("Non-2xx or 3xx responses:"),
-            socket_errors,
-            text,
-        }
-    }
-}
-
-impl Drop for Wrk {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 impl TestImage {
     /// The test server's image whose server exits (status 3) as soon as it starts.
@@ -99,6 +18,14 @@ impl TestImage {
 }
 
 impl Setup {
+    /// wrk through the server's router to the app.
+    fn wrk(&self) -> Wrk {
+        Wrk::start(
+            &self.server.http.to_string(),
+            &format!("{}.localhost", self.app),
+        )
+    }
+
     /// A request to the controller API; its JSON answer.
     pub(super) async fn api(&self, method: &str, path: &str, body: &str) -> Value {
         let raw = format!(
@@ -161,7 +88,7 @@ async fn scale_and_deploy_both_ways_under_load_without_one_failed_request() {
     s.settle("three jobs routed", || async { s.routed(30).await == up })
         .await;
 
-    let wrk = Wrk::start(&s);
+    let wrk = s.wrk();
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 3 → 1 → 4.
@@ -264,7 +191,7 @@ async fn a_release_that_crashes_is_rolled_back_with_the_old_one_serving() {
     let old = s.release().await;
     let crashing = TestImage::crashing();
 
-    let wrk = Wrk::start(&s);
+    let wrk = s.wrk();
     tokio::time::sleep(Duration::from_millis(300)).await;
     for strategy in ["all-at-once", "one-by-one"] {
         s.set_strategy(strategy).await;

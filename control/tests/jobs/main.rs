@@ -5,6 +5,8 @@
 
 mod commands;
 mod deploys;
+#[allow(dead_code)]
+mod engine;
 #[path = "../cli/harness.rs"]
 #[allow(dead_code)]
 mod harness;
@@ -13,165 +15,18 @@ mod logs;
 mod placement;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use flynn_testkit::eventually;
 use serde_json::Value;
 
+use engine::{docker, Containers, TestImage};
 use harness::{Client, Server};
 
 /// How long the jobs' changes may take to show (a container starts in well under a second
 /// here; this leaves room for a loaded machine).
 const SETTLE: Duration = Duration::from_secs(20);
-
-/// `docker ARGS`; its stdout, or a panic with its stderr.
-fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker {args:?}: {e} (the tests need Docker)"));
-    assert!(
-        output.status.success(),
-        "docker {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// Fails the test when the Docker Engine does not answer.
-fn require_engine() {
-    let version = Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output();
-    match version {
-        Ok(out) if out.status.success() => {}
-        Ok(out) => panic!(
-            "the Docker Engine is required for these tests and does not answer: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-        Err(e) => panic!("the Docker Engine is required for these tests: cannot run docker: {e}"),
-    }
-}
-
-/// The test server binary, built once per run: std only, static, for a FROM-scratch image.
-fn webapp() -> &'static PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir").keep();
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jobs/webapp.rs");
-        let out = dir.join("webapp");
-        let built = Command::new("rustc")
-            .args([
-                "--edition",
-                "2021",
-                "-O",
-                "-C",
-                "target-feature=+crt-static",
-            ])
-            .args(["--target", "x86_64-unknown-linux-gnu", "-o"])
-            .arg(&out)
-            .arg(source)
-            .output()
-            .expect("run rustc");
-        assert!(
-            built.status.success(),
-            "building the test server failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        out
-    })
-}
-
-/// An image of the test server in the engine, removed when dropped.
-struct TestImage {
-    tag: String,
-}
-
-impl TestImage {
-    fn build() -> TestImage {
-        TestImage::import("flynn-test-web", "")
-    }
-
-    /// The test server alone in an image tagged `name:<random>`; `changes` are more of
-    /// `docker import`'s `--change` options (e.g. `--change 'ENV X=1'`).
-    fn import(name: &str, changes: &str) -> TestImage {
-        require_engine();
-        let binary = webapp();
-        let tag = format!("{name}:{}", uuid::Uuid::new_v4().simple());
-        let dir = binary.parent().expect("dir").display().to_string();
-        let imported = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "tar -C '{dir}' -c webapp | docker import --change 'ENTRYPOINT [\"/webapp\"]' \
-                 {changes} - '{tag}'"
-            ))
-            .output()
-            .expect("run docker import");
-        assert!(
-            imported.status.success(),
-            "docker import failed: {}",
-            String::from_utf8_lossy(&imported.stderr)
-        );
-        TestImage { tag }
-    }
-}
-
-impl Drop for TestImage {
-    fn drop(&mut self) {
-        let _ = Command::new("docker")
-            .args(["rmi", "-f", &self.tag])
-            .output();
-    }
-}
-
-/// Removes every container of a host agent when dropped (after its server is gone).
-struct Containers {
-    host: String,
-}
-
-impl Containers {
-    fn new() -> Containers {
-        Containers {
-            host: format!("test-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
-        }
-    }
-
-    fn filter(&self) -> String {
-        format!("label=flynn.host={}", self.host)
-    }
-
-    /// Ids of its running containers.
-    fn running(&self) -> Vec<String> {
-        docker(&["ps", "-q", "--no-trunc", "--filter", &self.filter()])
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// Ids of all its containers, running or not.
-    fn all(&self) -> Vec<String> {
-        docker(&["ps", "-aq", "--no-trunc", "--filter", &self.filter()])
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl Drop for Containers {
-    fn drop(&mut self) {
-        let ids = Command::new("docker")
-            .args(["ps", "-aq", "--filter", &self.filter()])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        for id in ids.lines() {
-            let _ = Command::new("docker").args(["rm", "-f", id]).output();
-        }
-    }
-}
 
 /// An app on a fresh `flynn server` with its own host agent, and its image deployed.
 struct Setup {
