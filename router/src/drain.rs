@@ -73,6 +73,34 @@ pub struct Drain {
     pub grace_end: GracePeriodEnd,
 }
 
+#[async_trait]
+impl BackgroundService for Drain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let started = Instant::now();
+        tracing::info!(
+            in_flight = self.in_flight.count(),
+            timeout = ?self.timeout,
+            "draining: no new connections, waiting for those in flight"
+        );
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        if self.in_flight.idle(deadline).await {
+            tracing::info!(took = ?started.elapsed(), "drained, shutting down");
+        } else {
+            let left = self.in_flight.count();
+            tracing::warn!(
+                left,
+                "drain timeout reached, shutting down with work in flight"
+            );
+        }
+        self.grace_end.end();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,30 +141,5 @@ mod tests {
     async fn idle_at_once_when_nothing_is_in_flight() {
         let in_flight = InFlight::default();
         assert!(in_flight.idle(tokio::time::Instant::now()).await);
-    }
-}
-
-#[async_trait]
-impl BackgroundService for Drain {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        while !*shutdown.borrow() {
-            if shutdown.changed().await.is_err() {
-                return;
-            }
-        }
-        let started = Instant::now();
-        tracing::info!(
-            in_flight = self.in_flight.count(),
-            timeout = ?self.timeout,
-            "draining: no new connections, waiting for those in flight"
-        );
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        if self.in_flight.idle(deadline).await {
-            tracing::info!(took = ?started.elapsed(), "drained, shutting down");
-        } else {
-            let left = self.in_flight.count();
-            tracing::warn!(left, "drain timeout reached, shutting down with work in flight");
-        }
-        self.grace_end.end();
     }
 }
