@@ -10,6 +10,7 @@ mod endpoint;
 #[path = "../cli/harness.rs"]
 #[allow(dead_code)]
 mod harness;
+mod python;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

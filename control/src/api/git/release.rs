@@ -21,7 +21,8 @@ use super::super::{deployments, formations, jobs, releases, routes, ApiState};
 use super::builds::say;
 use super::GitState;
 
-/// The port `web` listens on (it gets it as `$PORT`), as `flynn deploy --image` gives it.
+/// The port `web` listens on (it gets it as `$PORT`) when the image names none, as `flynn
+/// deploy --image` gives it.
 pub const WEB_PORT: u16 = 8080;
 
 /// What a successful push made.
@@ -123,11 +124,13 @@ async fn create_release(
                 .and_then(|r| r.processes.get(name).cloned())
                 .unwrap_or_default();
             process.args = args.clone();
-            if name == "web" && process.ports.is_empty() {
-                process.ports = vec![Port {
-                    port: WEB_PORT,
-                    proto: "tcp".to_owned(),
-                }];
+            if name == "web" {
+                // The image's own port (a Dockerfile's EXPOSE) wins; else the one it had.
+                match built.port {
+                    Some(port) => process.ports = vec![tcp(port)],
+                    None if process.ports.is_empty() => process.ports = vec![tcp(WEB_PORT)],
+                    None => {}
+                }
             }
             (name.clone(), process)
         })
@@ -144,6 +147,13 @@ async fn create_release(
     )
     .await?;
     Ok(release)
+}
+
+fn tcp(port: u16) -> Port {
+    Port {
+        port,
+        proto: "tcp".to_owned(),
+    }
 }
 
 /// Prints the deployment's events until it ends; its error if it failed.

@@ -1,0 +1,114 @@
+//! A Python app (Heroku's classic buildpack API in a container of the stack image; one small
+//! package from PyPI) pushed, served through the router, changed and pushed again with the
+//! build cache warm: the new answer is served once the push ends. Prints push-to-served times.
+
+use std::time::{Duration, Instant};
+
+use flynn_testkit::eventually;
+use serde_json::Value;
+
+use super::Push;
+
+fn app_py(version: &str) -> String {
+    format!(
+        r#"import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+import six
+
+VERSION = "{version}"
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"version": VERSION, "six": six.__version__,
+                           "release": os.environ.get("FLYNN_RELEASE_ID", "")}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"#
+    )
+}
+
+/// The app's answer through the router, if it answers 200.
+async fn answer(p: &Push) -> Option<Value> {
+    let host = format!("{}.localhost", p.app);
+    let r = p.server.get(&host, "/").await.ok()?;
+    (r.status == 200).then(|| r.json().ok()).flatten()
+}
+
+#[tokio::test]
+async fn a_python_app_is_pushed_served_and_pushed_again_with_a_warm_cache() {
+    let p = Push::new("snake").await;
+    p.commit(
+        &[
+            ("requirements.txt", b"six\n"),
+            ("Procfile", b"web: python app.py\n"),
+            ("app.py", app_py("v1").as_bytes()),
+        ],
+        "v1",
+    );
+    let started = Instant::now();
+    let pushed = p.push("main");
+    assert!(
+        pushed.ok,
+        "{}\nserver log:\n{}",
+        pushed.text,
+        p.server.log()
+    );
+    for stage in [
+        "remote: -----> Receiving main",
+        "remote: -----> Building",
+        "Successfully installed six",
+        "remote: -----> Releasing",
+        "remote: -----> Deploying",
+        "deployed to http://",
+    ] {
+        assert!(
+            pushed.text.contains(stage),
+            "{stage:?} missing:\n{}",
+            pushed.text
+        );
+    }
+    eventually(Duration::from_secs(15), "the python app served", || async {
+        answer(&p).await.is_some_and(|a| a["version"] == "v1")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", p.server.log()));
+    let cold = started.elapsed();
+    let cold_push = pushed.took;
+    let first = answer(&p).await.expect("answer");
+    assert!(
+        first["six"].as_str().is_some_and(|v| v.starts_with("1.")),
+        "{first}"
+    );
+
+    // One file changed: the wheels come from the build cache; the new code serves at the end.
+    p.commit(&[("app.py", app_py("v2").as_bytes())], "v2");
+    let started = Instant::now();
+    let pushed = p.push("main");
+    assert!(
+        pushed.ok,
+        "{}\nserver log:\n{}",
+        pushed.text,
+        p.server.log()
+    );
+    for line in pushed.text.lines().filter(|l| l.contains("-----> ")) {
+        eprintln!("warm push: {}", line.trim_end());
+    }
+    let second = answer(&p).await.expect("served right after the push");
+    let warm = started.elapsed();
+    assert_eq!(second["version"], "v2", "{second}");
+    assert_ne!(second["release"], first["release"]);
+    eprintln!(
+        "python app push-to-served: cold {:.1}s (git push {:.1}s), warm {:.1}s",
+        cold.as_secs_f64(),
+        cold_push.as_secs_f64(),
+        warm.as_secs_f64()
+    );
+}
