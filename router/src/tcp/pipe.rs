@@ -14,10 +14,10 @@ use std::sync::{Mutex, PoisonError};
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 use tokio::net::TcpStream;
 
-/// What each pipe is asked to hold (F_SETPIPE_SZ). Bigger pipes move more per splice call;
-/// measured with benches/tcp.sh (see benches/README.md): 64 KiB (the kernel's default) to
-/// 1 MiB. The kernel may refuse (a user past `fs.pipe-user-pages-soft`): the pipe then keeps
-/// the size it got.
+/// What each pipe is asked to hold (F_SETPIPE_SZ; the kernel's default is 64 KiB). Bigger
+/// pipes move more per splice call; 256 KiB is a first choice, not yet swept with
+/// benches/tcp.sh. The kernel may refuse (a user past `fs.pipe-user-pages-soft`): the pipe then
+/// keeps the size it got.
 pub const PIPE_SIZE: usize = 256 * 1024;
 
 /// Idle pipes kept for reuse, at most. An empty pipe costs about a kilobyte of kernel memory
