@@ -32,12 +32,14 @@ fn rss() -> usize {
 
 const SERVICES: usize = 1000;
 const PAGE: usize = 10_000;
-/// Pages between two publishes (`TABLE_PUBLISH_EVERY`).
+/// Pages between two publishes (`TABLE_PUBLISH_EVERY`); 0, the default, publishes once at the
+/// end, as the router does with a listing (each publish makes the next edits copy the shards
+/// they touch).
 static PUBLISH_EVERY: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
     std::env::var("TABLE_PUBLISH_EVERY")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+        .unwrap_or(0)
 });
 
 fn main() -> anyhow::Result<()> {
@@ -84,8 +86,8 @@ fn main() -> anyhow::Result<()> {
         for kv in &kvs {
             writer.put_route(kv);
         }
-        // The router publishes during a listing at most every PUBLISH_EVERY pages' worth.
-        if (start / PAGE) % *PUBLISH_EVERY == *PUBLISH_EVERY - 1 {
+        let every = *PUBLISH_EVERY;
+        if every > 0 && (start / PAGE) % every == every - 1 {
             writer.publish();
         }
     }

@@ -3,19 +3,20 @@
 //! an immutable snapshot after each batch of changes.
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use flynn_store::mirror::{self, ListPage, MirrorEvent, Options};
-use flynn_store::types::{Certificate, Instance, Route};
+use flynn_store::schema::ROUTE_SPLITS;
+use flynn_store::types::{Certificate, HttpRouteRef, Instance, Route};
 use flynn_store::{KeyValue, Keys, Listing, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::proxy::sticky;
-use crate::table::{RouteEntry, Table};
+use crate::table::{RouteEntry, RouteId, Table};
 use crate::tls;
 
 /// Most changes applied before a snapshot is published.
@@ -27,6 +28,9 @@ const QUEUE: usize = 256;
 const LISTING_PUBLISH: Duration = Duration::from_secs(1);
 /// Keys per listing page; `FLYNN_STORE_PAGE_SIZE` overrides it (for tests of paging).
 const PAGE_SIZE_ENV: &str = "FLYNN_STORE_PAGE_SIZE";
+/// Parts of the routes listed side by side; `FLYNN_STORE_LIST_PARALLEL` overrides it.
+const LIST_PARALLEL: usize = 4;
+const LIST_PARALLEL_ENV: &str = "FLYNN_STORE_LIST_PARALLEL";
 
 /// The prefixes the router mirrors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,14 +56,17 @@ pub struct TableWriter {
 /// The keys a listing has held so far, as hashes (8 bytes per key instead of a copy of each
 /// id: a million routes cost 8 MB while they are listed, not 60).
 struct Seen {
-    hasher: RandomState,
+    /// Whether keys are noted at all (not when nothing can be gone at the listing's end).
+    tracked: bool,
+    hasher: foldhash::quality::RandomState,
     keys: HashSet<u64>,
 }
 
 impl Seen {
-    fn new() -> Seen {
+    fn new(tracked: bool) -> Seen {
         Seen {
-            hasher: RandomState::new(),
+            tracked,
+            hasher: foldhash::quality::RandomState::default(),
             keys: HashSet::new(),
         }
     }
@@ -69,6 +76,9 @@ impl Seen {
     }
 
     fn insert(&mut self, key: &(impl std::hash::Hash + ?Sized)) {
+        if !self.tracked {
+            return;
+        }
         let hash = self.hash(key);
         self.keys.insert(hash);
     }
@@ -135,12 +145,20 @@ impl TableWriter {
     }
 
     /// Applies a route put; returns the route id when the key is a route key.
-    pub fn put_route(&mut self, kv: &KeyValue) -> Option<String> {
+    pub fn put_route(&mut self, kv: &KeyValue) -> Option<RouteId> {
         self.revision = self.revision.max(kv.mod_revision);
         let Some(id) = self.keys.parse_route(&kv.key) else {
             self.invalid(&kv.key, "not a route key");
             return None;
         };
+        let route_id = RouteId::new(id);
+        // Most values: an HTTP route read in place, its strings not copied.
+        if let Some(route) = HttpRouteRef::parse(&kv.value) {
+            if let Err(e) = self.table.upsert_stored(route_id.clone(), &route) {
+                self.invalid(&kv.key, &e.to_string());
+            }
+            return Some(route_id);
+        }
         let route = match serde_json::from_slice::<Route>(&kv.value) {
             Ok(Route::Http(route)) => route,
             Ok(Route::Tcp(mut route)) => {
@@ -150,19 +168,19 @@ impl TableWriter {
                 } else {
                     self.table.upsert_tcp_route(route);
                 }
-                return Some(id.to_owned());
+                return Some(route_id);
             }
             Err(e) => {
                 // Keep the last good version of the route, if any.
                 self.invalid(&kv.key, &e.to_string());
-                return Some(id.to_owned());
+                return Some(route_id);
             }
         };
         match RouteEntry::from_stored(id, route) {
             Ok(entry) => self.table.upsert_route(entry),
             Err(e) => self.invalid(&kv.key, &e.to_string()),
         }
-        Some(id.to_owned())
+        Some(route_id)
     }
 
     pub fn delete_route(&mut self, key: &str, revision: i64) {
@@ -217,16 +235,34 @@ impl TableWriter {
     fn list_page(&mut self, feed: Feed, page: ListPage) {
         let i = feed as usize;
         if page.first || self.listings[i].is_none() {
-            self.listings[i] = Some(Seen::new());
+            // A listing into a table that holds nothing of its feed (the first one, at
+            // start-up) has nothing to remove at its end: it need not note what it holds. One
+            // that starts over does (the table holds what the earlier attempt brought).
+            let empty = match feed {
+                Feed::Routes => self.table.route_count() == 0,
+                Feed::Services => self.table.instance_count() == 0,
+                Feed::Certs => self.table.certificate_count() == 0,
+            };
+            let restart = self.listings[i].is_some();
+            self.listings[i] = Some(Seen::new(!empty || restart));
         }
         for kv in &page.kvs {
-            let key = match feed {
-                Feed::Routes => self.put_route(kv),
-                Feed::Services => self.put_instance(kv).map(|(s, id)| format!("{s}/{id}")),
-                Feed::Certs => self.put_cert(kv),
-            };
-            if let (Some(key), Some(seen)) = (key, self.listings[i].as_mut()) {
-                seen.insert(key.as_str());
+            match feed {
+                Feed::Routes => {
+                    if let Some(id) = self.put_route(kv) {
+                        self.seen(i, &id);
+                    }
+                }
+                Feed::Services => {
+                    if let Some((s, id)) = self.put_instance(kv) {
+                        self.seen(i, format!("{s}/{id}").as_str());
+                    }
+                }
+                Feed::Certs => {
+                    if let Some(id) = self.put_cert(kv) {
+                        self.seen(i, id.as_str());
+                    }
+                }
             }
         }
         if !page.last {
@@ -235,16 +271,19 @@ impl TableWriter {
         let Some(seen) = self.listings[i].take() else {
             return;
         };
+        if !seen.tracked {
+            self.revision = self.revision.max(page.revision);
+            return;
+        }
         match feed {
             Feed::Routes => {
-                let gone: Vec<String> = self
+                let gone: Vec<RouteId> = self
                     .table
                     .route_ids()
-                    .filter(|id| !seen.contains(id.as_str()))
-                    .cloned()
+                    .filter(|id| !seen.contains(id))
                     .collect();
                 for id in gone {
-                    self.table.remove_route(&id);
+                    id.with_str(|id| self.table.remove_route(id));
                 }
             }
             Feed::Services => {
@@ -275,6 +314,13 @@ impl TableWriter {
             }
         }
         self.revision = self.revision.max(page.revision);
+    }
+
+    /// Notes that the listing under way for feed `i` held `key`.
+    fn seen(&mut self, i: usize, key: &(impl std::hash::Hash + ?Sized)) {
+        if let Some(seen) = self.listings[i].as_mut() {
+            seen.insert(key);
+        }
     }
 
     /// Applies a certificate put: a bad PEM or a key that does not match is skipped (counted),
@@ -355,7 +401,16 @@ pub async fn run(store: Arc<dyn Store>, writer: TableWriter, metrics: Arc<Metric
     {
         options.page_size = size;
     }
-    let _routes = mirror::spawn(store.clone(), keys.routes(), routes_tx, options);
+    // A million routes: their parts listed side by side keep the store and the table busy at
+    // once.
+    let mut route_options = options;
+    route_options.splits = ROUTE_SPLITS;
+    route_options.parallel = std::env::var(LIST_PARALLEL_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(LIST_PARALLEL);
+    let _routes = mirror::spawn(store.clone(), keys.routes(), routes_tx, route_options);
     let _services = mirror::spawn(store.clone(), keys.services(), services_tx, options);
     let _certs = mirror::spawn(store, keys.certs(), certs_tx, options);
     consume(writer, metrics, [routes_rx, services_rx, certs_rx]).await;
@@ -370,6 +425,8 @@ async fn consume(
     let mut listed = [false; 3];
     let mut connected = [false; 3];
     let mut last_publish = Instant::now();
+    // Changes (not listing pages) applied since the last publish.
+    let mut changed = false;
     loop {
         let (feed, first) = tokio::select! {
             Some(e) = routes.recv() => (Feed::Routes, e),
@@ -393,6 +450,7 @@ async fn consume(
         for (feed, event) in batch {
             let i = feed as usize;
             match &event {
+                MirrorEvent::Put(_) | MirrorEvent::Delete { .. } => changed = true,
                 MirrorEvent::Page(page) if page.last => listed[i] = true,
                 MirrorEvent::Connected => connected[i] = true,
                 MirrorEvent::Disconnected(_) => connected[i] = false,
@@ -400,11 +458,15 @@ async fn consume(
             }
             writer.apply(feed, event);
         }
-        // A listing of a million routes touches every shard of the table: publishing after
-        // each of its pages would copy the table a hundred times. Once a second meanwhile.
-        let published = if !writer.listing() || last_publish.elapsed() >= LISTING_PUBLISH {
+        // A listing of a million routes touches every shard of the table, and each publish
+        // makes the next edits copy the shards they touch: a listing under way is published
+        // when it ends (the last table serves meanwhile), changes that came during it at most
+        // once a second.
+        let publish = !writer.listing() || (changed && last_publish.elapsed() >= LISTING_PUBLISH);
+        let published = if publish {
             writer.publish();
             last_publish = Instant::now();
+            changed = false;
             true
         } else {
             false

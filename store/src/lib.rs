@@ -137,6 +137,27 @@ pub trait Store: Send + Sync + 'static {
         revision: Option<Revision>,
     ) -> Result<Page, StoreError>;
 
+    /// [`Store::range_page`] of the keys up to `until` (inclusive; no bound when None): a
+    /// listing can read disjoint parts of a prefix side by side, each part a range of keys
+    /// `(after, until]`. `more` is false once no key up to `until` remains.
+    async fn range_page_until(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        until: Option<&str>,
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<Page, StoreError> {
+        let mut page = self.range_page(prefix, after, limit, revision).await?;
+        if let Some(until) = until {
+            if let Some(cut) = page.kvs.iter().position(|kv| kv.key.as_str() > until) {
+                page.kvs.truncate(cut);
+                page.more = false;
+            }
+        }
+        Ok(page)
+    }
+
     /// The store's identity and current revision.
     async fn status(&self) -> Result<StoreStatus, StoreError>;
 

@@ -20,13 +20,16 @@ use crate::{KeyValue, Revision, Store, StoreError, WatchEvent, DEFAULT_PAGE};
 /// One page of a listing of the mirror's prefix.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ListPage {
-    /// Sorted by key, after the keys of the listing's earlier pages.
+    /// Sorted by key. The pages of one listing hold disjoint keys; without
+    /// [`Options::splits`] each page's keys come after those of the earlier pages, with splits
+    /// the parts of the prefix are read side by side and their pages interleave.
     pub kvs: Vec<KeyValue>,
     /// The revision the whole listing is read at.
     pub revision: Revision,
     /// The first page of a listing: forget what earlier pages of an unfinished listing said.
     pub first: bool,
-    /// The last page: the keys of the prefix are now exactly those the listing's pages held.
+    /// The last page (it may hold no keys): the keys of the prefix are now exactly those the
+    /// listing's pages held.
     pub last: bool,
 }
 
@@ -92,6 +95,12 @@ pub struct Options {
     pub backoff: Backoff,
     /// Keys per listing page.
     pub page_size: usize,
+    /// Where a listing splits the prefix into parts (keys relative to the prefix, in order):
+    /// the parts are `(prefix, prefix + splits[0]]`, `(prefix + splits[0], prefix + splits[1]]`,
+    /// ... and the rest after the last split. Empty: one part, pages in key order.
+    pub splits: &'static [&'static str],
+    /// Parts read side by side (at least one).
+    pub parallel: usize,
 }
 
 impl Default for Options {
@@ -99,6 +108,8 @@ impl Default for Options {
         Options {
             backoff: Backoff::default(),
             page_size: DEFAULT_PAGE,
+            splits: &[],
+            parallel: 1,
         }
     }
 }
@@ -192,7 +203,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                match list(store.as_ref(), &prefix, options.page_size, &tx).await {
+                match list(&store, &prefix, options, &tx).await {
                     Ok(Ok(revision)) => {
                         listed_from = Some(id);
                         revision + 1
@@ -272,51 +283,172 @@ pub async fn run(
     }
 }
 
-/// Lists `prefix` page by page at the first page's revision into `tx`; starts over when that
-/// revision is compacted meanwhile. The revision listed at, or why the store failed.
+/// Lists `prefix` into `tx` at one revision: its parts ([`Options::splits`]) page by page,
+/// up to [`Options::parallel`] parts at a time, at the revision of the first part's first page;
+/// starts over when that revision is compacted meanwhile. The revision listed at, or why the
+/// store failed.
 async fn list(
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     prefix: &str,
-    page_size: usize,
+    options: Options,
     tx: &mpsc::Sender<MirrorEvent>,
 ) -> Result<Result<Revision, StoreError>, Gone> {
+    let parts = parts(prefix, options.splits);
     'listing: loop {
-        let mut after: Option<String> = None;
-        let mut at = None;
-        let mut first = true;
-        loop {
-            let page = match store
-                .range_page(prefix, after.as_deref(), page_size, at)
-                .await
-            {
-                Ok(page) => page,
-                Err(StoreError::Compacted { .. }) if at.is_some() => {
+        let mut out = Forward::new(tx);
+        // The first page of the first part fixes the revision of the whole listing.
+        let (after, until) = &parts[0];
+        let page = match store
+            .range_page_until(
+                prefix,
+                after.as_deref(),
+                until.as_deref(),
+                options.page_size,
+                None,
+            )
+            .await
+        {
+            Ok(page) => page,
+            Err(e) => return Ok(Err(e)),
+        };
+        let revision = page.revision;
+        if !page.more && parts.len() == 1 {
+            // The whole listing in one page.
+            out.send(page.kvs, revision, true).await?;
+            return Ok(Ok(revision));
+        }
+        let next = page
+            .more
+            .then(|| page.kvs.last().map(|kv| kv.key.clone()))
+            .flatten();
+        out.page(page.kvs, revision).await?;
+        let mut rest: Vec<Part> = parts[1..].to_vec();
+        if let Some(after) = next {
+            rest.insert(0, (Some(after), until.clone()));
+        }
+        let (pages_tx, mut pages) = mpsc::channel(options.parallel.max(1) * 2);
+        let mut readers = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(options.parallel.max(1)));
+        for part in rest {
+            readers.spawn(read_part(
+                store.clone(),
+                prefix.to_owned(),
+                part,
+                options.page_size,
+                revision,
+                pages_tx.clone(),
+                permits.clone(),
+            ));
+        }
+        drop(pages_tx);
+        // Every reader ends by closing its sender: None once all are done.
+        while let Some(read) = pages.recv().await {
+            match read {
+                Ok(kvs) => out.page(kvs, revision).await?,
+                Err(StoreError::Compacted { .. }) => {
                     tracing::info!(prefix, "listing compacted midway: starting over");
                     continue 'listing;
                 }
                 Err(e) => return Ok(Err(e)),
-            };
-            let last = !page.more || page.kvs.is_empty();
-            if let Some(kv) = page.kvs.last() {
-                after = Some(kv.key.clone());
             }
-            at = Some(page.revision);
-            let event = MirrorEvent::Page(ListPage {
-                kvs: page.kvs,
-                revision: page.revision,
-                first,
-                last,
-            });
-            first = false;
-            if tx.send(event).await.is_err() {
-                return Err(Gone);
+        }
+        out.finish(revision).await?;
+        return Ok(Ok(revision));
+    }
+}
+
+/// A part of a listing: the keys in `(after, until]` (no bound when None).
+type Part = (Option<String>, Option<String>);
+
+fn parts(prefix: &str, splits: &[&str]) -> Vec<Part> {
+    let bounds: Vec<String> = splits.iter().map(|s| format!("{prefix}{s}")).collect();
+    let mut parts = Vec::with_capacity(bounds.len() + 1);
+    let mut after = None;
+    for bound in bounds {
+        parts.push((after, Some(bound.clone())));
+        after = Some(bound);
+    }
+    parts.push((after, None));
+    parts
+}
+
+/// Reads one part page by page at `revision` into `out` (keys, or the error that ends it).
+async fn read_part(
+    store: Arc<dyn Store>,
+    prefix: String,
+    (mut after, until): Part,
+    page_size: usize,
+    revision: Revision,
+    out: mpsc::Sender<Result<Vec<KeyValue>, StoreError>>,
+    permits: Arc<tokio::sync::Semaphore>,
+) {
+    let Ok(_permit) = permits.acquire_owned().await else {
+        return;
+    };
+    loop {
+        let read = store
+            .range_page_until(
+                &prefix,
+                after.as_deref(),
+                until.as_deref(),
+                page_size,
+                Some(revision),
+            )
+            .await;
+        let page = match read {
+            Ok(page) => page,
+            Err(e) => {
+                let _ = out.send(Err(e)).await;
+                return;
             }
-            if last {
-                return Ok(Ok(page.revision));
-            }
+        };
+        let more = page.more && !page.kvs.is_empty();
+        after = page.kvs.last().map(|kv| kv.key.clone());
+        if out.send(Ok(page.kvs)).await.is_err() || !more {
+            return;
         }
     }
 }
+
+/// Hands a listing's pages to the consumer as they come; an empty page closes a listing of
+/// several (a part read side by side cannot tell that it is the last to finish).
+struct Forward<'t> {
+    tx: &'t mpsc::Sender<MirrorEvent>,
+    first: bool,
+}
+
+impl<'t> Forward<'t> {
+    fn new(tx: &'t mpsc::Sender<MirrorEvent>) -> Forward<'t> {
+        Forward { tx, first: true }
+    }
+
+    async fn page(&mut self, kvs: Vec<KeyValue>, revision: Revision) -> Result<(), Gone> {
+        if kvs.is_empty() {
+            return Ok(());
+        }
+        self.send(kvs, revision, false).await
+    }
+
+    async fn finish(mut self, revision: Revision) -> Result<(), Gone> {
+        self.send(Vec::new(), revision, true).await
+    }
+
+    async fn send(
+        &mut self,
+        kvs: Vec<KeyValue>,
+        revision: Revision,
+        last: bool,
+    ) -> Result<(), Gone> {
+        let event = MirrorEvent::Page(ListPage {
+            kvs,
+            revision,
+            first: std::mem::replace(&mut self.first, false),
+            last,
+        });
+        self.tx.send(event).await.map_err(|_| Gone)
+    }
+}
+
 /// Reports the failure and sleeps; false when the consumer has gone.
 async fn pause(
     tx: &mpsc::Sender<MirrorEvent>,

@@ -9,6 +9,14 @@
 /// The default prefix of every Flynn key.
 pub const DEFAULT_PREFIX: &str = "/flynn";
 
+/// Where a listing of the routes splits them into parts read side by side
+/// ([`crate::mirror::Options::splits`]): ids are `http-<uuid>` or `tcp-<uuid>`, so by the
+/// uuid's first hex digit, with TCP routes (and any other id) in parts of their own.
+pub const ROUTE_SPLITS: &[&str] = &[
+    "http-1", "http-2", "http-3", "http-4", "http-5", "http-6", "http-7", "http-8", "http-9",
+    "http-a", "http-b", "http-c", "http-d", "http-e", "http-f", "tcp-",
+];
+
 /// Builds and parses keys under one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Keys {

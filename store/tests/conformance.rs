@@ -781,7 +781,58 @@ async fn status_identifies_the_store(b: &Backend) {
     assert_ne!(other.store.status().await.unwrap().id, after.id);
 }
 
+/// Pages of a part of a prefix, `(after, until]`: they stop at `until` (inclusive).
+async fn range_pages_up_to_a_bound(b: &Backend) {
+    let s = &b.store;
+    let key = |i: usize| format!("/p/{i:02}");
+    for i in 0..10 {
+        s.put(&key(i), b"1".to_vec(), None).await.unwrap();
+    }
+    s.put("/q", b"after".to_vec(), None).await.unwrap();
+    let full = s.range("/p/").await.unwrap();
+    let at = Some(full.revision);
+    // (03, 06]: 04, 05, 06.
+    let first = s
+        .range_page_until("/p/", Some(&key(3)), Some(&key(6)), 2, at)
+        .await
+        .unwrap();
+    assert_eq!(first.kvs, full.kvs[4..6]);
+    assert_eq!(first.revision, full.revision);
+    let second = s
+        .range_page_until("/p/", Some(&key(5)), Some(&key(6)), 2, at)
+        .await
+        .unwrap();
+    assert_eq!(second.kvs, full.kvs[6..7]);
+    assert!(!second.more);
+    // A bound between keys, from the start, and past a bound: nothing.
+    let part = s
+        .range_page_until("/p/", None, Some("/p/02x"), 100, at)
+        .await
+        .unwrap();
+    assert_eq!(part.kvs, full.kvs[..3]);
+    assert!(!part.more);
+    let past = s
+        .range_page_until("/p/", Some("/p/05"), Some("/p/04"), 100, at)
+        .await
+        .unwrap();
+    assert!(past.kvs.is_empty() && !past.more);
+    // No bound: the rest of the prefix.
+    let rest = s
+        .range_page_until("/p/", Some(&key(7)), None, 100, at)
+        .await
+        .unwrap();
+    assert_eq!(rest.kvs, full.kvs[8..]);
+    assert!(!rest.more);
+    // A bound past the prefix: the prefix still ends the range.
+    let wide = s
+        .range_page_until("/p/", Some(&key(7)), Some("/z"), 100, None)
+        .await
+        .unwrap();
+    assert_eq!(wide.kvs, full.kvs[8..]);
+}
+
 for_each_backend!(
+    range_pages_up_to_a_bound,
     range_pages_at_one_revision,
     range_of_many_keys,
     status_identifies_the_store,

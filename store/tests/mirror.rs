@@ -59,6 +59,7 @@ impl Mirror {
         let options = Options {
             backoff: FAST,
             page_size,
+            ..Options::default()
         };
         Mirror {
             rx,
@@ -443,7 +444,76 @@ async fn mirror_lists_in_pages_at_one_revision(b: &Backend) {
     mirror.assert_matches(s.as_ref()).await;
 }
 
+/// With splits, the parts of the prefix are read side by side at one revision: pages of
+/// disjoint keys, each sorted, that together hold exactly the prefix's keys.
+async fn mirror_lists_parts_side_by_side(b: &Backend) {
+    let s = &b.store;
+    // Keys before, on, between and after the split points.
+    let mut keys = vec![
+        "/m/".to_owned(),
+        "/m/a".into(),
+        "/m/b".into(),
+        "/m/tcp-".into(),
+    ];
+    for p in [
+        "a", "b", "c", "http-0", "http-1", "http-10", "http-f", "tcp-1", "z",
+    ] {
+        for i in 0..7 {
+            keys.push(format!("/m/{p}{i}"));
+        }
+    }
+    for key in &keys {
+        s.put(key, b"1".to_vec(), None).await.unwrap();
+    }
+    s.put("/n/outside", b"1".to_vec(), None).await.unwrap();
+    let before = s.range("/m/").await.unwrap();
+    let (tx, mut rx) = mpsc::channel(4);
+    let options = Options {
+        backoff: FAST,
+        page_size: 3,
+        splits: &["b", "http-1", "http-f", "tcp-"],
+        parallel: 3,
+    };
+    let task = mirror::spawn(Arc::clone(s), "/m/".to_owned(), tx, options);
+    let mut listed = BTreeMap::new();
+    let mut pages = 0;
+    loop {
+        let event = tokio::time::timeout(DEADLINE, rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        let MirrorEvent::Page(page) = event else {
+            panic!("a mirror starts with a listing: {event:?}");
+        };
+        assert_eq!(page.first, pages == 0);
+        assert_eq!(page.revision, before.revision, "one revision");
+        assert!(
+            page.kvs.windows(2).all(|w| w[0].key < w[1].key),
+            "a page is sorted"
+        );
+        pages += 1;
+        for kv in page.kvs {
+            assert!(
+                listed.insert(kv.key.clone(), kv).is_none(),
+                "disjoint pages"
+            );
+        }
+        if page.last {
+            break;
+        }
+    }
+    assert!(pages > keys.len() / 3, "pages of 3 keys: {pages}");
+    assert_eq!(listed.into_values().collect::<Vec<_>>(), before.kvs);
+    let event = tokio::time::timeout(DEADLINE, rx.recv()).await.unwrap();
+    assert_eq!(event, Some(MirrorEvent::Connected));
+    let marker = s.put("/m/zz", b"1".to_vec(), None).await.unwrap();
+    let event = tokio::time::timeout(DEADLINE, rx.recv()).await.unwrap();
+    assert!(matches!(event, Some(MirrorEvent::Put(kv)) if kv.mod_revision == marker));
+    task.abort();
+}
+
 for_each_backend!(
+    mirror_lists_parts_side_by_side,
     mirror_sees_every_event,
     mirror_resumes_a_broken_watch,
     mirror_relists_after_compaction,

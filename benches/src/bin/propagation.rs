@@ -33,6 +33,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use etcd_client::{Client, Txn, TxnOp};
 use flynn_benches::route_id;
+use flynn_store::mirror;
+use flynn_store::schema::ROUTE_SPLITS;
 use flynn_store::Keys;
 use flynn_testkit::backend::Backend;
 use flynn_testkit::client::{self, Conn};
@@ -44,6 +46,8 @@ use tokio::process::{Child, Command};
 const TXN_OPS: usize = 128;
 /// Services the start-up routes are spread over (each gets one instance).
 const STARTUP_SERVICES: usize = 1000;
+/// Parts listed side by side, as the router does by default (`FLYNN_STORE_LIST_PARALLEL`).
+const MIRROR_PARALLEL: usize = 4;
 /// Longest wait for one change to show before the run counts as failed.
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
 
@@ -423,7 +427,56 @@ struct Startup {
     first_served: Duration,
     rss_kib: u64,
     hwm_kib: u64,
+    /// CPU seconds the router and etcd spent from the router's start to the last route served.
+    router_cpu: f64,
+    etcd_cpu: f64,
     router: Router,
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> anyhow::Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/<pid>/stat")?
+            .parse::<f64>()?)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name; 100 Hz.
+    Ok((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// The pid of the etcd serving `etcd` (the process with its data dir on the command line).
+fn etcd_pid(etcd: &Etcd) -> anyhow::Result<u32> {
+    let dir = etcd.data_dir().display().to_string();
+    for entry in std::fs::read_dir("/proc")? {
+        let entry = entry?;
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if comm.trim() == "etcd" && cmdline.contains(&dir) {
+            return Ok(pid);
+        }
+    }
+    bail!("no etcd process with {dir} on its command line")
+}
+
+/// The machine's 1-minute load average (`/proc/loadavg`): the benchmark shares the CPUs.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
 }
 
 /// RSS of a router with no routes (the 1000 instances only), in KiB.
@@ -437,6 +490,8 @@ async fn empty_router_kib(bin: &PathBuf, backend: &Backend) -> anyhow::Result<u6
 }
 
 async fn startup(bin: &PathBuf, etcd: &Etcd, routes: usize) -> anyhow::Result<Startup> {
+    let etcd_pid = etcd_pid(etcd)?;
+    let etcd_cpu = cpu_seconds(etcd_pid)?;
     let started = Instant::now();
     let mut router = Router::start(bin, &etcd.url())?;
     router.wait_healthy(Duration::from_secs(120)).await?;
@@ -462,6 +517,8 @@ async fn startup(bin: &PathBuf, etcd: &Etcd, routes: usize) -> anyhow::Result<St
     )
     .await?;
     let first_served = started.elapsed();
+    let router_cpu = cpu_seconds(router.pid()?)?;
+    let etcd_cpu = cpu_seconds(etcd_pid)? - etcd_cpu;
     let instances = router.gauge("flynn_router_instances").await?.unwrap_or(0);
     if instances as usize != STARTUP_SERVICES {
         bail!("{instances} instances in the table, expected {STARTUP_SERVICES}");
@@ -475,8 +532,35 @@ async fn startup(bin: &PathBuf, etcd: &Etcd, routes: usize) -> anyhow::Result<St
         first_served,
         rss_kib,
         hwm_kib,
+        router_cpu,
+        etcd_cpu,
         router,
     })
+}
+
+/// Lists the routes through a mirror as the router does (its parts side by side), keeping
+/// nothing: how many keys, and how long until the last page.
+async fn mirror_listing(store: Arc<dyn flynn_store::Store>) -> anyhow::Result<(usize, Duration)> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+    let options = mirror::Options {
+        splits: ROUTE_SPLITS,
+        parallel: MIRROR_PARALLEL,
+        ..mirror::Options::default()
+    };
+    let started = Instant::now();
+    let task = mirror::spawn(store, Keys::default().routes(), tx, options);
+    let mut count = 0;
+    while let Some(event) = rx.recv().await {
+        if let mirror::MirrorEvent::Page(page) = event {
+            count += page.kvs.len();
+            if page.last {
+                break;
+            }
+        }
+    }
+    let took = started.elapsed();
+    task.abort();
+    Ok((count, took))
 }
 
 #[tokio::main]
@@ -527,20 +611,26 @@ async fn main() -> anyhow::Result<()> {
     let listing = Instant::now();
     let listed = store.range(&Keys::default().routes()).await?.kvs.len();
     let listing = listing.elapsed();
+    let (mirrored, mirror_listing) = mirror_listing(store.clone()).await?;
     drop(store);
     println!(
         "## Start-up: {routes} routes, {STARTUP_SERVICES} instances (etcd filled in {:.1} s; \
-         listing the {listed} routes from this process takes {:.0} ms; a router with no routes: \
-         {:.1} MiB)",
+         a router with no routes: {:.1} MiB)",
         filled.as_secs_f64(),
-        listing.as_secs_f64() * 1e3,
         empty_kib as f64 / 1024.0
     );
     println!();
     println!(
-        "| run | /health 200 (ms) | all routes in metric (ms) | first 200 on last route (ms) | VmRSS (MiB) | VmHWM (MiB) | RSS per route above empty (B) |"
+        "Listing the routes from this process, no table: page after page, {listed} routes in \
+         {:.0} ms; as the router's mirror does (parts side by side), {mirrored} in {:.0} ms.",
+        listing.as_secs_f64() * 1e3,
+        mirror_listing.as_secs_f64() * 1e3,
     );
-    println!("|----:|-----------------:|--------------------------:|-----------------------------:|------------:|------------:|------------------------------:|");
+    println!();
+    println!(
+        "| run | /health 200 (ms) | all routes in metric (ms) | first 200 on last route (ms) | VmRSS (MiB) | VmHWM (MiB) | RSS per route above empty (B) | router CPU (s) | etcd CPU (s) | load avg |"
+    );
+    println!("|----:|-----------------:|--------------------------:|-----------------------------:|------------:|------------:|------------------------------:|---------------:|-------------:|---------:|");
     let mut worst = Duration::ZERO;
     let mut worst_bytes = 0.0f64;
     let mut last = None;
@@ -550,13 +640,16 @@ async fn main() -> anyhow::Result<()> {
         let per_route = (s.rss_kib.saturating_sub(empty_kib) * 1024) as f64 / routes as f64;
         worst_bytes = worst_bytes.max(per_route);
         println!(
-            "| {run:>3} | {:>16.0} | {:>25.0} | {:>28.0} | {:>11.1} | {:>11.1} | {:>29.0} |",
+            "| {run:>3} | {:>16.0} | {:>25.0} | {:>28.0} | {:>11.1} | {:>11.1} | {:>29.0} | {:>14.2} | {:>12.2} | {:>8.2} |",
             s.healthy.as_secs_f64() * 1e3,
             s.all_routes.as_secs_f64() * 1e3,
             s.first_served.as_secs_f64() * 1e3,
             s.rss_kib as f64 / 1024.0,
             s.hwm_kib as f64 / 1024.0,
             per_route,
+            s.router_cpu,
+            s.etcd_cpu,
+            load_average(),
         );
         last = Some(s.router);
     }

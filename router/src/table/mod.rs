@@ -12,6 +12,7 @@
 //! catch-all `*`. Within a domain the longest path prefix on a `/` boundary wins.
 
 pub mod host;
+mod id;
 mod names;
 mod shards;
 
@@ -19,13 +20,14 @@ use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
-use flynn_store::types::{BackendProtocol, HttpRoute, Instance, TcpRoute};
+use flynn_store::types::{BackendProtocol, HttpRoute, HttpRouteRef, Instance, TcpRoute};
 use flynn_store::Revision;
 use imbl::HashMap;
 use rustls::sign::CertifiedKey;
 
 use crate::backend::{Backend, Service};
 use host::{parent_domains, HostBuf};
+pub use id::RouteId;
 use names::Interner;
 pub use names::Name;
 use shards::Shards;
@@ -33,9 +35,9 @@ use shards::Shards;
 /// An HTTP route as the router uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteEntry {
-    pub id: String,
+    pub id: RouteId,
     /// Lower-cased; `*.example.com` for wildcards, `*` for the catch-all.
-    pub domain: String,
+    pub domain: Box<str>,
     /// Starts and ends with `/`.
     pub path: Name,
     pub service: Name,
@@ -63,52 +65,102 @@ pub enum InvalidRoute {
     EmptyService,
 }
 
-impl RouteEntry {
-    /// Validates and normalises a stored route (`id` is the one in its key).
-    pub fn from_stored(id: &str, route: HttpRoute) -> Result<RouteEntry, InvalidRoute> {
-        let domain = route
-            .domain
-            .trim()
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        if domain.is_empty() {
+/// A stored HTTP route's fields, borrowed.
+struct Fields<'r> {
+    domain: &'r str,
+    path: &'r str,
+    service: &'r str,
+    certificate_id: Option<&'r str>,
+    sticky: bool,
+    leader: bool,
+    drain_backends: bool,
+    disable_keep_alives: bool,
+    backend_protocol: BackendProtocol,
+}
+
+impl Fields<'_> {
+    /// Validates and normalises; `name` makes the shared strings.
+    fn entry(
+        self,
+        id: RouteId,
+        mut name: impl FnMut(&str) -> Name,
+    ) -> Result<RouteEntry, InvalidRoute> {
+        let trimmed = self.domain.trim().trim_end_matches('.');
+        if trimmed.is_empty() {
             return Err(InvalidRoute::EmptyDomain);
         }
         // A port or any other character a Host header's name part cannot hold would never match.
         let host_chars =
             |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'*');
-        if domain.len() > 253 || !domain.bytes().all(host_chars) {
-            return Err(InvalidRoute::BadDomain(domain));
+        if trimmed.len() > 253 || !trimmed.bytes().all(host_chars) {
+            return Err(InvalidRoute::BadDomain(trimmed.to_ascii_lowercase()));
         }
+        let domain: Box<str> = trimmed.to_ascii_lowercase().into_boxed_str();
         // One leading `*.` at most: `*.*.example.com` is refused, not keyed by `*.example.com`.
-        if domain != "*" && domain.strip_prefix("*.").unwrap_or(&domain).contains('*') {
-            return Err(InvalidRoute::BadWildcard(domain));
+        if &*domain != "*" && domain.strip_prefix("*.").unwrap_or(&domain).contains('*') {
+            return Err(InvalidRoute::BadWildcard(domain.into()));
         }
-        if !route.path.starts_with('/') {
-            return Err(InvalidRoute::BadPath(route.path));
+        if !self.path.starts_with('/') {
+            return Err(InvalidRoute::BadPath(self.path.to_owned()));
         }
-        let mut path = route.path;
-        if !path.ends_with('/') {
-            path.push('/');
-        }
-        if route.service.is_empty() {
+        let path = if self.path.ends_with('/') {
+            name(self.path)
+        } else {
+            name(&format!("{}/", self.path))
+        };
+        if self.service.is_empty() {
             return Err(InvalidRoute::EmptyService);
         }
         Ok(RouteEntry {
-            id: id.to_owned(),
-            domain: domain.into_boxed_str().into_string(),
-            path: path.into(),
-            service: route.service.into(),
-            certificate_id: route
-                .certificate_id
-                .filter(|c| !c.is_empty())
-                .map(Name::from),
+            id,
+            domain,
+            path,
+            service: name(self.service),
+            certificate_id: self.certificate_id.filter(|c| !c.is_empty()).map(&mut name),
+            sticky: self.sticky,
+            leader: self.leader,
+            drain_backends: self.drain_backends,
+            disable_keep_alives: self.disable_keep_alives,
+            backend_protocol: self.backend_protocol,
+        })
+    }
+}
+
+impl RouteEntry {
+    /// Validates and normalises a stored route (`id` is the one in its key).
+    pub fn from_stored(id: &str, route: HttpRoute) -> Result<RouteEntry, InvalidRoute> {
+        let fields = Fields {
+            domain: &route.domain,
+            path: &route.path,
+            service: &route.service,
+            certificate_id: route.certificate_id.as_deref(),
             sticky: route.sticky,
             leader: route.leader,
             drain_backends: route.drain_backends,
             disable_keep_alives: route.disable_keep_alives,
             backend_protocol: route.backend_protocol,
-        })
+        };
+        fields.entry(RouteId::new(id), Name::new)
+    }
+
+    /// The same from a route read without copies ([`HttpRouteRef`]), its names taken from `name`.
+    fn from_ref(
+        id: RouteId,
+        route: &HttpRouteRef<'_>,
+        name: impl FnMut(&str) -> Name,
+    ) -> Result<RouteEntry, InvalidRoute> {
+        let fields = Fields {
+            domain: &route.domain,
+            path: &route.path,
+            service: &route.service,
+            certificate_id: route.certificate_id.as_deref(),
+            sticky: route.sticky,
+            leader: route.leader,
+            drain_backends: route.drain_backends,
+            disable_keep_alives: route.disable_keep_alives,
+            backend_protocol: route.backend_protocol,
+        };
+        fields.entry(id, name)
     }
 
     /// Whether the request path (without the query) falls under this route's prefix.
@@ -126,15 +178,15 @@ type DomainRoutes = Arc<Vec<Arc<RouteEntry>>>;
 #[derive(Debug, Clone)]
 struct ById(Arc<RouteEntry>);
 
-impl Borrow<str> for ById {
-    fn borrow(&self) -> &str {
+impl Borrow<RouteId> for ById {
+    fn borrow(&self) -> &RouteId {
         &self.0.id
     }
 }
 
 impl Hash for ById {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.id.as_str().hash(state);
+        self.0.id.hash(state);
     }
 }
 
@@ -174,7 +226,7 @@ impl ByDomain {
 
 impl Borrow<str> for ByDomain {
     fn borrow(&self) -> &str {
-        let domain = self.routes().first().map_or("", |r| r.domain.as_str());
+        let domain = self.routes().first().map_or("", |r| &*r.domain);
         domain.strip_prefix("*.").unwrap_or(domain)
     }
 }
@@ -215,10 +267,10 @@ fn kind(domain: &str) -> DomainKind<'_> {
 /// One immutable version of everything the HTTP data path needs.
 #[derive(Debug, Clone, Default)]
 pub struct Table {
-    exact: Shards<ByDomain>,
-    wildcard: Shards<ByDomain>,
+    exact: Shards<str, ByDomain>,
+    wildcard: Shards<str, ByDomain>,
     catch_all: DomainRoutes,
-    routes: Shards<ById>,
+    routes: Shards<RouteId, ById>,
     /// One copy of each service name, path and certificate id.
     names: Interner,
     services: HashMap<String, Arc<Service>>,
@@ -292,6 +344,10 @@ impl Table {
     }
 
     pub fn route(&self, id: &str) -> Option<&Arc<RouteEntry>> {
+        self.route_by_id(&RouteId::new(id))
+    }
+
+    pub fn route_by_id(&self, id: &RouteId) -> Option<&Arc<RouteEntry>> {
         self.routes.get(id).map(|r| &r.0)
     }
 
@@ -304,11 +360,11 @@ impl Table {
     }
 
     /// The ids of every route, HTTP and TCP.
-    pub fn route_ids(&self) -> impl Iterator<Item = &String> {
+    pub fn route_ids(&self) -> impl Iterator<Item = RouteId> + '_ {
         self.routes
             .iter()
-            .map(|r| &r.0.id)
-            .chain(self.tcp_routes.keys())
+            .map(|r| r.0.id.clone())
+            .chain(self.tcp_routes.keys().map(|id| RouteId::new(id)))
     }
 
     pub fn service_names(&self) -> impl Iterator<Item = &String> {
@@ -327,13 +383,43 @@ impl Table {
 
     /// Adds a route, or replaces the route with the same id.
     pub fn upsert_route(&mut self, mut route: RouteEntry) {
-        if self.route(&route.id).map(|r| r.as_ref()) == Some(&route) {
+        if self.route_by_id(&route.id).map(|r| r.as_ref()) == Some(&route) {
             return;
         }
-        self.remove_route(&route.id);
         route.path = self.names.intern(&route.path);
         route.service = self.names.intern(&route.service);
         route.certificate_id = route.certificate_id.map(|c| self.names.intern(&c));
+        self.insert_route(route);
+    }
+
+    /// Adds or replaces an HTTP route read from the store (`id`: the one in its key), its
+    /// names shared without copies.
+    pub fn upsert_stored(
+        &mut self,
+        id: RouteId,
+        route: &HttpRouteRef<'_>,
+    ) -> Result<(), InvalidRoute> {
+        let names = &self.names;
+        let route = RouteEntry::from_ref(id, route, |text| names.intern_str(text))?;
+        match self.route_by_id(&route.id) {
+            Some(old) if **old == route => {}
+            Some(_) => self.insert_route(route),
+            None => self.insert_new(route),
+        }
+        Ok(())
+    }
+
+    /// Adds `route` (its names interned), replacing the one with its id.
+    fn insert_route(&mut self, route: RouteEntry) {
+        self.remove_by_id(&route.id);
+        self.insert_new(route);
+    }
+
+    /// Adds `route` (its names interned), no HTTP route having its id.
+    fn insert_new(&mut self, route: RouteEntry) {
+        if !self.tcp_routes.is_empty() {
+            route.id.with_str(|id| self.tcp_routes.remove(id));
+        }
         let route = Arc::new(route);
         self.routes.insert(ById(route.clone()));
         let domain = route.domain.clone();
@@ -349,10 +435,15 @@ impl Table {
         if !self.tcp_routes.is_empty() && self.tcp_routes.remove(id).is_some() {
             return true;
         }
+        self.remove_by_id(&RouteId::new(id))
+    }
+
+    /// Removes the HTTP route with that id; false when there was none.
+    fn remove_by_id(&mut self, id: &RouteId) -> bool {
         let Some(ById(old)) = self.routes.remove(id) else {
             return false;
         };
-        self.edit_domain(&old.domain, |routes| routes.retain(|r| r.id != id));
+        self.edit_domain(&old.domain, |routes| routes.retain(|r| r.id != *id));
         true
     }
 

@@ -112,17 +112,27 @@ struct Names {
 impl Interner {
     /// The shared name equal to `name`.
     pub fn intern(&self, name: &Name) -> Name {
+        self.intern_with(name.as_str(), || name.clone())
+    }
+
+    /// The shared name equal to `text` (a copy of it only the first time).
+    pub fn intern_str(&self, text: &str) -> Name {
+        self.intern_with(text, || Name::new(text))
+    }
+
+    fn intern_with(&self, text: &str, make: impl FnOnce() -> Name) -> Name {
         let mut names = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(shared) = names.set.get(name.as_str()) {
+        if let Some(shared) = names.set.get(text) {
             return shared.clone();
         }
+        let name = make();
         if names.set.len() >= names.prune_at.max(PRUNE_AT) {
             // Only the interner holds it: no route names it any more.
             names.set.retain(|n| Arc::strong_count(&n.0) > 1);
             names.prune_at = names.set.len() * 2;
         }
         names.set.insert(name.clone());
-        name.clone()
+        name
     }
 }
 

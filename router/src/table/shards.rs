@@ -4,7 +4,8 @@
 //! costs a few bytes in each set instead of a node of a persistent map.
 
 use std::borrow::Borrow;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 /// The sets' hasher: foldhash, seeded at random per process (several times faster than std's
@@ -15,13 +16,25 @@ type HashSet<T> = std::collections::HashSet<T, Hasher>;
 /// Shards per set (a power of two).
 const SHARDS: usize = 256;
 
-#[derive(Clone, Debug)]
-pub struct Shards<T> {
+/// A set of `T` looked up by `K` (`T: Borrow<K>`).
+#[derive(Debug)]
+pub struct Shards<K: ?Sized, T> {
     shards: Arc<Vec<Arc<HashSet<T>>>>,
     len: usize,
+    key: PhantomData<fn(&K)>,
 }
 
-impl<T> Default for Shards<T> {
+impl<K: ?Sized, T> Clone for Shards<K, T> {
+    fn clone(&self) -> Self {
+        Shards {
+            shards: self.shards.clone(),
+            len: self.len,
+            key: PhantomData,
+        }
+    }
+}
+
+impl<K: ?Sized, T> Default for Shards<K, T> {
     fn default() -> Self {
         Shards {
             shards: Arc::new(
@@ -30,21 +43,20 @@ impl<T> Default for Shards<T> {
                     .collect(),
             ),
             len: 0,
+            key: PhantomData,
         }
     }
 }
 
-/// The shard of a key: FNV-1a of its bytes (the set inside hashes again with its own keys).
-fn shard_of(key: &str) -> usize {
-    let mut hash: u32 = 0x811c_9dc5;
-    for &b in key.as_bytes() {
-        hash = (hash ^ u32::from(b)).wrapping_mul(0x0100_0193);
-    }
-    (hash ^ (hash >> 16)) as usize & (SHARDS - 1)
+/// The shard of a key: the top bits of a fixed-seed hash (the set inside hashes again with
+/// its own random seed).
+fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
+    let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key);
+    (hash >> 56) as usize & (SHARDS - 1)
 }
 
-impl<T: Hash + Eq + Clone + Borrow<str>> Shards<T> {
-    pub fn get(&self, key: &str) -> Option<&T> {
+impl<K: Hash + Eq + ?Sized, T: Hash + Eq + Clone + Borrow<K>> Shards<K, T> {
+    pub fn get(&self, key: &K) -> Option<&T> {
         self.shards.get(shard_of(key))?.get(key)
     }
 
@@ -62,7 +74,7 @@ impl<T: Hash + Eq + Clone + Borrow<str>> Shards<T> {
         old
     }
 
-    pub fn remove(&mut self, key: &str) -> Option<T> {
+    pub fn remove(&mut self, key: &K) -> Option<T> {
         let i = shard_of(key);
         // Copy nothing when there is nothing to remove.
         self.shards.get(i)?.get(key)?;
@@ -90,7 +102,7 @@ mod tests {
 
     #[test]
     fn edits_leave_clones_alone() {
-        let mut a: Shards<String> = Shards::default();
+        let mut a: Shards<str, String> = Shards::default();
         for i in 0..1000 {
             assert!(a.insert(format!("k{i}")).is_none());
         }

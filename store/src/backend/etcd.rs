@@ -363,8 +363,39 @@ impl Store for EtcdStore {
         limit: usize,
         revision: Option<Revision>,
     ) -> Result<Page, StoreError> {
+        self.range_page_until(prefix, after, None, limit, revision)
+            .await
+    }
+
+    async fn range_page_until(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        until: Option<&str>,
+        limit: usize,
+        revision: Option<Revision>,
+    ) -> Result<Page, StoreError> {
         let limit = limit.max(1);
-        let full_end = prefix_end(prefix.as_bytes()).unwrap_or_else(|| vec![0]);
+        let mut full_end = prefix_end(prefix.as_bytes()).unwrap_or_else(|| vec![0]);
+        // Keys up to `until`: the range ends at the smallest key after it.
+        if let Some(until) = until {
+            let until_end = [until.as_bytes(), b"\0"].concat();
+            if full_end == [0] || until_end < full_end {
+                full_end = until_end;
+            }
+        }
+        if let Some(after) = after {
+            if after.as_bytes() >= full_end.as_slice() && full_end != [0] {
+                return Ok(Page {
+                    kvs: Vec::new(),
+                    revision: match revision {
+                        Some(at) => at,
+                        None => self.status().await?.revision,
+                    },
+                    more: false,
+                });
+            }
+        }
         let after = match after {
             Some(after) if after.starts_with(prefix) => after.as_bytes(),
             // Before the prefix: from its first key. (Past it: nothing, in one request.)
@@ -410,10 +441,17 @@ impl Store for EtcdStore {
         let mut kvs = Vec::new();
         let mut last_empty = false;
         loop {
-            let whole = depth <= prefix.len();
+            let mut whole = depth <= prefix.len();
             let end = match prefix_end(&base[..depth.min(base.len())]) {
                 Some(end) if !whole => end,
                 _ => full_end.clone(),
+            };
+            // A window reaching the end of the part is its last.
+            let end = if end >= full_end && full_end != [0] {
+                whole = true;
+                full_end.clone()
+            } else {
+                end
             };
             let window = self.window(&start, &end, limit - kvs.len(), at).await?;
             let revision = *at.get_or_insert(window.revision);
