@@ -128,6 +128,24 @@ async fn push_deploys_a_second_push_under_load_fails_nothing_and_a_failed_build_
     .expect("served");
     let first_routed = started.elapsed();
     let first = served_release(&p).await;
+
+    // What was pushed can be cloned back (git-upload-pack), with the key as password.
+    let clone = p.client.cwd.path().join("clone");
+    let url = format!(
+        "http://anyone:{}@{}/git/{}.git",
+        p.server.key(),
+        p.server.controller,
+        p.app
+    );
+    super::git_ok(
+        &p.client,
+        p.client.cwd.path(),
+        &["clone", "-q", &url, &clone.display().to_string()],
+    );
+    assert_eq!(
+        std::fs::read(clone.join("Dockerfile")).expect("cloned Dockerfile"),
+        DOCKERFILE
+    );
     eprintln!(
         "first push: git push took {:?}, push to routed {first_routed:?}",
         pushed.took
