@@ -184,7 +184,7 @@ pub fn build(config: RouterConfig) -> Server {
         },
     );
     let writer = TableWriter::new(config.keys, table.clone(), metrics.clone());
-    let tcp_routes = background_service(
+    let mut tcp_routes = background_service(
         "flynn-router tcp routes",
         TcpRoutes {
             shared: tcp::Shared {
@@ -197,6 +197,9 @@ pub fn build(config: RouterConfig) -> Server {
             settings: config.tcp,
         },
     );
+    // TCP route connections are served on the runtime of this service: as many threads as the
+    // HTTP listeners get (pingora gives a background service one).
+    tcp_routes.threads = Some(config.threads);
     let drain = background_service(
         "flynn-router drain",
         Drain {
