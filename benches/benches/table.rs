@@ -161,7 +161,7 @@ fn lookups(c: &mut Criterion) {
         ];
         for (kind, probes) in &kinds {
             for p in probes {
-                let got = table.lookup(&p.host, &p.path).map(|r| r.id.clone());
+                let got = table.lookup(&p.host, &p.path).map(|r| r.id.to_string());
                 assert_eq!(
                     got,
                     p.expect,
