@@ -142,12 +142,16 @@ async fn a_graceful_upgrade_under_load_fails_no_request() {
         .expect("served by the successor");
     assert_eq!(response.status, 200);
     // Counted once the request's logging phase has run, which may be just after the answer.
-    flynn_testkit::eventually(Duration::from_secs(5), "the successor counts it", || async {
-        successor
-            .metric(r#"flynn_router_requests_total{class="2xx"}"#)
-            .await
-            > 0.0
-    })
+    flynn_testkit::eventually(
+        Duration::from_secs(5),
+        "the successor counts it",
+        || async {
+            successor
+                .metric(r#"flynn_router_requests_total{class="2xx"}"#)
+                .await
+                > 0.0
+        },
+    )
     .await
     .expect("the successor served the request");
 }

@@ -4,43 +4,19 @@
 //! rejects the push and leaves the old release serving; Ctrl-C on a push cancels its build.
 
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use flynn_testkit::eventually;
 use serde_json::Value;
 
+use super::engine::Wrk;
 use super::{wait_with_timeout, Push, PUSH_TIMEOUT};
 
 const DOCKERFILE: &[u8] = b"FROM scratch\nCOPY webapp /webapp\nENTRYPOINT [\"/webapp\"]\n";
 
 /// The test server binary (control/tests/jobs/webapp.rs), built static once per run.
-fn webapp() -> &'static Vec<u8> {
-    static BUILT: OnceLock<Vec<u8>> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/jobs/webapp.rs");
-        let out = dir.path().join("webapp");
-        let built = Command::new("rustc")
-            .args([
-                "--edition",
-                "2021",
-                "-O",
-                "-C",
-                "target-feature=+crt-static",
-            ])
-            .args(["--target", "x86_64-unknown-linux-gnu", "-o"])
-            .arg(&out)
-            .arg(source)
-            .output()
-            .expect("run rustc");
-        assert!(
-            built.status.success(),
-            "building the test server failed: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        std::fs::read(&out).expect("read webapp")
-    })
+fn webapp() -> Vec<u8> {
+    std::fs::read(super::engine::webapp()).expect("read webapp")
 }
 
 /// A commit of the Dockerfile app; `version` makes each commit's tree differ.
@@ -48,7 +24,7 @@ fn commit_app(p: &Push, dockerfile: &[u8], version: &str) {
     p.commit(
         &[
             ("Dockerfile", dockerfile),
-            ("webapp", webapp()),
+            ("webapp", &webapp()),
             ("VERSION", version.as_bytes()),
         ],
         version,
@@ -153,7 +129,7 @@ async fn push_deploys_a_second_push_under_load_fails_nothing_and_a_failed_build_
 
     // Second push under load: not one failed request, the new release serves at the end.
     commit_app(&p, DOCKERFILE, "2");
-    let wrk = Wrk::start(&p);
+    let wrk = Wrk::start(&p.server.http.to_string(), &format!("{}.localhost", p.app));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
     let pushed = p.push("main");
@@ -251,72 +227,4 @@ async fn ctrl_c_on_a_push_cancels_its_build() {
         out.stdout.trim() == "[]" || out.code != 0,
         "nothing was released: {out:?}"
     );
-}
-
-/// wrk against the app through the router, until [`Wrk::finish`].
-struct Wrk {
-    child: std::process::Child,
-}
-
-#[derive(Debug)]
-struct WrkReport {
-    requests: u64,
-    non_2xx: u64,
-    socket_errors: u64,
-    #[allow(dead_code)]
-    text: String,
-}
-
-impl Wrk {
-    fn start(p: &Push) -> Wrk {
-        let child = Command::new("wrk")
-            .args(["-t1", "-c8", "-d600s", "--timeout", "5s"])
-            .args(["-H", &format!("Host: {}.localhost", p.app)])
-            .arg(format!("http://{}/", p.server.http))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run wrk (the tests need it)");
-        Wrk { child }
-    }
-
-    /// SIGINT (wrk prints its report), then reads it.
-    fn finish(self) -> WrkReport {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .expect("kill -INT wrk");
-        let out = self.child.wait_with_output().expect("wrk output");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let requests = text
-            .lines()
-            .find(|l| l.contains("requests in"))
-            .and_then(|l| l.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0);
-        let non_2xx = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
-            .and_then(|rest| rest.trim().parse().ok())
-            .unwrap_or(0);
-        let socket_errors = text
-            .lines()
-            .find_map(|l| l.trim().strip_prefix("Socket errors:"))
-            .map(|rest| {
-                rest.split(',')
-                    .filter_map(|part| part.split_whitespace().nth(1)?.parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
-        WrkReport {
-            requests,
-            non_2xx,
-            socket_errors,
-            text,
-        }
-    }
 }

@@ -7,6 +7,9 @@
 
 mod deploy;
 mod endpoint;
+#[path = "../jobs/engine.rs"]
+#[allow(dead_code)]
+mod engine;
 #[path = "../cli/harness.rs"]
 #[allow(dead_code)]
 mod harness;
