@@ -228,18 +228,10 @@ async fn a_push_while_a_build_runs_is_refused() {
     let key = p.server.key();
     let builds = format!("/apps/{}/builds", p.app);
     let controller = p.server.controller.to_string();
-    // A build whose source never finishes arriving holds the app's build slot.
-    let mut holder = Conn::open(&controller).await.expect("connect");
-    holder
-        .write(
-            format!(
-                "POST {builds} HTTP/1.1\r\nHost: flynn\r\nAuthorization: Bearer {key}\r\n\
-                 Content-Type: application/x-tar\r\nContent-Length: 100000\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("write");
+    // A build whose source never finishes arriving holds the app's build slot. A probe (a
+    // build of nothing) must then get 409; if the probe reached the controller first, it took
+    // the slot for a moment and the holder got the 409 instead: open another holder (keeping
+    // every one open, so a holder that did take the slot keeps it).
     let busy = || async {
         let raw = format!(
             "POST {builds} HTTP/1.1\r\nHost: flynn\r\nAuthorization: Bearer {key}\r\n\
@@ -249,9 +241,30 @@ async fn a_push_while_a_build_runs_is_refused() {
             .await
             .is_ok_and(|r| r.status == 409)
     };
-    eventually(Duration::from_secs(5), "the build slot taken", busy)
-        .await
-        .expect("busy");
+    let mut holders = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut holder = Conn::open(&controller).await.expect("connect");
+        holder
+            .write(
+                format!(
+                    "POST {builds} HTTP/1.1\r\nHost: flynn\r\nAuthorization: Bearer {key}\r\n\
+                     Content-Type: application/x-tar\r\nContent-Length: 100000\r\n\r\n"
+                )
+                .as_bytes(),
+            )
+            .await
+            .expect("write");
+        holders.push(holder);
+        let taken = eventually(Duration::from_secs(2), "the build slot taken", busy).await;
+        if taken.is_ok() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no holder kept the build slot"
+        );
+    }
 
     let pushed = p.push("main");
     assert!(!pushed.ok, "{pushed:?}");
@@ -264,7 +277,7 @@ async fn a_push_while_a_build_runs_is_refused() {
     );
 
     // The first build's client goes: the slot is free, the next push gets to build.
-    drop(holder);
+    drop(holders);
     eventually(Duration::from_secs(5), "the build slot freed", || async {
         !busy().await
     })
