@@ -213,12 +213,8 @@ HAPROXY_PID=$STARTED
 
 # --- etcd and our router ---------------------------------------------------------------------
 start_etcd "$ETCD" "$ETCD_PEER"
-export ETCDCTL_API=3
-put() { etcdctl --endpoints "http://$ETCD" put "$1" "$2" >/dev/null; }
 put_http_route "$ETCD" "$SNI" "$BACKEND"
-put /flynn/routes/tcp-bench \
-    "{\"id\":\"tcp-bench\",\"type\":\"tcp\",\"port\":$OURS_TCP_PORT,\"service\":\"bench-tcp\"}"
-put /flynn/services/bench-tcp/i1 "{\"id\":\"i1\",\"addr\":\"$IPERF\"}"
+put_tcp_route "$ETCD" tcp-bench "$OURS_TCP_PORT" "$IPERF"
 
 (pin "$PROXY_CPU" "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$OURS_HTTP" \
     --https-addr "$OURS_TLS" --admin-addr "$OURS_ADMIN" --threads 1 --log warn \

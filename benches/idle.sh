@@ -87,14 +87,6 @@ for addr in "$NGINX" "$HAPROXY" "$OURS" "$OURS_PINGORA"; do
     wait_200 "http://$addr/" "$HOST_HEADER"
 done
 
-rss_kib() { # rss_kib PID: VmRSS of the process and its children, in KiB
-    local total=0 p
-    for p in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status")))
-    done
-    echo "$total"
-}
-
 fds() { # fds PID: descriptors open in the process and its children
     local total=0 p
     for p in "$1" $(pgrep -P "$1" || true); do

@@ -1,4 +1,4 @@
-# Helpers shared by benches/load.sh and benches/edge.sh: sourced, not run.
+# Helpers shared by the benches/*.sh scripts: sourced, not run.
 #
 # The caller sets BENCH (its name, for messages), PIN, PROXY_CPU, CLIENT_CPU, WAIT_IDLE and
 # IDLE_BUSY before using them; bench_workdir sets WORK and PIDS (every process to kill on exit).
@@ -222,12 +222,21 @@ haproxy_forwarding() { # haproxy_forwarding PROTO
 EOF
 }
 
+etcd_put() { # etcd_put ETCD KEY VALUE
+    ETCDCTL_API=3 etcdctl --endpoints "http://$1" put "$2" "$3" >/dev/null
+}
+
 # The route the HTTP benches use (Host HOST → service bench-web) and its one instance, in etcd.
 put_http_route() { # put_http_route ETCD HOST BACKEND
-    ETCDCTL_API=3 etcdctl --endpoints "http://$1" put /flynn/routes/http-bench \
-        "{\"id\":\"http-bench\",\"type\":\"http\",\"domain\":\"$2\",\"path\":\"/\",\"service\":\"bench-web\"}" >/dev/null
-    ETCDCTL_API=3 etcdctl --endpoints "http://$1" put /flynn/services/bench-web/i1 \
-        "{\"id\":\"i1\",\"addr\":\"$3\"}" >/dev/null
+    etcd_put "$1" /flynn/routes/http-bench \
+        "{\"id\":\"http-bench\",\"type\":\"http\",\"domain\":\"$2\",\"path\":\"/\",\"service\":\"bench-web\"}"
+    etcd_put "$1" /flynn/services/bench-web/i1 "{\"id\":\"i1\",\"addr\":\"$3\"}"
+}
+
+# A TCP route ID on PORT (→ service bench-tcp) and the service's one instance BACKEND, in etcd.
+put_tcp_route() { # put_tcp_route ETCD ID PORT BACKEND
+    etcd_put "$1" "/flynn/routes/$2" "{\"id\":\"$2\",\"type\":\"tcp\",\"port\":$3,\"service\":\"bench-tcp\"}"
+    etcd_put "$1" /flynn/services/bench-tcp/i1 "{\"id\":\"i1\",\"addr\":\"$4\"}"
 }
 
 # etcd on ADDR, data in WORK, pinned with the load side (it is idle while measuring).
@@ -272,6 +281,15 @@ cpu_ticks() { # cpu_ticks [PID...]
             # Fields after the `(comm)`: utime and stime are the 12th and 13th.
             total=$((total + $(sed 's/.*) //' "/proc/$p/stat" | awk '{print $12 + $13}')))
         done
+    done
+    echo "$total"
+}
+
+# VmRSS (KiB) of a process and its children (nginx's workers).
+rss_kib() { # rss_kib PID
+    local total=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        total=$((total + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status")))
     done
     echo "$total"
 }

@@ -127,14 +127,12 @@ HAPROXY_SPLICE_PID=$STARTED
 
 # --- ours: TCP routes from etcd -----------------------------------------------------------------
 start_etcd "$ETCD" "127.0.0.6:$(free_port)"
-put() { ETCDCTL_API=3 etcdctl --endpoints "http://$ETCD" put "$1" "$2" >/dev/null; }
-put /flynn/services/bench-tcp/i1 "{\"id\":\"i1\",\"addr\":\"$BACKEND\"}"
-put /flynn/routes/tcp-bench "{\"id\":\"tcp-bench\",\"type\":\"tcp\",\"port\":$OURS_PORT,\"service\":\"bench-tcp\"}"
+put_tcp_route "$ETCD" tcp-bench "$OURS_PORT" "$BACKEND"
 start_router ours "127.0.0.5:$(free_port)" "127.0.0.5:$(free_port)" FLYNN_NO_HTTPS=true \
     FLYNN_TCP_PORTS="$OURS_PORT-$OURS_PORT"
 OURS_PID=$STARTED
 if [[ -n $OLD_BIN ]]; then
-    put /flynn/routes/tcp-bench-old "{\"id\":\"tcp-bench-old\",\"type\":\"tcp\",\"port\":$OURS_OLD_PORT,\"service\":\"bench-tcp\"}"
+    put_tcp_route "$ETCD" tcp-bench-old "$OURS_OLD_PORT" "$BACKEND"
     new_bin=$ROUTER_BIN
     ROUTER_BIN=$OLD_BIN
     start_router ours-old "127.0.0.8:$(free_port)" "127.0.0.8:$(free_port)" FLYNN_NO_HTTPS=true \
@@ -155,10 +153,6 @@ addr_of() { # addr_of TARGET
     esac
 }
 
-pid_of() { # pid_of TARGET
-    target_pid "$1"
-}
-
 # Every target answers a small push before measuring.
 for target in $TARGETS; do
     ok=0
@@ -176,7 +170,7 @@ done
 # `others` (for quiet_run). CPU seconds from the proxy's ticks around the push itself.
 run_one() { # run_one TARGET DIRECTION
     local pid
-    pid=$(pid_of "$1")
+    pid=$(target_pid "$1")
     _cpu_before=$(cpu_ticks "$pid")
     sample_begin "$pid" "$BACKEND_PID"
     out=$(pinned "$CLIENT_CPU" "$LOAD_BIN" push "$(addr_of "$1")" "$BYTES" "$2")
@@ -207,17 +201,10 @@ for round in $(seq "$ROUNDS"); do
 done
 
 # --- idle connections ---------------------------------------------------------------------------
-rss_kib() { # rss_kib PID: VmRSS of the process and its children, in KiB
-    local total=0 p
-    for p in "$1" $(pgrep -P "$1" || true); do
-        total=$((total + $(awk '/^VmRSS/ { print $2 }' "/proc/$p/status")))
-    done
-    echo "$total"
-}
 : >"$WORK/idle"
 for target in $TARGETS; do
     [[ $target == direct ]] && continue
-    pid=$(pid_of "$target")
+    pid=$(target_pid "$target")
     before=$(rss_kib "$pid")
     "$LOAD_BIN" hold "$(addr_of "$target")" "$IDLE" >"$WORK/hold-$target.log" 2>&1 &
     holder=$!
