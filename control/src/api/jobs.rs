@@ -13,7 +13,7 @@ use axum::Json;
 use super::apps;
 use super::db::{self, Db, Versioned};
 use super::error::{ApiError, ApiResult};
-use super::types::{Event, Job};
+use super::types::Job;
 use super::ApiState;
 
 /// Every job of every host.
@@ -39,18 +39,7 @@ pub async fn blocked(db: &Db) -> ApiResult<Vec<Versioned<Job>>> {
 /// Records the job as it is now as an event (`job`). The change itself has happened, so a
 /// failure here is logged, not returned.
 pub async fn record(db: &Db, job: &Job) {
-    let event = Event {
-        id: 0,
-        app: Some(job.app_id.clone()),
-        object_type: "job".to_owned(),
-        object_id: job.id.clone(),
-        data: serde_json::to_value(job).unwrap_or(serde_json::Value::Null),
-        created_at: db::now(),
-    };
-    let key = format!("{}{}", db.events(), uuid::Uuid::new_v4());
-    if let Err(e) = db.put(&key, &event, None).await {
-        tracing::warn!(error = %e, job = %job.id, state = %job.state, "cannot record a job event");
-    }
+    super::deployments::record(db, &job.app_id, "job", &job.id, job).await;
 }
 
 /// `GET /apps/{app}/jobs`: the app's jobs, oldest first.
