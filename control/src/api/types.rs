@@ -408,7 +408,7 @@ impl std::fmt::Display for JobState {
 
 /// One process of a formation, placed on a host: `<prefix>/jobs/<host>/<id>`. The scheduler
 /// creates it and sets `stop`; the host agent writes everything about how it runs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub id: String,
     pub app_id: String,

@@ -203,16 +203,9 @@ pub(crate) async fn create(
         process_type: RUN_TYPE.to_owned(),
         host_id: ctx.config.id.clone(),
         state: JobState::Starting,
-        stop: false,
-        restarts: 0,
-        container_id: None,
-        addr: None,
-        exit_status: None,
-        error: None,
         created_at: now.clone(),
         updated_at: now,
-        up_at_ms: None,
-        ended_at_ms: None,
+        ..Job::default()
     };
     let mut env = release.env.clone();
     env.extend(request.env.clone());

@@ -182,17 +182,7 @@ mod tests {
             release_id: "r".to_owned(),
             process_type: "web".to_owned(),
             host_id: "h".to_owned(),
-            state: Default::default(),
-            stop: false,
-            restarts: 0,
-            container_id: None,
-            addr: None,
-            exit_status: None,
-            error: None,
-            created_at: String::new(),
-            updated_at: String::new(),
-            up_at_ms: None,
-            ended_at_ms: None,
+            ..Job::default()
         };
         for n in 0..MAX_JOBS + 3 {
             let id = format!("j{n}");

@@ -367,16 +367,10 @@ fn new_job(group: &Group, app: &App, id: String, host: &str, restarts: u32, now:
         process_type: process_type.clone(),
         host_id: host.to_owned(),
         state: JobState::Pending,
-        stop: false,
         restarts,
-        container_id: None,
-        addr: None,
-        exit_status: None,
-        error: None,
         created_at: now.to_owned(),
         updated_at: now.to_owned(),
-        up_at_ms: None,
-        ended_at_ms: None,
+        ..Job::default()
     }
 }
 

@@ -47,16 +47,8 @@ fn job(id: &str, host: &str, state: JobState) -> Job {
         process_type: "web".to_owned(),
         host_id: host.to_owned(),
         state,
-        stop: false,
-        restarts: 0,
-        container_id: None,
-        addr: None,
-        exit_status: None,
-        error: None,
         created_at: id.to_owned(),
-        updated_at: String::new(),
-        up_at_ms: None,
-        ended_at_ms: None,
+        ..Job::default()
     }
 }
 
