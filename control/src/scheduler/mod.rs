@@ -98,12 +98,22 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
     ];
     // Aborts the deployments it runs when leadership ends (a new leader takes them over).
     let mut deployer = deploy::Deployer::default();
-    let mut keep_alive = tokio::time::interval(config.lease_ttl / 3);
+    // The lease is kept on its own task, so that a slow pass (a store that retries through an
+    // election) cannot let it lapse; the task ends when the store has lost it.
+    let mut lease_lost = Renewal(tokio::spawn(keep_alive(
+        db.clone(),
+        lease,
+        config.lease_ttl,
+    )));
     let mut wake_at: Option<u64> = None;
     let mut blocked_before = Vec::new();
     let mut releases = HashMap::new();
     loop {
-        match pass(db, &mut releases).await {
+        let passed = tokio::select! {
+            _ = &mut lease_lost.0 => return,
+            passed = pass(db, &mut releases) => passed,
+        };
+        match passed {
             Ok(plan) => {
                 wake_at = plan.wake_at;
                 if plan.blocked != blocked_before {
@@ -123,29 +133,41 @@ async fn lead(db: &Db, config: &SchedulerConfig, lease: LeaseId) {
             Duration::from_millis(at.saturating_sub(db::now_ms())).min(config.resync)
         });
         let [formations, jobs, hosts, deploying, blocked] = &mut changes;
-        let sleep = tokio::time::sleep(until_wake);
-        tokio::pin!(sleep);
-        loop {
-            tokio::select! {
-                _ = formations.recv() => break,
-                _ = jobs.recv() => break,
-                _ = hosts.recv() => break,
-                _ = deploying.recv() => break,
-                _ = blocked.recv() => break,
-                _ = &mut sleep => break,
-                _ = keep_alive.tick() => {
-                    match db.store.keep_alive(lease).await {
-                        Ok(()) => {}
-                        Err(StoreError::LeaseNotFound(_)) => return,
-                        Err(e) => tracing::warn!(error = %e, "cannot keep the scheduler's lease"),
-                    }
-                }
-            }
+        tokio::select! {
+            _ = formations.recv() => {}
+            _ = jobs.recv() => {}
+            _ = hosts.recv() => {}
+            _ = deploying.recv() => {}
+            _ = blocked.recv() => {}
+            () = tokio::time::sleep(until_wake) => {}
+            _ = &mut lease_lost.0 => return,
         }
         // Let a burst of changes settle into one pass.
         tokio::time::sleep(Duration::from_millis(10)).await;
         for rx in changes.iter_mut() {
             while rx.try_recv().is_ok() {}
+        }
+    }
+}
+
+/// The task keeping the leader's lease alive, aborted with the leadership.
+struct Renewal(tokio::task::JoinHandle<()>);
+
+impl Drop for Renewal {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Keeps `lease` alive every third of `ttl`; returns when the store no longer has it.
+async fn keep_alive(db: Db, lease: LeaseId, ttl: Duration) {
+    let mut every = tokio::time::interval(ttl / 3);
+    loop {
+        every.tick().await;
+        match db.store.keep_alive(lease).await {
+            Ok(()) => {}
+            Err(StoreError::LeaseNotFound(_)) => return,
+            Err(e) => tracing::warn!(error = %e, "cannot keep the scheduler's lease"),
         }
     }
 }
