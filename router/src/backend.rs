@@ -215,14 +215,10 @@ impl Service {
         }
     }
 
-    /// The instance with that id (a sticky pin), recorded as tried; None when it is gone,
-    /// ejected or already tried for this request.
-    pub fn pick_by_id(&self, id: &str, tried: &mut Tried) -> Option<Arc<Backend>> {
-        self.pick_by_id_at(id, tried, now_ms())
-    }
-
-    /// [`Service::pick_by_id`] at `now` (ms on the backends' clock).
-    pub fn pick_by_id_at(&self, id: &str, tried: &mut Tried, now: u64) -> Option<Arc<Backend>> {
+    /// The instance with that id (a sticky pin) at `now` (ms on the backends' clock),
+    /// recorded as tried; None when it is gone, ejected or already tried for this request.
+    /// [`Attempts`] is the caller.
+    fn pick_by_id(&self, id: &str, tried: &mut Tried, now: u64) -> Option<Arc<Backend>> {
         let index = self.backends.iter().position(|b| b.id == id)?;
         if tried.contains(index) || self.backends[index].is_ejected_at(now) {
             return None;
@@ -231,14 +227,9 @@ impl Service {
         Some(self.backends[index].clone())
     }
 
-    /// Chooses an instance not tried yet for this request, and records it as tried.
-    pub fn pick(&self, leader_only: bool, tried: &mut Tried) -> Option<Arc<Backend>> {
-        self.pick_with(leader_only, tried, now_ms(), &mut ThreadRandom)
-    }
-
-    /// [`Service::pick`] at `now` (ms on the backends' clock) with the randomness of `random`:
-    /// what a simulation drives with its own clock and a seeded generator.
-    pub fn pick_with(
+    /// Chooses an instance not tried yet for this request at `now` (ms on the backends' clock)
+    /// with the randomness of `random`, and records it as tried. [`Attempts`] is the caller.
+    fn pick(
         &self,
         leader_only: bool,
         tried: &mut Tried,
@@ -322,6 +313,11 @@ mod simulation;
 mod tests {
     use super::*;
 
+    /// A choice now, with the thread's randomness (as [`Attempts`] makes it in the router).
+    fn pick(s: &Service, leader_only: bool, tried: &mut Tried) -> Option<Arc<Backend>> {
+        s.pick(leader_only, tried, now_ms(), &mut ThreadRandom)
+    }
+
     fn service(n: usize) -> Service {
         Service::new(
             (0..n)
@@ -340,10 +336,10 @@ mod tests {
     fn leader_is_the_oldest_registration() {
         let s = service(3);
         let mut tried = Tried::default();
-        let leader = s.pick(true, &mut tried).unwrap();
+        let leader = pick(&s, true, &mut tried).unwrap();
         assert_eq!(leader.id, "i2");
         assert!(
-            s.pick(true, &mut tried).is_none(),
+            pick(&s, true, &mut tried).is_none(),
             "no second leader to retry on"
         );
     }
@@ -354,12 +350,12 @@ mod tests {
         for _ in 0..100 {
             let mut tried = Tried::default();
             let mut seen: Vec<String> = (0..3)
-                .map(|_| s.pick(false, &mut tried).unwrap().id.clone())
+                .map(|_| pick(&s, false, &mut tried).unwrap().id.clone())
                 .collect();
             seen.sort();
             seen.dedup();
             assert_eq!(seen.len(), 3);
-            assert!(s.pick(false, &mut tried).is_none());
+            assert!(pick(&s, false, &mut tried).is_none());
         }
     }
 
@@ -369,7 +365,7 @@ mod tests {
         let busy = s.backends()[0].clone();
         let _load: Vec<_> = (0..5).map(|_| InFlight::new(busy.clone())).collect();
         for _ in 0..50 {
-            let picked = s.pick(false, &mut Tried::default()).unwrap();
+            let picked = pick(&s, false, &mut Tried::default()).unwrap();
             assert_eq!(picked.id, s.backends()[1].id);
         }
         drop(_load);
@@ -381,7 +377,7 @@ mod tests {
         let s = service(4);
         let mut counts = std::collections::HashMap::new();
         for _ in 0..4000 {
-            let b = s.pick(false, &mut Tried::default()).unwrap();
+            let b = pick(&s, false, &mut Tried::default()).unwrap();
             *counts.entry(b.id.clone()).or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 4);
@@ -394,13 +390,13 @@ mod tests {
         s.backends()[0].failed();
         s.backends()[1].failed();
         for _ in 0..200 {
-            let picked = s.pick(false, &mut Tried::default()).unwrap();
+            let picked = pick(&s, false, &mut Tried::default()).unwrap();
             assert_eq!(picked.id, s.backends()[2].id);
         }
         // The retry after a failed connect still reaches the ejected ones.
         let mut tried = Tried::default();
         let ids: Vec<_> = (0..3)
-            .map(|_| s.pick(false, &mut tried).unwrap().id.clone())
+            .map(|_| pick(&s, false, &mut tried).unwrap().id.clone())
             .collect();
         assert_eq!(ids[0], s.backends()[2].id);
         s.backends()[0].succeeded();
@@ -410,8 +406,6 @@ mod tests {
 
     #[test]
     fn empty_service_has_no_pick() {
-        assert!(Service::default()
-            .pick(false, &mut Tried::default())
-            .is_none());
+        assert!(pick(&Service::default(), false, &mut Tried::default()).is_none());
     }
 }

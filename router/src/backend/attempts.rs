@@ -6,8 +6,9 @@
 //! connection (TCP). Only connect failures are retried: what happens after the request was
 //! sent is never replayed on another instance.
 //!
-//! Sans-io: the caller connects; [`Attempts`] only decides. [`Attempts::next_with`] and
-//! [`Attempts::failed_at`] take the clock and the randomness, for simulations.
+//! Sans-io: the caller connects, and reports a failed connect with [`Backend::failed`];
+//! [`Attempts`] only decides. [`Attempts::next_with`] takes the clock and the randomness, for
+//! simulations (with [`Backend::failed_at`]).
 
 use std::sync::Arc;
 
@@ -35,10 +36,6 @@ impl Attempts {
         }
     }
 
-    pub fn service(&self) -> &Arc<Service> {
-        &self.service
-    }
-
     /// The instance the client's sticky cookie pins, if any (a leader route keeps it only to
     /// tell whether the cookie must change).
     pub fn pinned(&self) -> Option<&str> {
@@ -56,11 +53,6 @@ impl Attempts {
         instances.min(MAX_ATTEMPTS)
     }
 
-    /// How many instances were handed out so far.
-    pub fn count(&self) -> usize {
-        self.tried.count()
-    }
-
     /// Whether another instance may still be tried after the last one failed to connect.
     pub fn more(&self) -> bool {
         self.tried.count() < self.limit()
@@ -72,28 +64,15 @@ impl Attempts {
             return None;
         }
         let pinned = match &self.pinned {
-            Some(id) if !self.leader => self.service.pick_by_id_at(id, &mut self.tried, now),
+            Some(id) if !self.leader => self.service.pick_by_id(id, &mut self.tried, now),
             _ => None,
         };
-        pinned.or_else(|| {
-            self.service
-                .pick_with(self.leader, &mut self.tried, now, random)
-        })
-    }
-
-    /// The connect to `backend` failed (refused, timed out): it is avoided for a while.
-    pub fn failed(&self, backend: &Backend) {
-        backend.failed();
-    }
-
-    /// [`Attempts::failed`] at `now` (ms on the backends' clock).
-    pub fn failed_at(&self, backend: &Backend, now: u64) {
-        backend.failed_at(now);
+        pinned.or_else(|| self.service.pick(self.leader, &mut self.tried, now, random))
     }
 }
 
 /// The instances to connect to, in order (each recorded as tried when it is handed out);
-/// the caller stops at the first that connects and reports the others [`Attempts::failed`].
+/// the caller stops at the first that connects and reports the others [`Backend::failed`].
 impl Iterator for Attempts {
     type Item = Arc<Backend>;
 
@@ -132,7 +111,7 @@ mod tests {
             if !down.contains(&backend.id.as_str()) {
                 return (tried, true);
             }
-            attempts.failed_at(&backend, now);
+            backend.failed_at(now);
         }
         (tried, false)
     }

@@ -75,7 +75,7 @@ impl Simulation {
             let i = self.index(&backend);
             let b = self.behaviour[i];
             if (b.down.0..b.down.1).contains(&self.now) {
-                attempts.failed_at(&backend, self.now);
+                backend.failed_at(self.now);
                 self.refused_at[i].push(self.now);
                 continue;
             }

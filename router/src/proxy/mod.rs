@@ -243,13 +243,10 @@ impl ProxyHttp for Proxy {
         mut e: Box<Error>,
     ) -> Box<Error> {
         self.metrics.upstream_connect_errors.inc();
-        let Some(attempts) = &ctx.attempts else {
-            return e;
-        };
         if let Some(current) = ctx.current.take() {
-            attempts.failed(current.backend());
+            current.backend().failed();
         }
-        e.set_retry(attempts.more());
+        e.set_retry(ctx.attempts.as_ref().is_some_and(Attempts::more));
         e
     }
 

@@ -235,7 +235,7 @@ async fn serve(
                 backend.succeeded();
                 break (stream, in_flight);
             }
-            _ => attempts.failed(&backend),
+            _ => backend.failed(),
         }
     };
     let _ = upstream.set_nodelay(true);

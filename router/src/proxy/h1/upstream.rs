@@ -83,7 +83,7 @@ impl FastH1 {
                     ..upstream
                 },
                 Err(e) => {
-                    self.connect_failed(&attempts, &upstream.in_flight, &e);
+                    self.connect_failed(&upstream.in_flight, &e);
                     drop(upstream);
                     let next = self.connect(&mut attempts).await;
                     let Some(next) = next else {
@@ -159,21 +159,16 @@ impl FastH1 {
                         in_flight,
                     });
                 }
-                Err(e) => self.connect_failed(attempts, &in_flight, &e),
+                Err(e) => self.connect_failed(&in_flight, &e),
             }
         }
     }
 
     /// Counts a failed connect and ejects its instance for a while.
-    pub(super) fn connect_failed(
-        &self,
-        attempts: &Attempts,
-        instance: &InFlight,
-        e: &pingora::Error,
-    ) {
+    pub(super) fn connect_failed(&self, instance: &InFlight, e: &pingora::Error) {
         tracing::debug!(backend = %instance.backend().addr, error = %e, "connect failed");
         self.router.metrics.upstream_connect_errors.inc();
-        attempts.failed(instance.backend());
+        instance.backend().failed();
     }
 
     /// A new connection to `peer`. Boxed: connecting is a large future (TLS states included)
