@@ -65,27 +65,20 @@ pub enum InvalidRoute {
     EmptyService,
 }
 
-/// A stored HTTP route's fields, borrowed.
-struct Fields<'r> {
-    domain: &'r str,
-    path: &'r str,
-    service: &'r str,
-    certificate_id: Option<&'r str>,
-    sticky: bool,
-    leader: bool,
-    drain_backends: bool,
-    disable_keep_alives: bool,
-    backend_protocol: BackendProtocol,
-}
+impl RouteEntry {
+    /// Validates and normalises a stored route (`id` is the one in its key).
+    pub fn from_stored(id: &str, route: HttpRoute) -> Result<RouteEntry, InvalidRoute> {
+        RouteEntry::from_ref(RouteId::new(id), &HttpRouteRef::from(&route), Name::new)
+    }
 
-impl Fields<'_> {
-    /// Validates and normalises; `name` makes the shared strings.
-    fn entry(
-        self,
+    /// The same from a route read without copies ([`HttpRouteRef`]), its names made by `name`
+    /// (the table's interner: one copy of each).
+    fn from_ref(
         id: RouteId,
+        route: &HttpRouteRef<'_>,
         mut name: impl FnMut(&str) -> Name,
     ) -> Result<RouteEntry, InvalidRoute> {
-        let trimmed = self.domain.trim().trim_end_matches('.');
+        let trimmed = route.domain.trim().trim_end_matches('.');
         if trimmed.is_empty() {
             return Err(InvalidRoute::EmptyDomain);
         }
@@ -100,67 +93,33 @@ impl Fields<'_> {
         if &*domain != "*" && domain.strip_prefix("*.").unwrap_or(&domain).contains('*') {
             return Err(InvalidRoute::BadWildcard(domain.into()));
         }
-        if !self.path.starts_with('/') {
-            return Err(InvalidRoute::BadPath(self.path.to_owned()));
+        if !route.path.starts_with('/') {
+            return Err(InvalidRoute::BadPath(route.path.clone().into_owned()));
         }
-        let path = if self.path.ends_with('/') {
-            name(self.path)
+        let path = if route.path.ends_with('/') {
+            name(&route.path)
         } else {
-            name(&format!("{}/", self.path))
+            name(&format!("{}/", route.path))
         };
-        if self.service.is_empty() {
+        if route.service.is_empty() {
             return Err(InvalidRoute::EmptyService);
         }
         Ok(RouteEntry {
             id,
             domain,
             path,
-            service: name(self.service),
-            certificate_id: self.certificate_id.filter(|c| !c.is_empty()).map(&mut name),
-            sticky: self.sticky,
-            leader: self.leader,
-            drain_backends: self.drain_backends,
-            disable_keep_alives: self.disable_keep_alives,
-            backend_protocol: self.backend_protocol,
+            service: name(&route.service),
+            certificate_id: route
+                .certificate_id
+                .as_deref()
+                .filter(|c| !c.is_empty())
+                .map(&mut name),
+            sticky: route.sticky,
+            leader: route.leader,
+            drain_backends: route.drain_backends,
+            disable_keep_alives: route.disable_keep_alives,
+            backend_protocol: route.backend_protocol,
         })
-    }
-}
-
-impl RouteEntry {
-    /// Validates and normalises a stored route (`id` is the one in its key).
-    pub fn from_stored(id: &str, route: HttpRoute) -> Result<RouteEntry, InvalidRoute> {
-        let fields = Fields {
-            domain: &route.domain,
-            path: &route.path,
-            service: &route.service,
-            certificate_id: route.certificate_id.as_deref(),
-            sticky: route.sticky,
-            leader: route.leader,
-            drain_backends: route.drain_backends,
-            disable_keep_alives: route.disable_keep_alives,
-            backend_protocol: route.backend_protocol,
-        };
-        fields.entry(RouteId::new(id), Name::new)
-    }
-
-    /// The same from a route read without copies ([`HttpRouteRef`]), its names taken from `name`.
-    fn from_ref(
-        id: RouteId,
-        route: &HttpRouteRef<'_>,
-        name: impl FnMut(&str) -> Name,
-    ) -> Result<RouteEntry, InvalidRoute> {
-        let fields = Fields {
-            domain: &route.domain,
-            path: &route.path,
-            service: &route.service,
-            certificate_id: route.certificate_id.as_deref(),
-            sticky: route.sticky,
-            leader: route.leader,
-            drain_backends: route.drain_backends,
-            disable_keep_alives: route.disable_keep_alives,
-            backend_protocol: route.backend_protocol,
-        };
-        fields.entry(id, name)
     }
 
     /// Whether the request path (without the query) falls under this route's prefix.
