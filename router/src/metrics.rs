@@ -12,8 +12,7 @@ use prometheus::{
     TextEncoder,
 };
 
-/// The sides a fast-path body relay can fail on (`proxy::h1::Side` labels).
-pub const RELAY_SIDES: [&str; 4] = ["client", "backend", "timeout", "malformed"];
+use crate::proxy::h1::Side;
 
 /// Every metric the router exports. Counters for the hot path are resolved once, here.
 pub struct Metrics {
@@ -35,8 +34,8 @@ pub struct Metrics {
     pub tcp_connections: IntCounter,
     pub proxy_header_refused: IntCounter,
     pub h1_handed_over: IntCounter,
-    /// `flynn_router_h1_relay_errors_total{side}`, in the order of [`RELAY_SIDES`].
-    h1_relay_errors: [IntCounter; 4],
+    /// `flynn_router_h1_relay_errors_total{side}`, indexed by [`Side`].
+    h1_relay_errors: [IntCounter; Side::ALL.len()],
     /// Read off the connection limit at each scrape.
     client_connections: IntGauge,
     client_connections_max: IntGauge,
@@ -80,7 +79,7 @@ impl Metrics {
             &["side"],
         )
         .expect("valid metric");
-        let h1_relay_errors = RELAY_SIDES.map(|side| relay_errors.with_label_values(&[side]));
+        let h1_relay_errors = Side::ALL.map(|side| relay_errors.with_label_values(&[side.label()]));
         let int_counter = |name: &str, help: &str| IntCounter::new(name, help).expect("valid");
         let int_gauge = |name: &str, help: &str| IntGauge::new(name, help).expect("valid");
         let metrics = Metrics {
@@ -195,11 +194,9 @@ impl Metrics {
         self.request_duration.observe(start.elapsed().as_secs_f64());
     }
 
-    /// Counts a response body the fast path could not pass on whole, by the side that failed
-    /// (one of [`RELAY_SIDES`]; anything else is counted as `backend`).
-    pub fn relay_failed(&self, side: &str) {
-        let index = RELAY_SIDES.iter().position(|s| *s == side).unwrap_or(1);
-        self.h1_relay_errors[index].inc();
+    /// Counts a response body the fast path could not pass on whole, by the side that failed.
+    pub fn relay_failed(&self, side: Side) {
+        self.h1_relay_errors[side as usize].inc();
     }
 
     /// Counts one answered request by its status (0: nothing was sent).

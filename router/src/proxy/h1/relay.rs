@@ -29,7 +29,8 @@ pub enum RelayError {
     Malformed(&'static str),
 }
 
-/// Which side a [`RelayError`] is on: the label of its metric.
+/// Which side a [`RelayError`] is on: the label of its metric, and (as `usize`) the index of
+/// its counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     Client,
@@ -173,6 +174,8 @@ mod tests {
         .map(RelayError::side)
         .collect();
         assert_eq!(sides, Side::ALL);
+        // `Side::ALL` lists the sides in their order as indices (the metric's counters).
+        assert!(Side::ALL.iter().enumerate().all(|(i, &s)| s as usize == i));
         let labels: Vec<_> = Side::ALL.iter().map(|s| s.label()).collect();
         assert_eq!(labels, ["client", "backend", "timeout", "malformed"]);
     }

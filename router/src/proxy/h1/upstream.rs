@@ -132,7 +132,7 @@ impl FastH1 {
             // Cut off mid-body: the client's connection cannot carry another response.
             Err(e) => {
                 tracing::debug!(error = %e, side = e.side().label(), "response body cut off");
-                self.router.metrics.relay_failed(e.side().label());
+                self.router.metrics.relay_failed(e.side());
                 (resp.status, false)
             }
         }
