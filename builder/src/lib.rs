@@ -102,8 +102,6 @@ impl Options {
 /// Why a build failed; the message is shown to the pusher as is.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("the builder is not implemented yet")]
-    NotImplemented,
     #[error("the Docker Engine: {0}")]
     Docker(String),
     #[error("the stack image: {0}")]
@@ -151,19 +149,11 @@ fn tail_text(tail: &[String]) -> String {
     s
 }
 
-/// Builds `build`, streaming progress to `out`, with the default [`Options`].
-pub async fn build(build: &Build, out: &Output) -> Result<Built, BuildError> {
-    build_with(build, &Options::default(), out).await
-}
-
-/// Builds `build` with `options`. A `Dockerfile` at the root of the tree (and no
-/// `BUILDPACK_URL` in the env) → a Dockerfile build; otherwise buildpacks. If `out`'s
-/// receiver goes away the build stops: its containers are removed and no image is left tagged.
-pub async fn build_with(
-    build: &Build,
-    options: &Options,
-    out: &Output,
-) -> Result<Built, BuildError> {
+/// Builds `build` with `options`, streaming progress to `out`. A `Dockerfile` at the root of
+/// the tree (and no `BUILDPACK_URL` in the env) → a Dockerfile build; otherwise buildpacks. If
+/// `out`'s receiver goes away the build stops: its containers are removed and no image is
+/// left tagged.
+pub async fn build(build: &Build, options: &Options, out: &Output) -> Result<Built, BuildError> {
     let tag = image_tag(&build.app_name, &build.build_id)?;
     let docker = engine::connect(build.docker.as_deref())?;
     let work = async {

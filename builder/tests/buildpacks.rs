@@ -3,10 +3,11 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use common::{build_containers, build_id, image_exists, python_server, App};
-use flynn_builder::BuildError;
+use flynn_builder::{slug, BuildError, Options};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn procfile_app_builds_and_answers() {
@@ -272,7 +273,8 @@ async fn a_dropped_receiver_cancels_the_build_and_cleans_up() {
         docker: None,
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(64);
-    let task = tokio::spawn(async move { flynn_builder::build(&build, &tx).await });
+    let task =
+        tokio::spawn(async move { flynn_builder::build(&build, &Options::default(), &tx).await });
     // The pusher leaves once compiling has begun.
     while let Some(line) = rx.recv().await {
         if line.contains("Compiling with the python buildpack") {
@@ -295,4 +297,50 @@ async fn a_dropped_receiver_cancels_the_build_and_cleans_up() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(!image_exists(&format!("flynn/app-{}:{id}", app.name)));
+}
+
+/// The slug a build keeps (`Options::slug_dir`) rebuilds a working image of the app on the
+/// stack alone, as a host agent on another machine would (`slug::image_from_slug`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_slug_rebuilds_the_app_image() {
+    let mut app = App::new(
+        "slug",
+        &[
+            ("Procfile", "web: exec python3 server.py\n"),
+            ("server.py", &python_server("'from the slug'")),
+        ],
+    );
+    let slugs = app.cache.path().join("slugs");
+    let options = Options {
+        slug_dir: Some(slugs.clone()),
+        ..Options::default()
+    };
+    let id = build_id("slug");
+    let (built, _lines) = app.build_with(&id, &options).await;
+    let built = built.expect("the build succeeds");
+    let kept = built.slug.expect("the slug is kept");
+    assert_eq!(kept, slugs.join(format!("{id}.tgz")));
+    let slug = std::fs::read(&kept).expect("read the slug");
+
+    // Another image from the slug and the stack only, under a tag of its own.
+    let tag = flynn_builder::image_tag(&app.name, &build_id("fromslug")).expect("tag");
+    app.owns_image(&tag);
+    let docker = flynn_builder::connect(None).expect("engine");
+    let (stack, _) = options.stack();
+    let labels = HashMap::from([("flynn.builder.app-name".to_owned(), app.name.clone())]);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let rebuilt = slug::image_from_slug(&docker, &stack, &slug, &tag, labels, &tx)
+        .await
+        .expect("the image is rebuilt from the slug");
+    drop(tx);
+    drain.await.expect("drain");
+    assert!(rebuilt.image_id.starts_with("sha256:"));
+    assert_ne!(rebuilt.image_id, built.image_id);
+    let procfile = rebuilt.procfile.expect("the slug's Procfile");
+    let argv = slug::argv(&procfile["web"]);
+    assert_eq!(argv, built.processes["web"]);
+    let body = app.serve(&tag, &argv, 5006).await;
+    assert_eq!(body, "from the slug");
+    assert_eq!(app.run_once(&tag, "id -u; pwd").trim(), "1000\n/app");
 }

@@ -45,6 +45,15 @@ impl App {
 
     /// Builds the app as build `build_id`: the result and every line of output.
     pub async fn build(&mut self, build_id: &str) -> (Result<Built, BuildError>, Vec<String>) {
+        self.build_with(build_id, &Options::default()).await
+    }
+
+    /// [`App::build`] with `options`.
+    pub async fn build_with(
+        &mut self,
+        build_id: &str,
+        options: &Options,
+    ) -> (Result<Built, BuildError>, Vec<String>) {
         let build = Build {
             app_id: format!("id-{}", self.name),
             app_name: self.name.clone(),
@@ -66,10 +75,15 @@ impl App {
             }
             lines
         });
-        let result = flynn_builder::build_with(&build, &Options::default(), &tx).await;
+        let result = flynn_builder::build(&build, options, &tx).await;
         drop(tx);
         let lines = collect.await.expect("collector");
         (result, lines)
+    }
+
+    /// Removes `image` (a tag) with the app's other images when the app goes.
+    pub fn owns_image(&mut self, image: &str) {
+        self.images.push(image.to_owned());
     }
 
     /// Runs `image` with `argv` (the host agent's way: argv[0] the entrypoint, the rest its

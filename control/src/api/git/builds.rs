@@ -20,7 +20,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::Response;
 use bytes::Bytes;
 use flynn_builder::git::{archive, refs, GitError};
-use flynn_builder::{Build, Output};
+use flynn_builder::{Build, Options, Output};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -178,7 +178,7 @@ async fn run(
         ),
     )
     .await;
-    let built = match flynn_builder::build(&build, &out).await {
+    let built = match flynn_builder::build(&build, &Options::default(), &out).await {
         Ok(built) => built,
         Err(e) => {
             tracing::info!(app = %app.name, build = %build.build_id, error = %e, "build failed");
