@@ -10,7 +10,7 @@
 use bollard::Docker;
 
 use crate::context::Tar;
-use crate::engine::{self, engine_error};
+use crate::engine;
 use crate::{say, stack, Build, BuildError, Built, Output};
 
 /// Builds `build`'s Dockerfile into the image `tag`.
@@ -43,8 +43,7 @@ pub async fn build(
     // The classic builder adds a step (an intermediate container) per label: one, which
     // names the build (the tag names the app).
     let labels = [(engine::LABEL_BUILD.to_owned(), build.build_id.clone())].into();
-    let (image_id, guard) = engine::build_image(docker, context, tag, labels, out).await?;
-    let inspect = docker.inspect_image(tag).await.map_err(engine_error)?;
+    let (image_id, inspect, guard) = engine::build_image(docker, context, tag, labels, out).await?;
     let port = inspect
         .config
         .and_then(|c| c.exposed_ports)

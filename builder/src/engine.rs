@@ -6,9 +6,10 @@ use std::collections::{HashMap, VecDeque};
 
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::models::{ContainerCreateBody, ImageInspect};
 use bollard::query_parameters::{
-    BuildImageOptionsBuilder, BuilderVersion, RemoveContainerOptionsBuilder,
-    RemoveImageOptionsBuilder,
+    BuildImageOptionsBuilder, BuilderVersion, CreateContainerOptionsBuilder,
+    RemoveContainerOptionsBuilder, RemoveImageOptionsBuilder,
 };
 use bollard::{ClientVersion, Docker};
 use futures::StreamExt;
@@ -102,6 +103,22 @@ impl Drop for ContainerGuard {
             Err(_) => tracing::warn!(container = %id, "no runtime to remove a build container"),
         }
     }
+}
+
+/// Creates (does not start) the container `name` from `body`, guarded.
+pub async fn create_container(
+    docker: &Docker,
+    name: &str,
+    body: ContainerCreateBody,
+) -> Result<ContainerGuard, BuildError> {
+    let created = docker
+        .create_container(
+            Some(CreateContainerOptionsBuilder::default().name(name).build()),
+            body,
+        )
+        .await
+        .map_err(engine_error)?;
+    Ok(ContainerGuard::new(docker, created.id))
 }
 
 async fn remove_container(docker: &Docker, id: &str) {
@@ -231,14 +248,15 @@ pub async fn exec(
 
 /// Builds an image through the engine's build API (the classic builder: no BuildKit, no
 /// `# syntax=` front ends) from a tar `context`, tagged `tag`, streaming the build's output
-/// to `out`. The tag is removed again unless the build finishes (see [`ImageGuard`]).
+/// to `out`. The tag is removed again unless the build finishes (see [`ImageGuard`]). Returns
+/// the image's inspection (its id and config) with the guard.
 pub async fn build_image(
     docker: &Docker,
     context: Vec<u8>,
     tag: &str,
     labels: HashMap<String, String>,
     out: &Output,
-) -> Result<(String, ImageGuard), BuildError> {
+) -> Result<(String, ImageInspect, ImageGuard), BuildError> {
     let options = BuildImageOptionsBuilder::default()
         .dockerfile("Dockerfile")
         .t(tag)
@@ -279,8 +297,9 @@ pub async fn build_image(
     let inspect = docker.inspect_image(tag).await.map_err(engine_error)?;
     let id = inspect
         .id
+        .clone()
         .ok_or_else(|| BuildError::Docker(format!("the engine has no id for {tag}")))?;
-    Ok((id, guard))
+    Ok((id, inspect, guard))
 }
 
 /// Splits a byte stream into lines (`\n` or `\r`), keeping the last [`TAIL_LINES`].

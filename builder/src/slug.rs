@@ -28,13 +28,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use bollard::models::{ContainerConfig, ContainerCreateBody};
-use bollard::query_parameters::{
-    CommitContainerOptionsBuilder, CreateContainerOptionsBuilder, UploadToContainerOptionsBuilder,
-};
+use bollard::query_parameters::{CommitContainerOptionsBuilder, UploadToContainerOptionsBuilder};
 use bollard::Docker;
 
 use crate::context::Tar;
-use crate::engine::{engine_error, ContainerGuard, ImageGuard};
+use crate::engine::{self, engine_error, ImageGuard};
 use crate::{procfile, say, stack, BuildError, Output};
 
 /// The runner, copied into every app image.
@@ -117,14 +115,7 @@ pub(crate) async fn assemble(
     };
     // Named after the tag, so that a leftover is easy to tell (build ids are unique).
     let name = format!("flynn-assemble-{}", tag.replace(['/', ':'], "-"));
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-            body,
-        )
-        .await
-        .map_err(engine_error)?;
-    let container = ContainerGuard::new(docker, created.id);
+    let container = engine::create_container(docker, &name, body).await?;
     let result = async {
         let runner = runner_tar().map_err(|e| BuildError::Source(e.to_string()))?;
         for tar in [runner, slug_tar] {

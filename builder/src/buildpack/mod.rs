@@ -15,8 +15,7 @@ use std::path::{Path, PathBuf};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    UploadToContainerOptionsBuilder,
+    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
 };
 use bollard::Docker;
 use futures::StreamExt;
@@ -77,9 +76,12 @@ pub async fn build(
         ),
     )
     .await?;
-    let slug_path = match &options.slug_dir {
-        Some(dir) => Some(keep_slug(dir, &build.build_id, &slug_tar).await?),
-        None => None,
+    let (slug_tar, slug_path) = match &options.slug_dir {
+        Some(dir) => {
+            let (tar, path) = keep_slug(dir, &build.build_id, slug_tar).await?;
+            (tar, Some(path))
+        }
+        None => (slug_tar, None),
     };
 
     say(out, format!("-----> Building the image {tag}")).await?;
@@ -172,13 +174,20 @@ async fn compile(
     Ok((pack, release, slug))
 }
 
-/// Writes the slug tarball (gzipped) as `<dir>/<build id>.tgz`.
-async fn keep_slug(dir: &Path, build_id: &str, tar: &[u8]) -> Result<PathBuf, BuildError> {
-    let tar = tar.to_vec();
-    let slug = tokio::task::spawn_blocking(move || slug::compress(&tar))
-        .await
-        .map_err(|e| BuildError::Source(e.to_string()))?
-        .map_err(|e| BuildError::Source(format!("compressing the slug: {e}")))?;
+/// Writes the slug tarball (gzipped) as `<dir>/<build id>.tgz`; the tar is handed back (it
+/// can be as big as [`MAX_SLUG`]: it is not copied).
+async fn keep_slug(
+    dir: &Path,
+    build_id: &str,
+    tar: Vec<u8>,
+) -> Result<(Vec<u8>, PathBuf), BuildError> {
+    let (tar, slug) = tokio::task::spawn_blocking(move || {
+        let slug = slug::compress(&tar);
+        (tar, slug)
+    })
+    .await
+    .map_err(|e| BuildError::Source(e.to_string()))?;
+    let slug = slug.map_err(|e| BuildError::Source(format!("compressing the slug: {e}")))?;
     let path = dir.join(format!("{build_id}.tgz"));
     tokio::fs::create_dir_all(dir)
         .await
@@ -186,7 +195,7 @@ async fn keep_slug(dir: &Path, build_id: &str, tar: &[u8]) -> Result<PathBuf, Bu
     tokio::fs::write(&path, &slug)
         .await
         .map_err(|e| BuildError::Source(format!("cannot keep the slug: {e}")))?;
-    Ok(path)
+    Ok((tar, path))
 }
 
 /// The Procfile's types over the buildpack's defaults, each as an argv through the runner.
@@ -276,14 +285,7 @@ async fn start_container(
         ..ContainerCreateBody::default()
     };
     let name = format!("flynn-build-{}", build.build_id);
-    let created = docker
-        .create_container(
-            Some(CreateContainerOptionsBuilder::default().name(&name).build()),
-            body,
-        )
-        .await
-        .map_err(engine_error)?;
-    let guard = ContainerGuard::new(docker, created.id);
+    let guard = engine::create_container(docker, &name, body).await?;
     docker
         .start_container(guard.id(), None)
         .await
