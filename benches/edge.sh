@@ -65,13 +65,6 @@ ROUNDS=${ROUNDS:-2}
 BENCHES=${BENCHES:-"tls-handshake https h2 tcp"}
 TARGETS=${TARGETS:-"direct nginx haproxy ours"}
 KEY=${KEY:-rsa2048}
-PROXY_CPU=${PROXY_CPU:-0}
-CLIENT_CPU=${CLIENT_CPU:-1}
-PIN=${PIN:-1}
-WAIT_IDLE=${WAIT_IDLE:-0}
-IDLE_BUSY=${IDLE_BUSY:-10}
-OTHERS_MAX=${OTHERS_MAX:-15}
-RETRIES=${RETRIES:-2}
 SNI=bench.test
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 

@@ -1,7 +1,18 @@
 # Helpers shared by the benches/*.sh scripts: sourced, not run.
 #
-# The caller sets BENCH (its name, for messages), PIN, PROXY_CPU, CLIENT_CPU, WAIT_IDLE and
-# IDLE_BUSY before using them; bench_workdir sets WORK and PIDS (every process to kill on exit).
+# The caller sets BENCH (its name, for messages); bench_workdir sets WORK and PIDS (every
+# process to kill on exit). The settings below come from the environment (or the caller, set
+# before sourcing this), else these defaults: the proxy on core PROXY_CPU, the load side on
+# CLIENT_CPU, pinned unless PIN=0; quiet_run waits up to WAIT_IDLE s for both cores to be under
+# IDLE_BUSY % busy and runs again (RETRIES times at most) while other work took more than
+# OTHERS_MAX % of a core.
+PROXY_CPU=${PROXY_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+PIN=${PIN:-1}
+WAIT_IDLE=${WAIT_IDLE:-0}
+IDLE_BUSY=${IDLE_BUSY:-10}
+OTHERS_MAX=${OTHERS_MAX:-15}
+RETRIES=${RETRIES:-2}
 
 bench_die() {
     echo "$BENCH: $*" >&2

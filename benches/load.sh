@@ -49,14 +49,7 @@ CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-1}
 ROUNDS=${ROUNDS:-2}
 TARGETS=${TARGETS:-"direct nginx haproxy pingora ours_pingora ours"}
-PROXY_CPU=${PROXY_CPU:-0}
-CLIENT_CPU=${CLIENT_CPU:-1}
-PIN=${PIN:-1}
 PERF=${PERF:-0}
-WAIT_IDLE=${WAIT_IDLE:-0}
-IDLE_BUSY=${IDLE_BUSY:-10}
-OTHERS_MAX=${OTHERS_MAX:-15}
-RETRIES=${RETRIES:-2}
 HOST_HEADER=bench.test
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

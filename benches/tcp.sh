@@ -43,13 +43,6 @@ ROUNDS=${ROUNDS:-2}
 IDLE=${IDLE:-2000}
 OLD_BIN=${OLD_BIN:-}
 TARGETS=${TARGETS:-"direct nginx haproxy haproxy_splice ours${OLD_BIN:+ ours_old}"}
-PROXY_CPU=${PROXY_CPU:-0}
-CLIENT_CPU=${CLIENT_CPU:-1}
-PIN=${PIN:-1}
-WAIT_IDLE=${WAIT_IDLE:-0}
-IDLE_BUSY=${IDLE_BUSY:-10}
-OTHERS_MAX=${OTHERS_MAX:-15}
-RETRIES=${RETRIES:-2}
 STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
