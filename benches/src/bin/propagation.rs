@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use etcd_client::{Client, Txn, TxnOp};
-use flynn_benches::route_id;
+use flynn_benches::{env_usize, route_id};
 use flynn_store::mirror;
 use flynn_store::schema::ROUTE_SPLITS;
 use flynn_store::Keys;
@@ -50,15 +50,6 @@ const STARTUP_SERVICES: usize = 1000;
 const MIRROR_PARALLEL: usize = 4;
 /// Longest wait for one change to show before the run counts as failed.
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
 
 fn router_bin() -> anyhow::Result<PathBuf> {
     let bin = match std::env::var_os("FLYNN_ROUTER_BIN") {

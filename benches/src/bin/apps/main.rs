@@ -28,7 +28,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+use flynn_benches::env_usize;
 use flynn_store::Store;
 use flynn_testkit::{client, free_port, Etcd};
 
@@ -38,15 +39,6 @@ const APP: &str = "bench";
 const HOST: &str = "bench.localhost";
 /// The longest any one measured thing may take before the run counts as failed.
 const LIMIT: Duration = Duration::from_secs(120);
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
 
 /// Everything a mode needs.
 struct Bench {
