@@ -38,7 +38,7 @@ use crate::metrics::Metrics;
 use crate::table::host::HostBuf;
 use crate::table::{RouteEntry, Table};
 use headers::Origin;
-use plan::{Engine, Facts, Plan};
+use plan::Plan;
 use responses::Canned;
 use sticky::StickyKey;
 
@@ -157,27 +157,14 @@ impl ProxyHttp for Proxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let body = !session.is_body_empty();
-        let decided = {
-            let req = session.req_header();
-            let facts = Facts {
-                host: request_host(req),
-                path: request_path(req),
-                body,
-            };
-            plan::plan(&self.table.load(), &facts, Engine::Pingora)
-        };
-        let (route, service) = match decided {
+        let req = session.req_header();
+        // The snapshot is let go before anything is awaited.
+        let planned = plan::plan(&self.table.load(), request_host(req), request_path(req));
+        let (route, service) = match planned {
             Plan::Forward { route, service } => (route, service),
             Plan::Answer(status) => {
                 answer(session, responses::canned(status)).await?;
                 return Ok(true);
-            }
-            Plan::HandOver => {
-                return Err(Error::explain(
-                    ErrorType::InternalError,
-                    "nowhere to hand over",
-                ))
             }
         };
         let req = session.req_header();

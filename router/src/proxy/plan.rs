@@ -1,7 +1,8 @@
-//! What becomes of a request, decided once for both HTTP engines: the router's own answer, a
-//! service to forward it to, or (the fast path only) pingora's proxy for the rest of the
-//! connection. Both engines call [`plan`] with what they parsed of the request and the current
-//! table snapshot, so a request is routed, refused or answered the same whichever engine has it.
+//! What becomes of a request, decided once for both HTTP engines: the router's own answer, or
+//! a service to forward it to. Both engines call [`plan`] with the host and path they parsed
+//! and the current table snapshot, so a request is routed or answered the same whichever engine
+//! has it; the fast path may instead give the request to pingora's proxy
+//! ([`Plan::hands_over`]), which plans it again.
 
 use std::sync::Arc;
 
@@ -9,26 +10,6 @@ use flynn_store::types::BackendProtocol;
 
 use crate::backend::Service;
 use crate::table::{RouteEntry, Table};
-
-/// Which engine asks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
-    /// The router's HTTP/1.1 loop (`proxy::h1`): it can hand a request over to pingora.
-    FastPath,
-    /// pingora's proxy: it serves everything it is given.
-    Pingora,
-}
-
-/// What the engine parsed of a request that the plan depends on.
-#[derive(Debug, Clone, Copy)]
-pub struct Facts<'r> {
-    /// The authority of an absolute-form target, else the Host header as sent (may be empty).
-    pub host: &'r [u8],
-    /// The request target's path and query as sent.
-    pub path: &'r [u8],
-    /// A body follows the head (a Content-Length above 0, or chunked).
-    pub body: bool,
-}
 
 /// What to do with a request.
 #[derive(Debug)]
@@ -41,14 +22,12 @@ pub enum Plan {
         route: Arc<RouteEntry>,
         service: Arc<Service>,
     },
-    /// The fast path gives the connection to pingora's proxy, which plans it again: routes to
-    /// HTTP/2 backends, and answers to requests with a body to read past first.
-    HandOver,
 }
 
-/// The plan for a request with `facts` by `table`, for `engine`.
-pub fn plan(table: &Table, facts: &Facts, engine: Engine) -> Plan {
-    let decided = match table.lookup(facts.host, facts.path) {
+/// The plan by `table` for a request to `host` (the authority of an absolute-form target, else
+/// the Host header as sent; may be empty) and `path` (the target's path and query as sent).
+pub fn plan(table: &Table, host: &[u8], path: &[u8]) -> Plan {
+    match table.lookup(host, path) {
         None => Plan::Answer(404),
         Some(route) => match table.service(&route.service).filter(|s| !s.is_empty()) {
             None => Plan::Answer(503),
@@ -57,18 +36,18 @@ pub fn plan(table: &Table, facts: &Facts, engine: Engine) -> Plan {
                 service: service.clone(),
             },
         },
-    };
-    if engine == Engine::Pingora {
-        return decided;
     }
-    match decided {
-        // The fast path sends HTTP/1 only; it would have to read past a body it does not
-        // forward, which pingora does.
-        Plan::Forward { ref route, .. } if route.backend_protocol != BackendProtocol::Http1 => {
-            Plan::HandOver
+}
+
+impl Plan {
+    /// Whether the fast path gives the request (and the rest of its connection) to pingora's
+    /// proxy rather than carry the plan out itself: it sends HTTP/1 only, and it would have to
+    /// read past a `body` it does not forward, which pingora does.
+    pub fn hands_over(&self, body: bool) -> bool {
+        match self {
+            Plan::Forward { route, .. } => route.backend_protocol != BackendProtocol::Http1,
+            Plan::Answer(_) => body,
         }
-        Plan::Answer(_) if facts.body => Plan::HandOver,
-        decided => decided,
     }
 }
 
@@ -102,39 +81,41 @@ mod tests {
         table
     }
 
-    fn facts<'r>(host: &'r str, body: bool) -> Facts<'r> {
-        Facts {
-            host: host.as_bytes(),
-            path: b"/x",
-            body,
-        }
-    }
-
     #[test]
     fn both_engines_route_and_answer_alike() {
         let table = table();
-        for engine in [Engine::FastPath, Engine::Pingora] {
-            let plan = |host, body| plan(&table, &facts(host, body), engine);
+        // The fast path carries these out itself (it hands none of them over); pingora's proxy
+        // gets the same plans.
+        for (host, body) in [
+            ("a.test", false),
+            ("A.TEST:8080", true),
+            ("nowhere.test", false),
+            ("", false),
+            ("empty.test", false),
+        ] {
             assert!(
-                matches!(plan("a.test", false), Plan::Forward { ref service, .. }
-                if service.backends().len() == 1)
+                !plan(&table, host.as_bytes(), b"/x").hands_over(body),
+                "{host}"
             );
-            assert!(matches!(plan("A.TEST:8080", true), Plan::Forward { .. }));
-            assert!(matches!(plan("nowhere.test", false), Plan::Answer(404)));
-            assert!(matches!(plan("", false), Plan::Answer(404)));
-            assert!(matches!(plan("empty.test", false), Plan::Answer(503)));
         }
+        let plan = |host: &str| plan(&table, host.as_bytes(), b"/x");
+        assert!(matches!(plan("a.test"), Plan::Forward { ref service, .. }
+            if service.backends().len() == 1));
+        assert!(matches!(plan("A.TEST:8080"), Plan::Forward { .. }));
+        assert!(matches!(plan("nowhere.test"), Plan::Answer(404)));
+        assert!(matches!(plan(""), Plan::Answer(404)));
+        assert!(matches!(plan("empty.test"), Plan::Answer(503)));
     }
 
     #[test]
     fn only_the_fast_path_hands_over() {
         let table = table();
-        let fast = |host, body| plan(&table, &facts(host, body), Engine::FastPath);
-        assert!(matches!(fast("grpc.test", false), Plan::HandOver));
-        assert!(matches!(fast("nowhere.test", true), Plan::HandOver));
-        assert!(matches!(fast("empty.test", true), Plan::HandOver));
-        let pingora = |host| plan(&table, &facts(host, true), Engine::Pingora);
-        assert!(matches!(pingora("grpc.test"), Plan::Forward { .. }));
-        assert!(matches!(pingora("nowhere.test"), Plan::Answer(404)));
+        let plan = |host: &str| plan(&table, host.as_bytes(), b"/x");
+        assert!(plan("grpc.test").hands_over(false));
+        assert!(plan("nowhere.test").hands_over(true));
+        assert!(plan("empty.test").hands_over(true));
+        // pingora's proxy carries out the plans the fast path hands over.
+        assert!(matches!(plan("grpc.test"), Plan::Forward { .. }));
+        assert!(matches!(plan("nowhere.test"), Plan::Answer(404)));
     }
 }

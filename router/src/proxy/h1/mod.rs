@@ -43,7 +43,7 @@ use pingora::server::ShutdownWatch;
 use tokio::time::timeout;
 
 use super::headers::Origin;
-use super::plan::{plan, Engine, Facts, Plan};
+use super::plan::{plan, Plan};
 use super::{ClientTimeouts, Proxy};
 
 /// The longest request or response head (pingora's limit too, vendored): a longer request gets
@@ -191,13 +191,15 @@ impl FastH1 {
             };
             let start = Instant::now();
             let _in_flight = self.router.in_flight.enter();
-            let facts = Facts {
-                host: &conn.buf[head.host.clone()],
-                path: &conn.buf[head.path.clone()],
-                body: head.content_length > 0,
-            };
-            let (status, keep) = match plan(&self.router.table.load(), &facts, Engine::FastPath) {
-                Plan::HandOver => return End::HandOver,
+            let planned = plan(
+                &self.router.table.load(),
+                &conn.buf[head.host.clone()],
+                &conn.buf[head.path.clone()],
+            );
+            if planned.hands_over(head.content_length > 0) {
+                return End::HandOver;
+            }
+            let (status, keep) = match planned {
                 Plan::Answer(status) => (status, self.answer(conn, &head, status).await),
                 Plan::Forward { route, service } => {
                     self.forward(conn, &head, &route, &service).await
