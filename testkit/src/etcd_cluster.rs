@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
+use crate::etcd::{healthy, spawn_member};
 use crate::{free_port, wait_for_port};
 
 /// One member.
@@ -38,28 +39,13 @@ impl EtcdCluster {
         let mut members = Vec::new();
         for (i, (client_port, peer_port)) in ports.iter().copied().enumerate() {
             let name = format!("m{i}");
-            let client = format!("http://127.0.0.1:{client_port}");
-            let peer = format!("http://127.0.0.1:{peer_port}");
-            let child = Command::new("etcd")
-                .arg(format!("--name={name}"))
-                .arg(format!("--data-dir={}", data.path().join(&name).display()))
-                .arg(format!("--listen-client-urls={client}"))
-                .arg(format!("--advertise-client-urls={client}"))
-                .arg(format!("--listen-peer-urls={peer}"))
-                .arg(format!("--initial-advertise-peer-urls={peer}"))
-                .arg(format!("--initial-cluster={initial}"))
-                .arg("--initial-cluster-state=new")
-                .arg(format!("--initial-cluster-token={token}"))
-                .arg("--log-level=error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start `etcd` ({e}): install it with `apt-get install etcd-server`"
-                    )
-                });
+            let child = spawn_member(
+                &name,
+                &data.path().join(&name),
+                (client_port, peer_port),
+                &initial,
+                Some(&token),
+            );
             members.push(Member {
                 name,
                 client_port,
@@ -78,18 +64,11 @@ impl EtcdCluster {
         }
         // /health answers true once the member has a leader and applies writes.
         for member in &cluster.members {
-            let addr = format!("127.0.0.1:{}", member.client_port);
-            let mut healthy = false;
-            for _ in 0..400 {
-                if let Ok(resp) = crate::client::get(&addr, "/health", "localhost").await {
-                    if resp.status == 200 && resp.text().contains("true") {
-                        healthy = true;
-                        break;
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            assert!(healthy, "etcd member {} never became healthy", member.name);
+            assert!(
+                healthy(member.client_port, 400).await,
+                "etcd member {} never became healthy",
+                member.name
+            );
         }
         cluster
     }
