@@ -5,12 +5,18 @@
 //! - [`backend`]: a real HTTP/1.1 backend that echoes what it received.
 //! - [`client`]: a raw HTTP/1.1 client that sends exactly the bytes a test gives it.
 //! - [`tls`]: self-signed test certificates, and an h2 TLS server configuration for backends.
+//! - [`process`]: a process with its own log, SIGKILLed when dropped.
+//! - [`wrk`]: wrk through a router, and its report.
+//! - [`docker`]: the Docker Engine: static binaries alone in images, a host agent's containers.
 
 pub mod backend;
 pub mod client;
+pub mod docker;
 mod etcd;
 mod etcd_cluster;
+pub mod process;
 pub mod tls;
+pub mod wrk;
 
 pub use etcd::Etcd;
 pub use etcd_cluster::EtcdCluster;
@@ -35,6 +41,18 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// 16 hex digits that differ from call to call and from process to process (the clock, the pid
+/// and a counter), for names in shared places: image tags, container labels.
+pub fn unique() -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let count = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (nanos & 0xffff_ffff_ffff) ^ (u64::from(std::process::id()) << 24);
+    format!("{:012x}{:04x}", mixed & 0xffff_ffff_ffff, count & 0xffff)
 }
 
 /// Waits until something accepts TCP connections on `addr`.

@@ -22,10 +22,11 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use flynn_store::Store;
+use flynn_testkit::docker::{docker, Containers};
 use flynn_testkit::EtcdCluster;
 use serde_json::Value;
 
-use engine::{Containers, TestImage, Wrk};
+use engine::{TestImage, Wrk};
 use harness::Client;
 use procs::{settle, Agent, Controller, Router};
 
@@ -99,7 +100,7 @@ fn container_jobs(hosts: &[&Containers]) -> BTreeSet<String> {
     hosts
         .iter()
         .flat_map(|h| {
-            engine::docker(&[
+            docker(&[
                 "ps",
                 "--filter",
                 &h.filter(),
@@ -123,7 +124,7 @@ async fn a_deploy_survives_the_etcd_leader_and_the_leading_controller_dying_unde
     let key = uuid::Uuid::new_v4().simple().to_string();
     // Dropped last: the image, then the containers (after the agents, declared below them).
     let image = TestImage::build();
-    let (on_a, on_b) = (Containers::new(), Containers::new());
+    let (on_a, on_b) = (Containers::new("test"), Containers::new("test"));
 
     // Controller A starts first and leads; B follows. The CLI talks to B (which survives).
     let (client_a, client_b) = (Client::new(), Client::new());

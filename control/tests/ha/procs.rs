@@ -1,51 +1,16 @@
 //! The processes of a cluster on one etcd: controllers (`flynn server --no-router
 //! --no-host-agent`), routers (the real `flynn-router`) and host agents (`flynn host`), each
-//! with its own log, SIGKILLed when dropped.
+//! with its own log, SIGKILLed when dropped (testkit's [`Proc`]).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
+use flynn_testkit::process::Proc;
 use flynn_testkit::{client, eventually, free_port};
 
 use crate::harness::{Client, FLYNN};
-
-/// A process with its log in its own directory.
-pub struct Proc {
-    child: Child,
-    pub dir: tempfile::TempDir,
-}
-
-impl Proc {
-    fn spawn(mut command: Command, dir: tempfile::TempDir) -> Proc {
-        let log = std::fs::File::create(dir.path().join("log")).expect("log");
-        let child = command
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
-        Proc { child, dir }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
-    }
-
-    /// SIGKILL, and wait for it.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 /// Waits until `check` holds, or fails with `what` and `logs`.
 pub async fn settle<F, Fut>(within: Duration, what: &str, logs: &dyn Fn() -> String, check: F)

@@ -151,12 +151,12 @@ async fn a_dead_agents_jobs_move_and_its_containers_go_when_it_returns() {
     // the image (which no container uses by then).
     let s = Setup {
         server,
-        containers: Containers::new(),
+        containers: Containers::new("test"),
         image: TestImage::build(),
         client,
         app: "duo".to_owned(),
     };
-    let (a, b) = (&s.containers, Containers::new());
+    let (a, b) = (&s.containers, Containers::new("test"));
     let mut agent_a = Agent::start(&etcd.url(), &key, &a.host, "127.0.0.2");
     let agent_b = Agent::start(&etcd.url(), &key, &b.host, "127.0.0.3");
     // Both agents registered before scaling (else both jobs go to the first one).
@@ -272,7 +272,7 @@ async fn a_follower_scheduler_takes_over_from_a_killed_leader() {
     let etcd = Etcd::start().await;
     let store = flynn_store::open(&etcd.url()).await.expect("open etcd");
     let image = TestImage::build();
-    let containers = Containers::new();
+    let containers = Containers::new("test");
     // The first controller (no host agent) leads; the second runs the host agent.
     let first_client = Client::new();
     let first = Server::etcd_with(&first_client, &etcd.url(), &["--no-host-agent"]).await;

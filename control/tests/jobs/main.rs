@@ -18,10 +18,11 @@ use std::collections::BTreeSet;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use flynn_testkit::docker::{docker, Containers};
 use flynn_testkit::eventually;
 use serde_json::Value;
 
-use engine::{docker, Containers, TestImage};
+use engine::TestImage;
 use harness::{Client, Server};
 
 /// How long the jobs' changes may take to show (a container starts in well under a second
@@ -46,7 +47,7 @@ impl Setup {
     /// On the embedded store, or on `etcd`.
     async fn on(app: &str, etcd: Option<&str>) -> Setup {
         let image = TestImage::build();
-        let containers = Containers::new();
+        let containers = Containers::new("test");
         let client = Client::new();
         let server = start(&client, &containers, etcd).await;
         assert_eq!(

@@ -59,7 +59,7 @@ async fn cluster(etcd: &Etcd, app: &str) -> Setup {
     client.run(&["create", app]).await.ok();
     Setup {
         server,
-        containers: Containers::new(),
+        containers: Containers::new("test"),
         image: TestImage::build(),
         client,
         app: app.to_owned(),
@@ -82,7 +82,7 @@ async fn tagged_jobs_land_on_matching_hosts_and_omni_runs_on_each() {
     let etcd = Etcd::start().await;
     let s = cluster(&etcd, "tagged").await;
     let key = s.server.key();
-    let (a, b) = (&s.containers, Containers::new());
+    let (a, b) = (&s.containers, Containers::new("test"));
     let agent_a = Agent::tagged(
         &etcd.url(),
         &key,
@@ -217,7 +217,7 @@ async fn a_job_no_host_matches_is_blocked_until_one_comes() {
     let etcd = Etcd::start().await;
     let s = cluster(&etcd, "waiting").await;
     let key = s.server.key();
-    let (a, b) = (&s.containers, Containers::new());
+    let (a, b) = (&s.containers, Containers::new("test"));
     let agent_a = Agent::tagged(&etcd.url(), &key, &a.host, "127.0.0.2", &["disk=hdd"]);
     s.deploy().await;
     let (_, app) = api(&s.server, "GET", "/apps/waiting", None);
