@@ -8,7 +8,7 @@ use std::ops::Range;
 
 use httparse::Status;
 
-pub use crate::proxy::framing::parse_length;
+use crate::proxy::framing::parse_length;
 use crate::proxy::headers::{self, Origin};
 use crate::proxy::sticky;
 

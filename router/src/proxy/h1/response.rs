@@ -121,12 +121,12 @@ pub fn parse(
             return Parse::Bad("conflicting or invalid Content-Length")
         }
     };
-    let chunked = body == BodyLength::Chunked;
-    // Sent as one plain value, the Content-Length line passes as it came; else it is rewritten.
-    let (length, rewrite_length) = match body {
-        BodyLength::Length { length, rewrite } => (Some(length), rewrite),
-        _ => (None, false),
-    };
+    // Sent as one plain value, the Content-Length line passes as it came; beside chunked it is
+    // dropped, and several identical values are rewritten as one.
+    let drop_length = matches!(
+        body,
+        BodyLength::Chunked | BodyLength::Length { rewrite: true, .. }
+    );
     // HTTP/1.0 keeps the connection only when asked to with `Connection: keep-alive`.
     if version == 0 && !backend_close {
         backend_close = !resp.headers.iter().any(|h| {
@@ -140,12 +140,12 @@ pub fn parse(
     let interim = (100..200).contains(&status);
     let framing = if interim || head_request || status == 204 || status == 304 {
         Framing::Empty
-    } else if chunked {
-        Framing::Chunked
-    } else if let Some(n) = length {
-        Framing::Length(n)
     } else {
-        Framing::UntilClose
+        match body {
+            BodyLength::Chunked => Framing::Chunked,
+            BodyLength::Length { length, .. } => Framing::Length(length),
+            BodyLength::Unframed => Framing::UntilClose,
+        }
     };
 
     out.clear();
@@ -160,12 +160,16 @@ pub fn parse(
             || nominated[..nominations]
                 .iter()
                 .any(|n| name.eq_ignore_ascii_case(n))
-            || ((chunked || rewrite_length) && name.eq_ignore_ascii_case(b"content-length"));
+            || (drop_length && name.eq_ignore_ascii_case(b"content-length"));
         if !dropped {
             put_header(out, name, header.value);
         }
     }
-    if let (true, Some(length)) = (rewrite_length, length) {
+    if let BodyLength::Length {
+        length,
+        rewrite: true,
+    } = body
+    {
         put_header(
             out,
             b"Content-Length",
