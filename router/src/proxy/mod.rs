@@ -379,21 +379,14 @@ fn check_framing(resp: &mut ResponseHeader) -> Result<()> {
 /// go to the backend as one plain value: a backend must not be left to read them its own way.
 fn single_content_length(req: &mut RequestHeader) -> Result<()> {
     use http::header::CONTENT_LENGTH;
-    let mut values = req.headers.get_all(CONTENT_LENGTH).into_iter();
-    let plain = match (values.next(), values.next()) {
-        (Some(one), None) => !one.as_bytes().contains(&b','),
-        (None, _) => true,
-        (Some(_), Some(_)) => false,
-    };
-    if plain {
-        return Ok(());
-    }
     let values = req.headers.get_all(CONTENT_LENGTH).into_iter();
     match framing::body_length([], values.map(|v| v.as_bytes())) {
-        Ok(framing::BodyLength::Length { length, .. }) => {
-            req.insert_header(CONTENT_LENGTH, itoa::Buffer::new().format(length))
-        }
-        _ => Err(Error::explain(
+        Ok(framing::BodyLength::Length {
+            length,
+            rewrite: true,
+        }) => req.insert_header(CONTENT_LENGTH, itoa::Buffer::new().format(length)),
+        Ok(_) => Ok(()),
+        Err(_) => Err(Error::explain(
             ErrorType::HTTPStatus(400),
             "conflicting Content-Length values",
         )),
