@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use super::super::apps;
 use super::super::error::{ApiError, ApiResult};
 use super::super::extract::Params;
-use super::super::types::App;
+use super::super::types::{App, Release};
 use super::{release, GitState};
 
 /// How often the stream says it is alive when the build is silent (a write to a client that
@@ -97,19 +97,27 @@ pub async fn create(
             GitError::TooLarge(_) => ApiError::PayloadTooLarge(e.to_string()),
             e => ApiError::validation(format!("cannot unpack the source: {e}")),
         })?;
-    let env = release::current_env(&state.api, &app).await?;
+    let previous = release::current(&state.api, &app).await?;
     let build = Build {
         app_id: app.id.clone(),
         app_name: app.name.clone(),
         build_id,
         source,
-        env,
+        env: previous.as_ref().map(|r| r.env.clone()).unwrap_or_default(),
         cache_dir,
         docker: state.git.config.docker.clone(),
     };
     tracing::info!(app = %app.name, build = %build.build_id, bytes = size, rev = ?rev, "build started");
     let (out, lines) = mpsc::channel::<String>(256);
-    let task = tokio::spawn(run(state.clone(), app, build, rev, out, lock, work));
+    let task = tokio::spawn(run(
+        state.clone(),
+        app,
+        previous,
+        build,
+        rev,
+        out,
+        (lock, work),
+    ));
     let cancel = CancelOnDrop(Some(task.abort_handle()));
     let stream = futures::stream::unfold(
         Streaming {
@@ -157,15 +165,16 @@ async fn next_message(mut s: Streaming) -> Option<(Result<Bytes, std::io::Error>
     Some((Ok(Bytes::from(line)), s))
 }
 
-/// Builds, releases and deploys; the lines go to `out`.
+/// Builds, releases and deploys; the lines go to `out`. The app's build slot and the build's
+/// directory are `held` until it ends.
 async fn run(
     state: GitState,
     app: App,
+    previous: Option<Release>,
     build: Build,
     rev: Option<String>,
     out: Output,
-    _lock: BuildLock,
-    _work: Workdir,
+    _held: (BuildLock, Workdir),
 ) -> Result<release::Deployed, String> {
     let started = Instant::now();
     let short = rev.as_deref().map(|r| &r[..r.len().min(10)]);
@@ -199,7 +208,8 @@ async fn run(
         ),
     )
     .await;
-    let deployed = release::release_and_deploy(&state, &app, &built, rev.as_deref(), &out).await;
+    let deployed =
+        release::release_and_deploy(&state, &app, previous, &built, rev.as_deref(), &out).await;
     match &deployed {
         Ok(d) => tracing::info!(app = %app.name, release = %d.release_id,
             seconds = started.elapsed().as_secs_f64(), "build deployed"),

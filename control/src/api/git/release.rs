@@ -32,24 +32,27 @@ pub struct Deployed {
     pub url: Option<String>,
 }
 
-/// The env of the app's current release (what a build gets).
-pub async fn current_env(api: &ApiState, app: &App) -> ApiResult<BTreeMap<String, String>> {
+/// The app's current release, if it has one: the build gets its env, the new release keeps
+/// its env and what it said of each process type.
+pub async fn current(api: &ApiState, app: &App) -> ApiResult<Option<Release>> {
     Ok(match &app.release_id {
-        Some(id) => releases::find(api, id).await?.env,
-        None => BTreeMap::new(),
+        Some(id) => Some(releases::find(api, id).await?),
+        None => None,
     })
 }
 
+/// Releases `built` over `previous` (the app's release when the build began) and deploys it.
 pub async fn release_and_deploy(
     state: &GitState,
     app: &App,
+    previous: Option<Release>,
     built: &Built,
     rev: Option<&str>,
     out: &Output,
 ) -> Result<Deployed, String> {
     let api = &state.api;
     say(out, "-----> Releasing".to_owned()).await;
-    let release = create_release(api, app, built, rev)
+    let release = create_release(api, app, previous, built, rev)
         .await
         .map_err(|e| format!("cannot create the release: {e}"))?;
     let types: Vec<&str> = release.processes.keys().map(String::as_str).collect();
@@ -91,13 +94,10 @@ pub async fn release_and_deploy(
 async fn create_release(
     api: &ApiState,
     app: &App,
+    previous: Option<Release>,
     built: &Built,
     rev: Option<&str>,
 ) -> ApiResult<Release> {
-    let previous = match &app.release_id {
-        Some(id) => Some(releases::find(api, id).await?),
-        None => None,
-    };
     let mut meta = BTreeMap::from([
         ("docker.image".to_owned(), built.image.clone()),
         ("build.kind".to_owned(), built.kind.clone()),
