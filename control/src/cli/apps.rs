@@ -74,10 +74,7 @@ pub async fn create(ctx: &Ctx, args: CreateArgs) -> anyhow::Result<()> {
         .await?;
     let mut remote = None;
     if !args.remote.is_empty() && git::in_work_tree() {
-        let base = cluster
-            .git_url
-            .clone()
-            .unwrap_or_else(|| format!("{}/git", cluster.controller_url.trim_end_matches('/')));
+        let base = git::git_base(&cluster);
         let url = format!("{}/{}.git", base.trim_end_matches('/'), app.name);
         match git::set_remote(&args.remote, &url) {
             Ok(()) => remote = Some(url.clone()),

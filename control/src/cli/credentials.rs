@@ -32,7 +32,7 @@ pub fn run(ctx: &Ctx, args: CredentialsArgs) -> anyhow::Result<()> {
     };
     let (protocol, host) = (field("protocol"), field("host"));
     let (_, config) = ctx.config()?;
-    let serves = |c: &&Cluster| git::credential_matches(&git_base(c), protocol, host);
+    let serves = |c: &&Cluster| git::credential_matches(&git::git_base(c), protocol, host);
     // The cluster named with -c first, then any cluster serving that host.
     let named = ctx
         .cluster
@@ -45,12 +45,4 @@ pub fn run(ctx: &Ctx, args: CredentialsArgs) -> anyhow::Result<()> {
     }
     // Nothing printed: git tries its other helpers, then asks.
     Ok(())
-}
-
-/// Where the cluster serves git: its GitURL, else `<controller>/git`.
-pub fn git_base(cluster: &Cluster) -> String {
-    cluster
-        .git_url
-        .clone()
-        .unwrap_or_else(|| format!("{}/git", cluster.controller_url.trim_end_matches('/')))
 }

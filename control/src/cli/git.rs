@@ -3,6 +3,8 @@
 
 use std::process::{Command, Stdio};
 
+use super::config::Cluster;
+
 /// The app name in a git remote URL: its last path segment without `.git`
 /// (`https://git.example.com/my-app.git`, `git@host:my-app.git`, `http://host/git/my-app`).
 pub fn app_from_url(url: &str) -> Option<String> {
@@ -34,6 +36,14 @@ pub fn remote_app(remote: &str) -> Option<String> {
 /// Whether the current directory is in a git work tree.
 pub fn in_work_tree() -> bool {
     git(&["rev-parse", "--is-inside-work-tree"]).as_deref() == Some("true")
+}
+
+/// Where `cluster` serves git: its GitURL, else `<controller>/git`.
+pub fn git_base(cluster: &Cluster) -> String {
+    cluster
+        .git_url
+        .clone()
+        .unwrap_or_else(|| format!("{}/git", cluster.controller_url.trim_end_matches('/')))
 }
 
 /// Points `remote` at `url`, replacing what it pointed at.
