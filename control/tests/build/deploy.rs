@@ -7,7 +7,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flynn_testkit::eventually;
-use serde_json::Value;
 
 use super::engine::Wrk;
 use super::{wait_with_timeout, Push, PUSH_TIMEOUT};
@@ -45,18 +44,12 @@ fn commit_app(p: &Push, dockerfile: &[u8], version: &str) {
     }
 }
 
-/// The app's answer through the router (`{"release": ...}`), if it answers 200.
-async fn served(p: &Push) -> Option<Value> {
-    let r = p
-        .server
-        .get(&format!("{}.localhost", p.app), "/")
-        .await
-        .ok()?;
-    (r.status == 200).then(|| r.json().ok()).flatten()
-}
-
+/// The release the app's answer through the router names (`{"release": ...}`).
 async fn served_release(p: &Push) -> String {
-    let answer = served(p).await.expect("the app answers through the router");
+    let answer = p
+        .answer()
+        .await
+        .expect("the app answers through the router");
     answer["release"].as_str().expect("release").to_owned()
 }
 
@@ -68,25 +61,16 @@ async fn push_deploys_a_second_push_under_load_fails_nothing_and_a_failed_build_
     // First push: built, released, web=1, routed.
     let started = Instant::now();
     let pushed = p.push("main");
-    assert!(
-        pushed.ok,
-        "{}\nserver log:\n{}",
-        pushed.text,
-        p.server.log()
+    p.assert_pushed(
+        &pushed,
+        &[
+            "remote: -----> Receiving main",
+            "remote: -----> Building",
+            "remote: -----> Releasing",
+            "remote: -----> Deploying (all-at-once)",
+            "first push: scaling web to 1",
+        ],
     );
-    for stage in [
-        "remote: -----> Receiving main",
-        "remote: -----> Building",
-        "remote: -----> Releasing",
-        "remote: -----> Deploying (all-at-once)",
-        "first push: scaling web to 1",
-    ] {
-        assert!(
-            pushed.text.contains(stage),
-            "{stage:?} missing:\n{}",
-            pushed.text
-        );
-    }
     let url = format!(
         "deployed to http://{}.localhost:{}",
         p.app,
@@ -98,7 +82,7 @@ async fn push_deploys_a_second_push_under_load_fails_nothing_and_a_failed_build_
         pushed.text
     );
     eventually(Duration::from_secs(10), "the app served", || async {
-        served(&p).await.is_some()
+        p.answer().await.is_some()
     })
     .await
     .expect("served");
@@ -137,12 +121,7 @@ async fn push_deploys_a_second_push_under_load_fails_nothing_and_a_failed_build_
     let second = served_release(&p).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = wrk.finish();
-    assert!(
-        pushed.ok,
-        "{}\nserver log:\n{}",
-        pushed.text,
-        p.server.log()
-    );
+    p.assert_pushed(&pushed, &[]);
     assert_ne!(second, first, "the new release serves once the push ends");
     assert!(report.requests > 100, "{report:?}");
     assert_eq!(report.non_2xx, 0, "{report:?}");
@@ -223,8 +202,6 @@ async fn ctrl_c_on_a_push_cancels_its_build() {
         .client
         .run_in(&p.repo, &["release", "-o", "json"], &[])
         .await;
-    assert!(
-        out.stdout.trim() == "[]" || out.code != 0,
-        "nothing was released: {out:?}"
-    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "[]", "nothing was released: {out:?}");
 }

@@ -97,6 +97,33 @@ impl Push {
         git_command(&self.client, &self.repo, args)
     }
 
+    /// The app's answer through the router (`GET /` at `<app>.localhost`) as JSON, if it
+    /// answers 200.
+    async fn answer(&self) -> Option<serde_json::Value> {
+        let host = format!("{}.localhost", self.app);
+        let r = self.server.get(&host, "/").await.ok()?;
+        (r.status == 200).then(|| r.json().ok()).flatten()
+    }
+
+    /// Asserts that `pushed` succeeded (showing the server's log when not) and printed
+    /// each of `lines`.
+    #[track_caller]
+    fn assert_pushed(&self, pushed: &Pushed, lines: &[&str]) {
+        assert!(
+            pushed.ok,
+            "{}\nserver log:\n{}",
+            pushed.text,
+            self.server.log()
+        );
+        for line in lines {
+            assert!(
+                pushed.text.contains(line),
+                "{line:?} missing:\n{}",
+                pushed.text
+            );
+        }
+    }
+
     /// The controller's base URL.
     fn controller(&self) -> String {
         format!("http://{}", self.server.controller)

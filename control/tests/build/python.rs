@@ -4,10 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use flynn_testkit::eventually;
-use serde_json::Value;
-
 use super::Push;
+use flynn_testkit::eventually;
 
 fn app_py(version: &str) -> String {
     format!(
@@ -35,13 +33,6 @@ HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
     )
 }
 
-/// The app's answer through the router, if it answers 200.
-async fn answer(p: &Push) -> Option<Value> {
-    let host = format!("{}.localhost", p.app);
-    let r = p.server.get(&host, "/").await.ok()?;
-    (r.status == 200).then(|| r.json().ok()).flatten()
-}
-
 #[tokio::test]
 async fn a_python_app_is_pushed_served_and_pushed_again_with_a_warm_cache() {
     let p = Push::new("snake").await;
@@ -55,34 +46,25 @@ async fn a_python_app_is_pushed_served_and_pushed_again_with_a_warm_cache() {
     );
     let started = Instant::now();
     let pushed = p.push("main");
-    assert!(
-        pushed.ok,
-        "{}\nserver log:\n{}",
-        pushed.text,
-        p.server.log()
+    p.assert_pushed(
+        &pushed,
+        &[
+            "remote: -----> Receiving main",
+            "remote: -----> Building",
+            "Successfully installed six",
+            "remote: -----> Releasing",
+            "remote: -----> Deploying",
+            "deployed to http://",
+        ],
     );
-    for stage in [
-        "remote: -----> Receiving main",
-        "remote: -----> Building",
-        "Successfully installed six",
-        "remote: -----> Releasing",
-        "remote: -----> Deploying",
-        "deployed to http://",
-    ] {
-        assert!(
-            pushed.text.contains(stage),
-            "{stage:?} missing:\n{}",
-            pushed.text
-        );
-    }
     eventually(Duration::from_secs(15), "the python app served", || async {
-        answer(&p).await.is_some_and(|a| a["version"] == "v1")
+        p.answer().await.is_some_and(|a| a["version"] == "v1")
     })
     .await
     .unwrap_or_else(|e| panic!("{e}\nserver log:\n{}", p.server.log()));
     let cold = started.elapsed();
     let cold_push = pushed.took;
-    let first = answer(&p).await.expect("answer");
+    let first = p.answer().await.expect("answer");
     assert!(
         first["six"].as_str().is_some_and(|v| v.starts_with("1.")),
         "{first}"
@@ -92,16 +74,11 @@ async fn a_python_app_is_pushed_served_and_pushed_again_with_a_warm_cache() {
     p.commit(&[("app.py", app_py("v2").as_bytes())], "v2");
     let started = Instant::now();
     let pushed = p.push("main");
-    assert!(
-        pushed.ok,
-        "{}\nserver log:\n{}",
-        pushed.text,
-        p.server.log()
-    );
+    p.assert_pushed(&pushed, &[]);
     for line in pushed.text.lines().filter(|l| l.contains("-----> ")) {
         eprintln!("warm push: {}", line.trim_end());
     }
-    let second = answer(&p).await.expect("served right after the push");
+    let second = p.answer().await.expect("served right after the push");
     let warm = started.elapsed();
     assert_eq!(second["version"], "v2", "{second}");
     assert_ne!(second["release"], first["release"]);
