@@ -22,12 +22,7 @@ async fn tcp_backend(name: &'static str, expect_proxy: bool) -> SocketAddr {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 if expect_proxy {
-                    let line = match proxy_protocol::read_header(&mut stream).await {
-                        Ok(Header::Proxied { source, .. }) => format!("from {source}\n"),
-                        Ok(Header::Local) => "from local\n".to_owned(),
-                        Err(e) => format!("bad header: {e}\n"),
-                    };
-                    let _ = stream.write_all(line.as_bytes()).await;
+                    report_proxy_header(&mut stream).await;
                 }
                 let _ = stream.write_all(format!("{name}\n").as_bytes()).await;
                 let (mut r, mut w) = stream.split();
@@ -36,6 +31,17 @@ async fn tcp_backend(name: &'static str, expect_proxy: bool) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Reads the PROXY header a test backend expects and answers its source as `from <addr>\n`
+/// (`from local\n`, or `bad header: <why>\n`).
+async fn report_proxy_header(stream: &mut TcpStream) {
+    let line = match proxy_protocol::read_header(stream).await {
+        Ok(Header::Proxied { source, .. }) => format!("from {source}\n"),
+        Ok(Header::Local) => "from local\n".to_owned(),
+        Err(e) => format!("bad header: {e}\n"),
+    };
+    let _ = stream.write_all(line.as_bytes()).await;
 }
 
 async fn tcp_harness() -> Harness {
@@ -253,12 +259,7 @@ async fn checksum_backend(answer: usize, expect_proxy: bool) -> SocketAddr {
         while let Ok((mut stream, _)) = listener.accept().await {
             tokio::spawn(async move {
                 if expect_proxy {
-                    let line = match proxy_protocol::read_header(&mut stream).await {
-                        Ok(Header::Proxied { source, .. }) => format!("from {source}\n"),
-                        Ok(Header::Local) => "from local\n".to_owned(),
-                        Err(e) => format!("bad header: {e}\n"),
-                    };
-                    let _ = stream.write_all(line.as_bytes()).await;
+                    report_proxy_header(&mut stream).await;
                 }
                 let (mut r, mut w) = stream.into_split();
                 let sender = tokio::spawn(async move {

@@ -201,11 +201,7 @@ async fn logs(
             run::logs(&agent.ctx.engine, &container.id, params.follow, params.tail).boxed()
         }
         None => {
-            let kept = match &agent.ctx.tails {
-                Some(tails) => tails.read(&id).await,
-                None => None,
-            };
-            let Some(kept) = kept else {
+            let Some(kept) = agent.ctx.tails.read(&id).await else {
                 return error(
                     StatusCode::NOT_FOUND,
                     "not_found",
@@ -240,11 +236,7 @@ struct FinishedParams {
 
 /// The finished jobs of an app whose output is kept here.
 async fn finished(State(agent): State<Agent>, Query(params): Query<FinishedParams>) -> Response {
-    let jobs = match &agent.ctx.tails {
-        Some(tails) => tails.jobs_of(&params.app).await,
-        None => Vec::new(),
-    };
-    Json(jobs).into_response()
+    Json(agent.ctx.tails.jobs_of(&params.app).await).into_response()
 }
 
 fn wants_attach(headers: &HeaderMap) -> bool {

@@ -74,11 +74,9 @@ pub async fn run(ctx: Arc<Ctx>, job: Job, start: Start, mut stop: watch::Receive
             tracing::warn!(job = %job.id, error = %e, "cannot stop a job's container");
         }
     }
-    if let Some(tails) = &ctx.tails {
-        let mut ended = ended(&job, &end);
-        ended.container_id = Some(container.clone());
-        tails.save(&ctx.engine, &ended, &container).await;
-    }
+    let mut ended = ended(&job, &end);
+    ended.container_id = Some(container.clone());
+    ctx.tails.save(&ctx.engine, &ended, &container).await;
     ctx.engine.remove(&container).await;
     finish(&ctx, &key, &job, end).await;
 }
@@ -352,7 +350,6 @@ pub fn memory_limit(process: &ProcessType) -> Option<i64> {
         .filter(|l| *l > 0)
 }
 
-/// The job's FLYNN_* variables, also the meta of its instance.
 /// The labels of a job's container on `host`.
 pub(super) fn labels(host: &str, job: &Job) -> HashMap<String, String> {
     HashMap::from([
@@ -365,6 +362,7 @@ pub(super) fn labels(host: &str, job: &Job) -> HashMap<String, String> {
     ])
 }
 
+/// The job's FLYNN_* variables, also the meta of its instance.
 pub(super) fn meta(job: &Job) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("FLYNN_APP_ID".to_owned(), job.app_id.clone()),

@@ -113,8 +113,8 @@ pub struct AgentConfig {
     pub api_addr: Option<SocketAddr>,
     /// The cluster key the agent's API asks for (empty: the API refuses every request).
     pub key: String,
-    /// Where the last output of finished jobs is kept ([`tails`]); None: not kept.
-    pub job_logs: Option<PathBuf>,
+    /// Where the last output of finished jobs is kept ([`tails`]).
+    pub job_logs: PathBuf,
 }
 
 impl AgentConfig {
@@ -142,7 +142,7 @@ impl AgentConfig {
             default_memory: 1 << 30,
             api_addr: args.api_addr,
             key: String::new(),
-            job_logs: Some(data.join("job-logs")),
+            job_logs: data.join("job-logs"),
         })
     }
 }
@@ -168,8 +168,8 @@ pub(crate) struct Ctx {
     pub config: AgentConfig,
     /// The current lease of the host (a new one after the store lost the old one).
     pub lease: watch::Receiver<LeaseId>,
-    /// The finished jobs' output, if kept.
-    pub tails: Option<tails::Tails>,
+    /// The finished jobs' output.
+    pub tails: tails::Tails,
 }
 
 /// A running job task.
@@ -247,7 +247,7 @@ pub async fn run(db: Db, config: AgentConfig) {
     ));
     log_up(&config, &info);
     let key = config.key.clone();
-    let tails = config.job_logs.clone().map(tails::Tails::new);
+    let tails = tails::Tails::new(config.job_logs.clone());
     let ctx = Arc::new(Ctx {
         db,
         engine,

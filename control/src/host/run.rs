@@ -357,11 +357,9 @@ pub(crate) async fn supervise(
     if let Some(pumped) = pumped {
         let _ = tokio::time::timeout(Duration::from_secs(10), pumped).await;
     }
-    if let Some(tails) = &ctx.tails {
-        let mut ended = job.clone();
-        (ended.state, ended.exit_status) = (JobState::Down, code);
-        tails.save(&ctx.engine, &ended, &container).await;
-    }
+    let mut ended = job.clone();
+    (ended.state, ended.exit_status) = (JobState::Down, code);
+    ctx.tails.save(&ctx.engine, &ended, &container).await;
     ctx.engine.remove(&container).await;
     let _ = ctx.db.delete(&key).await;
     runs.remove(&job.id);

@@ -33,7 +33,10 @@ use flynn_benches::env_usize;
 use flynn_store::Store;
 use flynn_testkit::{client, free_port, Etcd};
 
-use procs::{flynn, Containers, Image, Proc, Wrk};
+use flynn_testkit::docker::{Containers, StaticImage};
+use flynn_testkit::process::Proc;
+use flynn_testkit::wrk::{Wrk, WrkReport};
+use procs::flynn;
 
 const APP: &str = "bench";
 const HOST: &str = "bench.localhost";
@@ -47,7 +50,7 @@ struct Bench {
     store: Arc<dyn Store>,
     http: SocketAddr,
     containers: Containers,
-    image: Image,
+    image: StaticImage,
 }
 
 impl Bench {
@@ -118,7 +121,7 @@ impl Bench {
                 if started.elapsed() > LIMIT {
                     bail!("containers or instances left after {LIMIT:?}");
                 }
-                if gone.is_none() && self.containers.all()? == 0 {
+                if gone.is_none() && self.containers.all().is_empty() {
                     gone = Some(started.elapsed());
                 }
                 if deregistered.is_none() && self.count(&service).await? == 0 {
@@ -143,13 +146,18 @@ impl Bench {
         self.flynn(&["scale", &format!("web={n}")]).await?;
         self.routed(n, Instant::now() + LIMIT).await?;
         self.flynn(&["update", "--strategy", "one-by-one"]).await?;
-        let wrk = Wrk::start(self.http, HOST)?;
+        let wrk = Wrk::start(&self.http.to_string(), HOST);
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
         let out = self.flynn(&["deploy", "--image", &self.image.tag]).await;
         let took = started.elapsed();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (requests, non_2xx, socket_errors, text) = wrk.finish()?;
+        let WrkReport {
+            requests,
+            non_2xx,
+            socket_errors,
+            text,
+        } = wrk.finish();
         let out = out?;
         let steps = out.matches("up and served by every router").count();
         println!(
@@ -228,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
     let bin = procs::flynn_bin()?;
     let etcd = Etcd::start().await;
     let store = flynn_store::open(&etcd.url()).await?;
-    let key = procs::unique();
+    let key = flynn_testkit::unique();
     let home = tempfile::tempdir()?;
 
     // Controller-only nodes first: one of them leads the scheduler (failover mode).
@@ -255,10 +263,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    let image = Image::build()?;
-    let containers = Containers {
-        host: procs::host_id(),
-    };
+    let image = procs::image()?;
+    let containers = Containers::new("bench");
     let http = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let tcp = free_port();
