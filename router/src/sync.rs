@@ -227,6 +227,7 @@ impl TableWriter {
                 revision: listing.revision,
                 first: true,
                 last: true,
+                store: String::new(),
             },
         );
     }

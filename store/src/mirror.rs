@@ -8,6 +8,11 @@
 //! an older backup), it lists again; the new listing replaces everything the consumer had for
 //! the prefix. While the store is unreachable it retries with a capped exponential back-off and
 //! says so with [`MirrorEvent::Disconnected`]; the consumer keeps its last state meanwhile.
+//!
+//! [`spawn_resuming`] starts from a state the consumer kept (a router's table snapshot on disk:
+//! the store's id and the revision it reflects) as if the watch had been interrupted there: it
+//! checks the store, watches from the next revision, and lists only when the store was replaced,
+//! went back, or was compacted past that revision.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +36,9 @@ pub struct ListPage {
     /// The last page (it may hold no keys): the keys of the prefix are now exactly those the
     /// listing's pages held.
     pub last: bool,
+    /// The id of the store the listing is read from ([`crate::StoreStatus::id`]): what a
+    /// consumer keeps with its state to resume from it later ([`Resume`]).
+    pub store: String,
 }
 
 /// Why a mirror lists again.
@@ -123,6 +131,19 @@ impl From<Backoff> for Options {
     }
 }
 
+/// A state of the prefix that the consumer already holds (kept from an earlier run): the
+/// mirror watches from the revision after it instead of listing, once it has checked that the
+/// store is the same one (same id, a revision no lower). When it is not, or the history from
+/// there has been compacted away, it lists as it would have at the start ([`Relist`] says
+/// why), and the listing replaces what the consumer held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resume {
+    /// The id of the store the state was read from.
+    pub store: String,
+    /// The revision the state reflects: every change up to it, none after it.
+    pub revision: Revision,
+}
+
 /// Starts a mirror of `prefix` on the current runtime; it ends when `tx` is closed.
 pub fn spawn(
     store: Arc<dyn Store>,
@@ -131,6 +152,17 @@ pub fn spawn(
     options: impl Into<Options>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(run(store, prefix, tx, options.into()))
+}
+
+/// [`spawn`], resuming from a state the consumer holds instead of listing first.
+pub fn spawn_resuming(
+    store: Arc<dyn Store>,
+    prefix: String,
+    tx: mpsc::Sender<MirrorEvent>,
+    options: impl Into<Options>,
+    resume: Resume,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(mirror(store, prefix, tx, options.into(), Some(resume)))
 }
 
 /// The consumer has gone: the mirror stops.
@@ -151,11 +183,25 @@ pub async fn run(
     tx: mpsc::Sender<MirrorEvent>,
     options: Options,
 ) {
+    mirror(store, prefix, tx, options, None).await
+}
+
+async fn mirror(
+    store: Arc<dyn Store>,
+    prefix: String,
+    tx: mpsc::Sender<MirrorEvent>,
+    options: Options,
+    resume: Option<Resume>,
+) {
     let backoff = options.backoff;
     let mut delay = backoff.initial;
-    // The id of the store listed, once it has been.
+    // The id of the store listed (or resumed from), once it has been.
     let mut listed_from: Option<String> = None;
     let mut next = Next::List;
+    if let Some(resume) = resume {
+        listed_from = Some(resume.store);
+        next = Next::Check(resume.revision + 1);
+    }
     loop {
         let from = match next {
             Next::Check(from) => match store.status().await {
@@ -203,7 +249,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                match list(&store, &prefix, options, &tx).await {
+                match list(&store, &prefix, &id, options, &tx).await {
                     Ok(Ok(revision)) => {
                         listed_from = Some(id);
                         revision + 1
@@ -290,12 +336,13 @@ pub async fn run(
 async fn list(
     store: &Arc<dyn Store>,
     prefix: &str,
+    id: &str,
     options: Options,
     tx: &mpsc::Sender<MirrorEvent>,
 ) -> Result<Result<Revision, StoreError>, Gone> {
     let parts = parts(prefix, options.splits);
     'listing: loop {
-        let mut out = Forward::new(tx);
+        let mut out = Forward::new(tx, id);
         // The first page of the first part fixes the revision of the whole listing.
         let (after, until) = &parts[0];
         let page = match store
@@ -414,12 +461,17 @@ async fn read_part(
 /// several (a part read side by side cannot tell that it is the last to finish).
 struct Forward<'t> {
     tx: &'t mpsc::Sender<MirrorEvent>,
+    store: &'t str,
     first: bool,
 }
 
 impl<'t> Forward<'t> {
-    fn new(tx: &'t mpsc::Sender<MirrorEvent>) -> Forward<'t> {
-        Forward { tx, first: true }
+    fn new(tx: &'t mpsc::Sender<MirrorEvent>, store: &'t str) -> Forward<'t> {
+        Forward {
+            tx,
+            store,
+            first: true,
+        }
     }
 
     async fn page(&mut self, kvs: Vec<KeyValue>, revision: Revision) -> Result<(), Gone> {
@@ -444,6 +496,7 @@ impl<'t> Forward<'t> {
             revision,
             first: std::mem::replace(&mut self.first, false),
             last,
+            store: self.store.to_owned(),
         });
         self.tx.send(event).await.map_err(|_| Gone)
     }
@@ -470,4 +523,145 @@ async fn pause(
     }
     *delay = (*delay * 2).min(backoff.max);
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EmbeddedStore;
+
+    const PREFIX: &str = "/t/";
+    const FAST: Backoff = Backoff {
+        initial: Duration::from_millis(10),
+        max: Duration::from_millis(50),
+    };
+
+    async fn next(rx: &mut mpsc::Receiver<MirrorEvent>) -> MirrorEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the mirror said something")
+            .expect("the mirror runs")
+    }
+
+    /// Resumes from `revision` of a store whose id is `id`; the messages up to `until`.
+    async fn resume(
+        store: &Arc<dyn Store>,
+        id: String,
+        revision: Revision,
+        until: impl Fn(&MirrorEvent) -> bool,
+    ) -> Vec<MirrorEvent> {
+        let (tx, mut rx) = mpsc::channel(16);
+        let task = spawn_resuming(
+            store.clone(),
+            PREFIX.into(),
+            tx,
+            FAST,
+            Resume {
+                store: id,
+                revision,
+            },
+        );
+        let mut seen = Vec::new();
+        loop {
+            let event = next(&mut rx).await;
+            let done = until(&event);
+            seen.push(event);
+            if done {
+                task.abort();
+                return seen;
+            }
+        }
+    }
+
+    async fn put(store: &Arc<dyn Store>, key: &str) -> Revision {
+        store
+            .put(&format!("{PREFIX}{key}"), b"v".to_vec(), None)
+            .await
+            .expect("put")
+    }
+
+    fn is_put(key: &str) -> impl Fn(&MirrorEvent) -> bool + '_ {
+        move |e| matches!(e, MirrorEvent::Put(kv) if kv.key == format!("{PREFIX}{key}"))
+    }
+
+    #[tokio::test]
+    async fn resuming_watches_from_the_next_revision_without_listing() {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+        let id = store.status().await.expect("status").id;
+        put(&store, "a").await;
+        let kept = put(&store, "b").await;
+        put(&store, "c").await;
+        store.delete(&format!("{PREFIX}a")).await.expect("delete");
+        put(&store, "d").await;
+        let seen = resume(&store, id, kept, is_put("d")).await;
+        let changes: Vec<String> = seen
+            .iter()
+            .filter_map(|e| match e {
+                MirrorEvent::Put(kv) => Some(format!("put {}", kv.key)),
+                MirrorEvent::Delete { key, .. } => Some(format!("delete {key}")),
+                MirrorEvent::Page(_) | MirrorEvent::Relisting(_) => Some("listed".into()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(changes, ["put /t/c", "delete /t/a", "put /t/d"]);
+        assert!(seen.contains(&MirrorEvent::Connected));
+    }
+
+    /// The relisting a resumed mirror falls back to, and the keys of its listing.
+    fn relisting(seen: &[MirrorEvent]) -> (Option<Relist>, Vec<String>) {
+        let why = seen.iter().find_map(|e| match e {
+            MirrorEvent::Relisting(why) => Some(*why),
+            _ => None,
+        });
+        let keys = seen
+            .iter()
+            .filter_map(|e| match e {
+                MirrorEvent::Page(page) => Some(page.kvs.iter().map(|kv| kv.key.clone())),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        (why, keys)
+    }
+
+    fn is_last_page(event: &MirrorEvent) -> bool {
+        matches!(event, MirrorEvent::Page(page) if page.last)
+    }
+
+    #[tokio::test]
+    async fn a_revision_compacted_away_is_listed_again() {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+        let id = store.status().await.expect("status").id;
+        let kept = put(&store, "a").await;
+        put(&store, "b").await;
+        let now = put(&store, "c").await;
+        store.compact(now).await.expect("compact");
+        let seen = resume(&store, id.clone(), kept, is_last_page).await;
+        let (why, keys) = relisting(&seen);
+        assert_eq!(why, Some(Relist::Compacted));
+        assert_eq!(keys, ["/t/a", "/t/b", "/t/c"]);
+        let last = seen.iter().rev().find_map(|e| match e {
+            MirrorEvent::Page(page) => Some(page.clone()),
+            _ => None,
+        });
+        let last = last.expect("a page");
+        assert_eq!((last.store, last.revision), (id, now));
+    }
+
+    #[tokio::test]
+    async fn another_store_or_a_revision_ahead_is_listed_again() {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+        let id = store.status().await.expect("status").id;
+        let now = put(&store, "a").await;
+        let seen = resume(&store, "another store".into(), now, is_last_page).await;
+        assert_eq!(
+            relisting(&seen),
+            (Some(Relist::Replaced), vec!["/t/a".to_owned()])
+        );
+        let seen = resume(&store, id, now + 5, is_last_page).await;
+        assert_eq!(
+            relisting(&seen),
+            (Some(Relist::WentBack), vec!["/t/a".to_owned()])
+        );
+    }
 }
