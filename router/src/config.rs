@@ -92,6 +92,11 @@ pub struct RouterArgs {
     #[arg(long, env = "FLYNN_NO_DEFAULT_CERT", conflicts_with = "default_cert")]
     pub no_default_cert: bool,
 
+    /// How often the TLS session ticket keys, shared by every router through the store, are
+    /// replaced; a ticket resumes for one to two periods (the previous key still opens).
+    #[arg(long, env = "FLYNN_TLS_TICKET_ROTATE", default_value = "12h", value_parser = parse_whole_seconds)]
+    pub tls_ticket_rotate: Duration,
+
     /// CA certificates (PEM) that backends' certificates must be signed by, for routes with
     /// `backend_protocol: h2` (HTTP/2 over TLS). Default: the system's trusted roots.
     #[arg(long, env = "FLYNN_BACKEND_CA")]
@@ -294,6 +299,7 @@ impl RouterArgs {
             http_addrs: self.http_addrs,
             https_addrs,
             default_cert,
+            ticket_rotate: self.tls_ticket_rotate,
             h2c: self.h2c,
             h1_fast_path: self.h1_fast_path,
             backend_ca: self.backend_ca,

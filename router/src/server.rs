@@ -30,6 +30,7 @@ use crate::registration::{self, Registration};
 use crate::sync::{self, TableWriter};
 use crate::table::Table;
 use crate::tcp::{self, TcpSettings};
+use crate::tls::tickets::{keeper::Keeper, SharedTicketer};
 use crate::tls::SniResolver;
 
 /// Where the router gets its store from.
@@ -50,6 +51,8 @@ pub struct RouterConfig {
     pub https_addrs: Vec<SocketAddr>,
     /// Served when no route's certificate matches the SNI name; None fails such handshakes.
     pub default_cert: Option<Arc<CertifiedKey>>,
+    /// How often the TLS session ticket keys shared through the store are replaced.
+    pub ticket_rotate: Duration,
     /// Accept HTTP/2 with prior knowledge (h2c) on the plain listeners.
     pub h2c: bool,
     /// Plain HTTP/1.1 requests through the router's own loop (`proxy::h1`), the rest to pingora.
@@ -139,10 +142,12 @@ pub fn build(config: RouterConfig) -> Server {
         config.default_cert.clone(),
         metrics.clone(),
     ));
+    let ticketer = SharedTicketer::new(config.ticket_rotate);
     let listeners = Listeners {
         http: &config.http_addrs,
         https: &config.https_addrs,
         resolver,
+        ticketer: ticketer.clone(),
         threads: config.threads,
         handshake_timeout: config.client_timeouts.header,
         limit: limit.clone(),
@@ -183,6 +188,17 @@ pub fn build(config: RouterConfig) -> Server {
             metrics: metrics.clone(),
         },
     );
+    let tickets = (!config.https_addrs.is_empty()).then(|| {
+        background_service(
+            "flynn-router tls tickets",
+            Keeper {
+                store: config.store.clone(),
+                keys: config.keys.clone(),
+                period: config.ticket_rotate,
+                ticketer,
+            },
+        )
+    });
     let writer = TableWriter::new(config.keys, table.clone(), metrics.clone());
     let mut tcp_routes = background_service(
         "flynn-router tcp routes",
@@ -223,6 +239,9 @@ pub fn build(config: RouterConfig) -> Server {
     server.add_service(registration);
     server.add_service(tcp_routes);
     server.add_service(drain);
+    if let Some(tickets) = tickets {
+        server.add_service(tickets);
+    }
     server
 }
 
@@ -234,6 +253,7 @@ struct Listeners<'a> {
     http: &'a [SocketAddr],
     https: &'a [SocketAddr],
     resolver: Arc<SniResolver>,
+    ticketer: Arc<SharedTicketer>,
     threads: usize,
     /// How long a connection's PROXY header and TLS handshake may take.
     handshake_timeout: Duration,
@@ -279,7 +299,7 @@ impl Listeners<'_> {
             // from it in pieces, and a larger one only costs idle connections memory.
             service.endpoints().add_listener(
                 ListenerConfig::tcp(addr.to_string())
-                    .tls(tls_settings(self.resolver.clone()))
+                    .tls(tls_settings(self.resolver.clone(), self.ticketer.clone()))
                     .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
             );
         }
@@ -293,13 +313,15 @@ impl Listeners<'_> {
     }
 }
 
-/// TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1 by ALPN, the certificate chosen per handshake.
-fn tls_settings(resolver: Arc<SniResolver>) -> TlsSettings {
+/// TLS 1.2 and 1.3, HTTP/2 or HTTP/1.1 by ALPN, the certificate chosen per handshake, session
+/// tickets sealed with the keys shared through the store.
+fn tls_settings(resolver: Arc<SniResolver>, ticketer: Arc<SharedTicketer>) -> TlsSettings {
     // No files: the resolver supplies every certificate.
     let mut settings =
         TlsSettings::intermediate("", "").expect("TLS settings without files cannot fail");
     settings.set_cert_resolver(resolver);
     settings.enable_h2();
+    settings.set_config_hook(Box::new(move |config| config.ticketer = ticketer));
     settings
 }
 

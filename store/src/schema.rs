@@ -4,6 +4,7 @@
 //! <prefix>/routes/<id>                    Route
 //! <prefix>/certs/<id>                     Certificate
 //! <prefix>/services/<service>/<instance>  Instance (bound to a lease)
+//! <prefix>/tls/ticket-keys                the routers' TLS session ticket keys
 //! ```
 
 /// The default prefix of every Flynn key.
@@ -44,6 +45,12 @@ impl Keys {
     /// The key sealing routers' sticky-session cookies (64 hex digits), shared by every router.
     pub fn cookie_key(&self) -> String {
         format!("{}/router/cookie-key", self.prefix)
+    }
+
+    /// The keys sealing TLS session tickets, shared (and rotated) by every router: JSON
+    /// `{"keys": [{"name", "key", "created"}, ...]}`, newest first (router/src/tls/tickets/).
+    pub fn tls_ticket_keys(&self) -> String {
+        format!("{}/tls/ticket-keys", self.prefix)
     }
 
     pub fn routes(&self) -> String {

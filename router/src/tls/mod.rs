@@ -1,7 +1,9 @@
-//! TLS: certificates from the store checked and parsed (`certs`), and the certificate chosen per
-//! handshake by SNI from the current table (`SniResolver`), else the default keypair.
+//! TLS: certificates from the store checked and parsed (`certs`), the certificate chosen per
+//! handshake by SNI from the current table (`SniResolver`), else the default keypair, and
+//! session tickets sealed with keys shared through the store (`tickets`).
 
 mod certs;
+pub mod tickets;
 
 use std::sync::Arc;
 

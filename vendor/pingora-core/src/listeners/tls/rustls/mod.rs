@@ -38,7 +38,13 @@ pub struct TlsSettings {
     client_cert_verifier: Option<Arc<dyn ClientCertVerifier>>,
     callbacks: Option<TlsAcceptCallbacks>,
     offload_threadpool: Option<(usize, usize)>,
+    // flynn patch: see TlsSettings::set_config_hook.
+    config_hook: Option<ConfigHook>,
 }
+
+// flynn patch: a last say over the rustls ServerConfig that build() makes.
+/// Called with the [`ServerConfig`] that [`TlsSettings::build`] made, before it is used.
+pub type ConfigHook = Box<dyn FnOnce(&mut ServerConfig) + Send + Sync>;
 
 pub struct Acceptor {
     pub acceptor: RusTlsAcceptor,
@@ -94,6 +100,10 @@ impl TlsSettings {
         if let Some(alpn_protocols) = self.alpn_protocols {
             config.alpn_protocols = alpn_protocols;
         }
+        // flynn patch: see TlsSettings::set_config_hook.
+        if let Some(hook) = self.config_hook {
+            hook(&mut config);
+        }
 
         Acceptor {
             acceptor: RusTlsAcceptor::from(Arc::new(config)),
@@ -126,6 +136,13 @@ impl TlsSettings {
     /// handshake.
     pub fn set_cert_resolver(&mut self, resolver: Arc<dyn ResolvesServerCert>) {
         self.cert_resolver = Some(resolver);
+    }
+
+    // flynn patch: settings this type has no setter for (session ticket keys, ...).
+    /// Changes the [`ServerConfig`] that [`TlsSettings::build`] makes (after the certificates
+    /// and ALPN are set) before it is used, e.g. its `ticketer`.
+    pub fn set_config_hook(&mut self, hook: ConfigHook) {
+        self.config_hook = Some(hook);
     }
 
     /// Set the path to the certificate chain file (PEM format).
@@ -200,6 +217,8 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: None,
             offload_threadpool: None,
+            // flynn patch: see TlsSettings::set_config_hook.
+            config_hook: None,
         })
     }
 
@@ -220,6 +239,8 @@ impl TlsSettings {
             client_cert_verifier: None,
             callbacks: Some(callbacks),
             offload_threadpool: None,
+            // flynn patch: see TlsSettings::set_config_hook.
+            config_hook: None,
         })
     }
 }
