@@ -66,6 +66,7 @@ pub async fn build(
         kind: "Dockerfile".to_owned(),
         port,
         slug: None,
+        stack: None,
     })
 }
 

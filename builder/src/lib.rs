@@ -9,8 +9,8 @@
 //!
 //! The parts: [`stack`] (the `flynn/stack:<version>` image built from Debian packages),
 //! [`buildpack`] (Heroku's classic buildpack API run in a container of the stack),
-//! [`slug`] (a compiled slug tarball + the stack → an app image; what a host agent on another
-//! machine would run to rebuild the image from the slug), [`dockerfile`] (builds through the
+//! [`slug`] (a compiled slug tarball + the stack → an app image; what a host agent whose
+//! engine lacks an app's image runs to rebuild it from the slug the controller keeps), [`dockerfile`] (builds through the
 //! engine's build API), [`procfile`] (the Procfile parser). `builder/README.md` has the
 //! detection order, the slug format and how to use your own stack image.
 
@@ -68,6 +68,9 @@ pub struct Built {
     /// The slug tarball (buildpack builds, when [`Options::slug_dir`] is set): from it and the
     /// stack image, [`slug::image_from_slug`] rebuilds the same image on another machine.
     pub slug: Option<PathBuf>,
+    /// The stack image a buildpack build's image is layered on (and a slug must be rebuilt
+    /// on); None for a Dockerfile build.
+    pub stack: Option<String>,
 }
 
 /// How the builder is set up on this machine (the defaults suit `flynn server`).

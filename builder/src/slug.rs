@@ -44,6 +44,12 @@ pub fn argv(command: &str) -> Vec<String> {
     vec![RUNNER_PATH.to_owned(), command.to_owned()]
 }
 
+/// The labels a build puts on its image (`flynn.builder.{app,app-name,build}`), for an image
+/// rebuilt from the build's slug.
+pub fn labels(app_id: &str, app_name: &str, build_id: &str) -> HashMap<String, String> {
+    engine::labels(app_id, app_name, build_id)
+}
+
 /// What a slug image is: its id, and the Procfile's types when the slug has one.
 #[derive(Debug)]
 pub struct SlugImage {
@@ -52,17 +58,17 @@ pub struct SlugImage {
 }
 
 /// Builds the image `tag` from a slug tarball (gzipped, entries under `app/`) on `stack`
-/// (which must be in the engine), with `labels`; the Procfile found in the slug is parsed and
-/// returned. The tag is not left behind if this fails or is dropped half-way.
+/// (which must be in the engine), with `labels` (e.g. [`labels`]); the Procfile found in the
+/// slug is parsed and returned. The tag is not left behind if this fails or is dropped
+/// half-way.
 pub async fn image_from_slug(
     docker: &Docker,
     stack: &str,
-    slug_tgz: &[u8],
+    slug: Vec<u8>,
     tag: &str,
     labels: HashMap<String, String>,
     out: &Output,
 ) -> Result<SlugImage, BuildError> {
-    let slug = slug_tgz.to_vec();
     let tar = tokio::task::spawn_blocking(move || {
         let mut tar = Vec::new();
         flate2::read::GzDecoder::new(slug.as_slice()).read_to_end(&mut tar)?;

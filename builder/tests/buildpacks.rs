@@ -330,7 +330,7 @@ async fn a_kept_slug_rebuilds_the_app_image() {
     let labels = HashMap::from([("flynn.builder.app-name".to_owned(), app.name.clone())]);
     let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let drain = tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let rebuilt = slug::image_from_slug(&docker, &stack, &slug, &tag, labels, &tx)
+    let rebuilt = slug::image_from_slug(&docker, &stack, slug, &tag, labels, &tx)
         .await
         .expect("the image is rebuilt from the slug");
     drop(tx);

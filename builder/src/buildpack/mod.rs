@@ -108,6 +108,7 @@ pub async fn build(
         kind: format!("buildpack {}", pack.name),
         port: None,
         slug: slug_path,
+        stack: Some(stack_image),
     })
 }
 

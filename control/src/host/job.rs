@@ -277,9 +277,11 @@ async fn create(ctx: &Ctx, job: &Job) -> Result<(String, Option<SocketAddr>), St
     }
     env.extend(meta(job));
     let labels = labels(&ctx.config.id, job);
+    let image = image_of(&artifact)?;
+    let image = super::slugs::image(ctx, &artifact, image, (&job.app_id, &job.app_name)).await?;
     let mut spec = Spec {
         name: format!("flynn-{}", job.id),
-        image: image_of(&artifact)?,
+        image,
         args: process.args.clone(),
         env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
         labels,

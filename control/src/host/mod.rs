@@ -5,13 +5,15 @@
 //! It is level-triggered: it lists its jobs (`<prefix>/jobs/<host>/`) whenever they change (and
 //! every few seconds), starts a task for each pending job, and tells a task to stop when its job
 //! is marked `stop` or deleted. On start it adopts the running containers carrying its label
-//! whose job is still wanted, and removes every other container carrying it.
+//! whose job is still wanted, and removes every other container carrying it. An image its
+//! engine lacks is rebuilt from the build's slug, fetched from the controller ([`slugs`]).
 
 pub mod api;
 pub mod cmd;
 pub mod docker;
 mod job;
 pub mod run;
+mod slugs;
 pub mod tails;
 
 pub use self::job::memory_limit as job_memory_limit;
@@ -86,6 +88,12 @@ pub struct HostArgs {
     #[arg(long = "job-drain-timeout", env = "FLYNN_JOB_DRAIN_TIMEOUT", default_value = "30s",
         value_parser = humantime::parse_duration)]
     pub job_drain_timeout: Duration,
+
+    /// Where this host reaches the controller, e.g. http://10.0.0.2:8081, when not at the URL
+    /// the controller put in its artifacts (the slugs of buildpack builds are fetched from it
+    /// to rebuild an image the engine lacks) [default: the artifact's URL]
+    #[arg(long = "controller-url", env = "FLYNN_HOST_CONTROLLER_URL")]
+    pub controller_url: Option<String>,
 }
 
 fn parse_tag(raw: &str) -> anyhow::Result<(String, String)> {
@@ -115,6 +123,8 @@ pub struct AgentConfig {
     pub key: String,
     /// Where the last output of finished jobs is kept ([`tails`]).
     pub job_logs: PathBuf,
+    /// The controller's URL, for slugs (None: the one in the artifact).
+    pub controller_url: Option<String>,
 }
 
 impl AgentConfig {
@@ -143,6 +153,7 @@ impl AgentConfig {
             api_addr: args.api_addr,
             key: String::new(),
             job_logs: data.join("job-logs"),
+            controller_url: args.controller_url.clone().filter(|u| !u.trim().is_empty()),
         })
     }
 }
@@ -170,6 +181,8 @@ pub(crate) struct Ctx {
     pub lease: watch::Receiver<LeaseId>,
     /// The finished jobs' output.
     pub tails: tails::Tails,
+    /// Images being rebuilt from their slugs.
+    pub slugs: slugs::Slugs,
 }
 
 /// A running job task.
@@ -254,6 +267,7 @@ pub async fn run(db: Db, config: AgentConfig) {
         config,
         lease: lease_rx,
         tails,
+        slugs: slugs::Slugs::default(),
     });
     tokio::spawn(api::serve(ctx.clone(), api_listener, key));
     let mut tasks = HashMap::new();

@@ -194,6 +194,9 @@ pub(crate) async fn create(
         .ok_or_else(|| RunError::Failed(format!("artifact {artifact_id} not found")))?
         .value;
     let image = image_of(&artifact).map_err(RunError::Invalid)?;
+    let image = super::slugs::image(ctx, &artifact, image, (&app.id, &app.name))
+        .await
+        .map_err(RunError::Failed)?;
     let now = db::now();
     let job = Job {
         id: uuid::Uuid::new_v4().to_string(),

@@ -2,8 +2,10 @@
 //! endpoint (real git, real `git http-backend`), its key checks, the pre-receive hook's rules,
 //! the credential helper `flynn create` sets up, serialised pushes ([`endpoint`]); and whole
 //! pushes built by the builder on the real Docker Engine, deployed and served through the
-//! router, a second push under wrk, a failing build, a cancelled push ([`deploy`]). The tests
-//! fail (never skip) without git, Docker or wrk, and remove the containers and images they make.
+//! router, a second push under wrk, a failing build, a cancelled push ([`deploy`]); a Python
+//! app ([`python`]), a static app ([`static_app`]) and a Procfile-only app whose image a host
+//! rebuilds from the slug the controller keeps ([`slug`]). The tests fail (never skip) without
+//! git, Docker, curl or wrk, and remove the containers and images they make.
 
 mod deploy;
 mod endpoint;
@@ -14,6 +16,8 @@ mod engine;
 #[allow(dead_code)]
 mod harness;
 mod python;
+mod slug;
+mod static_app;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -29,7 +29,7 @@ use super::super::apps;
 use super::super::error::{ApiError, ApiResult};
 use super::super::extract::Params;
 use super::super::types::{App, Release};
-use super::{release, GitState};
+use super::{release, slugs, GitState};
 
 /// How often the stream says it is alive when the build is silent (a write to a client that
 /// went away fails, which is how its departure is noticed).
@@ -187,14 +187,23 @@ async fn run(
         ),
     )
     .await;
-    let built = match flynn_builder::build(&build, &Options::default(), &out).await {
+    let slug_dir = slugs::dir(&state.git.config.data, &app.id);
+    let options = Options {
+        slug_dir: Some(slug_dir.clone()),
+        ..Options::default()
+    };
+    // Where the builder keeps the slug: removed unless a release is made of it.
+    let slug = slug_dir.join(format!("{}.tgz", build.build_id));
+    let built = match flynn_builder::build(&build, &options, &out).await {
         Ok(built) => built,
         Err(e) => {
+            slugs::discard(&slug).await;
             tracing::info!(app = %app.name, build = %build.build_id, error = %e, "build failed");
             return Err(format!("build failed: {e}"));
         }
     };
     if out.is_closed() {
+        slugs::discard(&slug).await;
         tracing::info!(app = %app.name, build = %build.build_id, "push went away after the build: not released");
         return Err("the push went away: not released".to_owned());
     }
@@ -208,8 +217,17 @@ async fn run(
         ),
     )
     .await;
-    let deployed =
-        release::release_and_deploy(&state, &app, previous, &built, rev.as_deref(), &out).await;
+    let deployed = release::release_and_deploy(
+        &state,
+        &app,
+        previous,
+        (&build.build_id, &built),
+        rev.as_deref(),
+        &out,
+    )
+    .await;
+    // A release may be made of it even when the deploy failed: kept, then pruned.
+    slugs::prune(&slug_dir).await;
     match &deployed {
         Ok(d) => tracing::info!(app = %app.name, release = %d.release_id,
             seconds = started.elapsed().as_secs_f64(), "build deployed"),

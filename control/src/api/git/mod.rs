@@ -13,11 +13,14 @@
 //! Pushes to one app are serialised: while a build of the app runs, another push is refused
 //! with a message saying so (it is not queued: the pusher decides whether to push again).
 //! Repositories live under `<data>/git/<app id>.git`; a controller's repositories are its own
-//! (several controllers on one store each keep theirs: push to one of them).
+//! (several controllers on one store each keep theirs: push to one of them). So are the
+//! slugs of its buildpack builds ([`slugs`]), which host agents fetch from it to rebuild an
+//! app's image their engine lacks.
 
 mod builds;
 mod http;
 mod release;
+pub mod slugs;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -36,11 +39,12 @@ use super::ApiState;
 #[derive(Clone, Debug)]
 pub struct GitConfig {
     /// Repositories go in `<data>/git`, build caches in `<data>/build-cache`, builds' source
-    /// trees in `<data>/builds` while they build.
+    /// trees in `<data>/builds` while they build, slugs in `<data>/slugs`.
     pub data: PathBuf,
     /// The `flynn` binary the pre-receive hook runs (the controller's own).
     pub flynn_bin: PathBuf,
-    /// Where the hook reaches the controller, e.g. `http://127.0.0.1:8081`.
+    /// Where the hook reaches the controller, e.g. `http://127.0.0.1:8081`; also the base of
+    /// the slug URLs in artifacts (host agents may replace it: `--controller-url`).
     pub controller_url: String,
     /// The Docker Engine builds run on (None: the default socket).
     pub docker: Option<String>,
@@ -90,6 +94,7 @@ pub fn router(api: ApiState, config: GitConfig) -> Router {
     };
     let builds = Router::new()
         .route("/apps/{app}/builds", post(builds::create))
+        .route("/apps/{app}/slugs/{build}", get(slugs::get))
         .layer(from_fn_with_state(api, super::auth::require_key));
     Router::new()
         .route("/git/{repo}/info/refs", get(http::info_refs))

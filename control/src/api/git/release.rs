@@ -1,4 +1,5 @@
-//! A built image becomes a release and is deployed: a `docker` artifact of the image, a
+//! A built image becomes a release and is deployed: a `docker` artifact of the image (with,
+//! for a buildpack build, where its slug is: [`super::slugs`]), a
 //! release with the build's process types and the previous release's env (and, for the
 //! types it had, their ports, env and limits), then the app's deployer by its strategy. The
 //! first push of an app also scales `web` to 1 and waits for it to be up.
@@ -19,7 +20,7 @@ use super::super::types::{
 };
 use super::super::{deployments, formations, jobs, releases, routes, ApiState};
 use super::builds::say;
-use super::GitState;
+use super::{slugs, GitState};
 
 /// The port `web` listens on (it gets it as `$PORT`) when the image names none, as `flynn
 /// deploy --image` gives it.
@@ -46,13 +47,27 @@ pub async fn release_and_deploy(
     state: &GitState,
     app: &App,
     previous: Option<Release>,
-    built: &Built,
+    (build_id, built): (&str, &Built),
     rev: Option<&str>,
     out: &Output,
 ) -> Result<Deployed, String> {
     let api = &state.api;
     say(out, "-----> Releasing".to_owned()).await;
-    let release = create_release(api, app, previous, built, rev)
+    let mut meta = BTreeMap::from([
+        (slugs::META_IMAGE.to_owned(), built.image.clone()),
+        ("build.kind".to_owned(), built.kind.clone()),
+        (slugs::META_BUILD.to_owned(), build_id.to_owned()),
+    ]);
+    if let Some(rev) = rev {
+        meta.insert("git.rev".to_owned(), rev.to_owned());
+    }
+    if let (Some(_), Some(stack)) = (&built.slug, &built.stack) {
+        let base = state.git.config.controller_url.trim_end_matches('/');
+        let url = format!("{base}{}", slugs::url_path(&app.id, build_id));
+        meta.insert(slugs::META_URL.to_owned(), url);
+        meta.insert(slugs::META_STACK.to_owned(), stack.clone());
+    }
+    let release = create_release(api, app, previous, built, meta)
         .await
         .map_err(|e| format!("cannot create the release: {e}"))?;
     let types: Vec<&str> = release.processes.keys().map(String::as_str).collect();
@@ -96,15 +111,8 @@ async fn create_release(
     app: &App,
     previous: Option<Release>,
     built: &Built,
-    rev: Option<&str>,
+    meta: BTreeMap<String, String>,
 ) -> ApiResult<Release> {
-    let mut meta = BTreeMap::from([
-        ("docker.image".to_owned(), built.image.clone()),
-        ("build.kind".to_owned(), built.kind.clone()),
-    ]);
-    if let Some(rev) = rev {
-        meta.insert("git.rev".to_owned(), rev.to_owned());
-    }
     let (_, Json(artifact)) = releases::create_artifact(
         State(api.clone()),
         Body(NewArtifact {
