@@ -76,17 +76,29 @@ pub async fn build(
         ),
     )
     .await?;
-    let (slug_tar, slug_path) = match &options.slug_dir {
-        Some(dir) => {
-            let (tar, path) = keep_slug(dir, &build.build_id, slug_tar).await?;
-            (tar, Some(path))
+    // The slug is compressed and kept while the image is made of it.
+    let slug_tar = bytes::Bytes::from(slug_tar);
+    let keep = async {
+        match &options.slug_dir {
+            Some(dir) => keep_slug(dir, &build.build_id, slug_tar.clone())
+                .await
+                .map(Some),
+            None => Ok(None),
         }
-        None => (slug_tar, None),
     };
-
-    say(out, format!("-----> Building the image {tag}")).await?;
-    let (image_id, procfile, guard) =
-        slug::assemble(docker, &stack_image, slug_tar, tag, labels, out).await?;
+    let assemble = async {
+        say(out, format!("-----> Building the image {tag}")).await?;
+        slug::assemble(docker, &stack_image, slug_tar.clone(), tag, labels, out).await
+    };
+    let (kept, assembled) = tokio::join!(keep, assemble);
+    let (image_id, procfile, guard, slug_path) = match (assembled, kept) {
+        (Ok((id, procfile, guard)), Ok(path)) => (id, procfile, guard, path),
+        (Err(e), Ok(Some(path))) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(e);
+        }
+        (Err(e), _) | (Ok(_), Err(e)) => return Err(e),
+    };
     let processes = processes(release.default_process_types, procfile);
     say(
         out,
@@ -175,20 +187,12 @@ async fn compile(
     Ok((pack, release, slug))
 }
 
-/// Writes the slug tarball (gzipped) as `<dir>/<build id>.tgz`; the tar is handed back (it
-/// can be as big as [`MAX_SLUG`]: it is not copied).
-async fn keep_slug(
-    dir: &Path,
-    build_id: &str,
-    tar: Vec<u8>,
-) -> Result<(Vec<u8>, PathBuf), BuildError> {
-    let (tar, slug) = tokio::task::spawn_blocking(move || {
-        let slug = slug::compress(&tar);
-        (tar, slug)
-    })
-    .await
-    .map_err(|e| BuildError::Source(e.to_string()))?;
-    let slug = slug.map_err(|e| BuildError::Source(format!("compressing the slug: {e}")))?;
+/// Writes the slug tarball (gzipped) as `<dir>/<build id>.tgz`.
+async fn keep_slug(dir: &Path, build_id: &str, tar: bytes::Bytes) -> Result<PathBuf, BuildError> {
+    let slug = tokio::task::spawn_blocking(move || slug::compress(&tar))
+        .await
+        .map_err(|e| BuildError::Source(e.to_string()))?
+        .map_err(|e| BuildError::Source(format!("compressing the slug: {e}")))?;
     let path = dir.join(format!("{build_id}.tgz"));
     tokio::fs::create_dir_all(dir)
         .await
@@ -196,7 +200,7 @@ async fn keep_slug(
     tokio::fs::write(&path, &slug)
         .await
         .map_err(|e| BuildError::Source(format!("cannot keep the slug: {e}")))?;
-    Ok((tar, path))
+    Ok(path)
 }
 
 /// The Procfile's types over the buildpack's defaults, each as an argv through the runner.

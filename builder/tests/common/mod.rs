@@ -171,6 +171,16 @@ impl Drop for App {
         for i in &self.images {
             let _ = Command::new("docker").args(["rmi", "-f", i]).output();
         }
+        // The dependency layers its images sat on (`flynn/app-<name>:deps-…`).
+        let deps = Command::new("docker")
+            .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .args(["--filter", &format!("reference=flynn/app-{}", self.name)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for tag in deps.lines() {
+            let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
+        }
         // The build cache holds files of the build user: root removes them.
     }
 }

@@ -236,25 +236,32 @@ impl Drop for Cleanup {
             "ps",
             "-aq",
             "--filter",
-            &format!("label=flynn.app-name={}", self.app),
+            &format!("label=flynn.builder.app-name={}", self.app),
         ]);
         for id in containers.iter().chain(&builds) {
             let _ = Command::new("docker").args(["rm", "-f", id]).output();
         }
-        let mut images = list(&[
-            "images",
-            "-q",
-            "--filter",
-            &format!("label=flynn.app-name={}", self.app),
-        ]);
-        images.extend(list(&[
-            "images",
-            "-q",
-            "--filter",
-            &format!("reference=flynn/app-{}", self.app),
-        ]));
-        for id in images {
-            let _ = Command::new("docker").args(["rmi", "-f", &id]).output();
+        // The app's images, then what they sat on (a dependency layer, `:deps-…`, goes once
+        // its children are gone): a few passes.
+        for _ in 0..3 {
+            let mut images = list(&[
+                "images",
+                "-aq",
+                "--filter",
+                &format!("label=flynn.builder.app-name={}", self.app),
+            ]);
+            images.extend(list(&[
+                "images",
+                "-q",
+                "--filter",
+                &format!("reference=flynn/app-{}", self.app),
+            ]));
+            if images.is_empty() {
+                break;
+            }
+            for id in images {
+                let _ = Command::new("docker").args(["rmi", "-f", &id]).output();
+            }
         }
     }
 }

@@ -24,19 +24,22 @@
 //! image (`flynn stack build` there makes the same version) fetches the slug tarball and calls
 //! [`image_from_slug`] to get the same image locally.
 
+mod layers;
+
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 use bollard::models::{ContainerConfig, ContainerCreateBody};
 use bollard::query_parameters::{CommitContainerOptionsBuilder, UploadToContainerOptionsBuilder};
 use bollard::Docker;
+use bytes::Bytes;
 
 use crate::context::Tar;
-use crate::engine::{self, engine_error, ImageGuard};
+use crate::engine::{self, engine_error, ImageGuard, LABEL_BUILD};
 use crate::{procfile, say, stack, BuildError, Output};
 
 /// The runner, copied into every app image.
-pub const RUNNER: &str = include_str!("../runner/init");
+pub const RUNNER: &str = include_str!("../../runner/init");
 pub const RUNNER_PATH: &str = "/runner/init";
 
 /// A process's argv: its command line through the runner.
@@ -77,7 +80,7 @@ pub async fn image_from_slug(
     .await
     .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
     .map_err(|e| BuildError::Source(format!("the slug is not a gzipped tar: {e}")))?;
-    let (image_id, procfile, guard) = assemble(docker, stack, tar, tag, labels, out).await?;
+    let (image_id, procfile, guard) = assemble(docker, stack, tar.into(), tag, labels, out).await?;
     guard.keep();
     Ok(SlugImage { image_id, procfile })
 }
@@ -87,7 +90,7 @@ pub async fn image_from_slug(
 pub(crate) async fn assemble(
     docker: &Docker,
     stack: &str,
-    slug_tar: Vec<u8>,
+    slug_tar: Bytes,
     tag: &str,
     labels: HashMap<String, String>,
     out: &Output,
@@ -100,17 +103,31 @@ pub(crate) async fn assemble(
             "{stack} is not in the Docker Engine (flynn stack build makes it)"
         )));
     }
-    let (slug_tar, procfile) = tokio::task::spawn_blocking(move || {
-        let procfile = check(&slug_tar)?;
-        Ok::<_, std::io::Error>((slug_tar, procfile))
+    let (slug_tar, split) = tokio::task::spawn_blocking(move || {
+        let split = layers::split(&slug_tar)?;
+        Ok::<_, std::io::Error>((slug_tar, split))
     })
     .await
     .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
     .map_err(|e| BuildError::Source(format!("the slug: {e}")))?;
-    let procfile = procfile.map(|bytes| procfile::parse(&bytes)).transpose()?;
+    let procfile = split
+        .procfile
+        .map(|bytes| procfile::parse(&bytes))
+        .transpose()?;
+    // Named after the tag, so that a leftover is easy to tell (build ids are unique).
+    let name = format!("flynn-assemble-{}", tag.replace(['/', ':'], "-"));
+    let base = match split.deps {
+        Some(deps) => {
+            let mut labels = labels.clone();
+            labels.remove(LABEL_BUILD);
+            dependency_image(docker, stack, repo, deps, labels, &name, out).await?
+        }
+        None => stack.to_owned(),
+    };
+    let app_tar = split.rest.map_or(slug_tar, Bytes::from);
 
     let body = ContainerCreateBody {
-        image: Some(stack.to_owned()),
+        image: Some(base),
         user: Some(stack::USER.to_owned()),
         working_dir: Some(stack::APP_DIR.to_owned()),
         env: Some(vec![format!("HOME={}", stack::APP_DIR)]),
@@ -119,40 +136,108 @@ pub(crate) async fn assemble(
         labels: Some(labels),
         ..ContainerCreateBody::default()
     };
-    // Named after the tag, so that a leftover is easy to tell (build ids are unique).
-    let name = format!("flynn-assemble-{}", tag.replace(['/', ':'], "-"));
     let container = engine::create_container(docker, &name, body).await?;
     let result = async {
         let runner = runner_tar().map_err(|e| BuildError::Source(e.to_string()))?;
-        for tar in [runner, slug_tar] {
-            docker
-                .upload_to_container(
-                    container.id(),
-                    Some(UploadToContainerOptionsBuilder::default().path("/").build()),
-                    bollard::body_full(tar.into()),
-                )
-                .await
-                .map_err(engine_error)?;
+        for tar in [runner.into(), app_tar] {
+            upload(docker, container.id(), tar).await?;
         }
         let guard = ImageGuard::new(docker, tag);
-        let options = CommitContainerOptionsBuilder::default()
-            .container(container.id())
-            .repo(repo)
-            .tag(version)
-            .comment("flynn: a slug on the stack")
-            .pause(false)
-            .build();
-        let committed = docker
-            .commit_container(options, ContainerConfig::default())
-            .await
-            .map_err(engine_error)?;
-        Ok::<_, BuildError>((committed.id, guard))
+        let id = commit(
+            docker,
+            container.id(),
+            (repo, version),
+            "flynn: a slug on the stack",
+        )
+        .await?;
+        Ok::<_, BuildError>((id, guard))
     }
     .await;
     container.remove().await;
     let (id, guard) = result?;
     say(out, format!("       image {}", short(&id))).await?;
     Ok((id, procfile, guard))
+}
+
+/// The image of the stack and a slug's dependencies, `<repo>:deps-<hash>`: the one in the
+/// engine if there is one, else made (from a container named `<name>-deps`).
+async fn dependency_image(
+    docker: &Docker,
+    stack: &str,
+    repo: &str,
+    deps: layers::Deps,
+    labels: HashMap<String, String>,
+    name: &str,
+    out: &Output,
+) -> Result<String, BuildError> {
+    let version = format!("deps-{}", deps.hash);
+    let tag = format!("{repo}:{version}");
+    if stack::exists(docker, &tag).await? {
+        say(out, format!("       dependencies unchanged ({version})")).await?;
+        return Ok(tag);
+    }
+    let body = ContainerCreateBody {
+        image: Some(stack.to_owned()),
+        labels: Some(labels),
+        ..ContainerCreateBody::default()
+    };
+    let container = engine::create_container(docker, &format!("{name}-deps"), body).await?;
+    let result = async {
+        upload(docker, container.id(), deps.tar.into()).await?;
+        let guard = ImageGuard::new(docker, &tag);
+        let id = commit(
+            docker,
+            container.id(),
+            (repo, &version),
+            "flynn: a slug's dependencies",
+        )
+        .await?;
+        Ok::<_, BuildError>((id, guard))
+    }
+    .await;
+    container.remove().await;
+    let (id, guard) = result?;
+    // Whole: another build may use it.
+    guard.keep();
+    say(
+        out,
+        format!("       dependencies {version}: image {}", short(&id)),
+    )
+    .await?;
+    Ok(tag)
+}
+
+/// Extracts `tar` at `/` in a container.
+async fn upload(docker: &Docker, container: &str, tar: Bytes) -> Result<(), BuildError> {
+    docker
+        .upload_to_container(
+            container,
+            Some(UploadToContainerOptionsBuilder::default().path("/").build()),
+            bollard::body_full(tar),
+        )
+        .await
+        .map_err(engine_error)
+}
+
+/// Commits a container as `repo:version` (its config as created); the image's id.
+async fn commit(
+    docker: &Docker,
+    container: &str,
+    (repo, version): (&str, &str),
+    comment: &str,
+) -> Result<String, BuildError> {
+    let options = CommitContainerOptionsBuilder::default()
+        .container(container)
+        .repo(repo)
+        .tag(version)
+        .comment(comment)
+        .pause(false)
+        .build();
+    let committed = docker
+        .commit_container(options, ContainerConfig::default())
+        .await
+        .map_err(engine_error)?;
+    Ok(committed.id)
 }
 
 fn short(id: &str) -> &str {
@@ -166,30 +251,6 @@ fn runner_tar() -> std::io::Result<Vec<u8>> {
     tar.dir("runner", 0o755, 0)?;
     tar.file("runner/init", RUNNER.as_bytes(), 0o755, 0)?;
     tar.finish()
-}
-
-/// Checks that every entry of a slug's tar is under `app/` (no absolute path, no `..`), and
-/// returns its `app/Procfile`, if any.
-fn check(slug_tar: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-    let mut procfile = None;
-    let mut archive = tar::Archive::new(slug_tar);
-    for entry in archive.entries()? {
-        let mut entry = entry?;
-        let path = entry.path()?.to_string_lossy().into_owned();
-        let clean = path.trim_start_matches("./");
-        let inside = clean == "app" || clean == "app/" || clean.starts_with("app/");
-        if !inside || clean.split('/').any(|c| c == "..") {
-            return Err(std::io::Error::other(format!(
-                "entry {path:?} is outside app/"
-            )));
-        }
-        if clean == "app/Procfile" && entry.header().entry_type().is_file() {
-            let mut data = Vec::new();
-            entry.read_to_end(&mut data)?;
-            procfile = Some(data);
-        }
-    }
-    Ok(procfile)
 }
 
 /// Gzips a slug's tar (what the engine's archive download of `/app` gives) into a slug
@@ -206,27 +267,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_slug_is_checked_and_its_procfile_found() {
+    fn a_slug_is_compressed_and_back() {
         let mut app = Tar::new();
         app.dir("app", 0o755, 1000).expect("dir");
         app.file("app/Procfile", b"web: python app.py\n", 0o644, 1000)
             .expect("file");
         let tar = app.finish().expect("tar");
-        assert_eq!(
-            check(&tar).expect("valid").as_deref(),
-            Some(&b"web: python app.py\n"[..])
-        );
         let slug = compress(&tar).expect("gzip");
         let mut back = Vec::new();
         flate2::read::GzDecoder::new(slug.as_slice())
             .read_to_end(&mut back)
             .expect("gunzip");
         assert_eq!(back, tar);
-
-        let mut bad = Tar::new();
-        bad.file("etc/passwd", b"x", 0o644, 0).expect("file");
-        let err = check(&bad.finish().expect("tar")).expect_err("outside");
-        assert!(err.to_string().contains("outside app/"), "{err}");
         assert_eq!(argv("python app.py"), ["/runner/init", "python app.py"]);
     }
 }
