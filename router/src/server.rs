@@ -79,6 +79,8 @@ pub struct RouterConfig {
     pub upgrade: bool,
     /// Where the running router hands its sockets over on SIGQUIT.
     pub upgrade_sock: String,
+    /// Where the route table is kept on disk between runs (`crate::sync::snapshot`).
+    pub snapshot: Option<std::path::PathBuf>,
 }
 
 /// A ready-to-run pingora server with the router's services added.
@@ -199,7 +201,8 @@ pub fn build(config: RouterConfig) -> Server {
             },
         )
     });
-    let writer = TableWriter::new(config.keys, table.clone(), metrics.clone());
+    let writer = TableWriter::new(config.keys, table.clone(), metrics.clone())
+        .with_snapshot(config.snapshot);
     let mut tcp_routes = background_service(
         "flynn-router tcp routes",
         TcpRoutes {
@@ -360,14 +363,13 @@ impl BackgroundService for StoreSync {
             Ok(mut slot) => slot.take(),
             Err(_) => None,
         };
-        let Some(writer) = writer else {
+        let Some(mut writer) = writer else {
             return;
         };
+        let snapshots = writer.snapshots();
         let work = async {
-            let store = match &self.source {
-                StoreSource::Url(url) => sync::open_with_retry(url).await,
-                StoreSource::Shared(store) => store.clone(),
-            };
+            // Serves the table saved on disk, if any, while the store opens.
+            let store = sync::open(&self.source, &mut writer).await;
             if let Some(sticky) = &self.sticky {
                 let (store, keys, sticky) = (store.clone(), writer.keys().clone(), sticky.clone());
                 tokio::spawn(async move {
@@ -384,6 +386,9 @@ impl BackgroundService for StoreSync {
         tokio::select! {
             _ = work => {}
             _ = shutdown.changed() => {}
+        }
+        if let Some(snapshots) = snapshots {
+            snapshots.save().await;
         }
     }
 }

@@ -1,23 +1,37 @@
 //! How a route gets from the store into the table: one mirror per prefix (routes, service
-//! instances) feeds [`TableWriter`], which edits its private table incrementally and publishes
-//! an immutable snapshot after each batch of changes.
+//! instances, certificates) feeds [`TableWriter`], which edits its private table incrementally
+//! and publishes an immutable snapshot after each batch of changes.
+//!
+//! With `--snapshot` ([`snapshot`]) the published table is also kept on disk with the store's
+//! id and the revision its routes and its instances reflect. At start [`open`] loads it and
+//! serves it at once; the routes and instances mirrors then resume from those revisions
+//! (`mirror::spawn_resuming`): changes made while the router was down come as watch events,
+//! and the mirror lists (the listing replacing the table when it ends) only when the store was
+//! replaced, went back, or was compacted past them. Certificates are not on disk (their keys
+//! stay in the store): they are listed at every start.
+
+pub mod snapshot;
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use flynn_store::mirror::{self, ListPage, MirrorEvent, Options};
+use flynn_store::mirror::{self, ListPage, MirrorEvent, Options, Resume};
 use flynn_store::schema::ROUTE_SPLITS;
 use flynn_store::types::{Certificate, HttpRouteRef, Instance, Route};
-use flynn_store::{KeyValue, Keys, Listing, Store};
+use flynn_store::{KeyValue, Keys, Listing, Revision, Store};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::proxy::sticky;
+use crate::server::StoreSource;
+use crate::table::snapshot::Meta;
 use crate::table::{RouteEntry, RouteId, Table};
 use crate::tls;
+use snapshot::Snapshots;
 
 /// Most changes applied before a snapshot is published.
 const MAX_BATCH: usize = 4096;
@@ -31,6 +45,9 @@ const PAGE_SIZE_ENV: &str = "FLYNN_STORE_PAGE_SIZE";
 /// Parts of the routes listed side by side; `FLYNN_STORE_LIST_PARALLEL` overrides it.
 const LIST_PARALLEL: usize = 4;
 const LIST_PARALLEL_ENV: &str = "FLYNN_STORE_LIST_PARALLEL";
+/// How long [`open`] waits for the store to say who it is before serving a loaded snapshot
+/// unchecked (the mirrors check it once the store answers).
+const CHECK_WAIT: Duration = Duration::from_secs(2);
 
 /// The prefixes the router mirrors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,6 +68,21 @@ pub struct TableWriter {
     published: watch::Sender<u64>,
     /// Per feed, the listing under way: what its pages held so far.
     listings: [Option<Seen>; 3],
+    /// Per feed, where its part of the table is from.
+    feeds: [FeedState; 3],
+    /// Per feed, the state loaded from a snapshot that its mirror resumes from.
+    resume: [Option<Resume>; 3],
+    /// Where the table is kept on disk (`--snapshot`).
+    snapshots: Option<Arc<Snapshots>>,
+}
+
+/// The store a feed's part of the table was read from and the revision it reflects: every
+/// change to the feed's keys up to it, none after it. No store while unknown (a listing under
+/// way, or none yet).
+#[derive(Clone, Debug, Default)]
+struct FeedState {
+    store: Option<String>,
+    revision: Revision,
 }
 
 /// The keys a listing has held so far, as hashes (8 bytes per key instead of a copy of each
@@ -98,7 +130,63 @@ impl TableWriter {
             revision: 0,
             published: watch::Sender::new(0),
             listings: [None, None, None],
+            feeds: Default::default(),
+            resume: [None, None, None],
+            snapshots: None,
         }
+    }
+
+    /// Keeps the table in a snapshot file at `path` (none: no snapshot).
+    pub fn with_snapshot(mut self, path: Option<PathBuf>) -> TableWriter {
+        self.snapshots = path.map(Snapshots::new);
+        self
+    }
+
+    /// The snapshot file's keeper, to save the last table at shutdown.
+    pub fn snapshots(&self) -> Option<Arc<Snapshots>> {
+        self.snapshots.clone()
+    }
+
+    /// Serves a table loaded from a snapshot; the routes and instances mirrors will resume
+    /// from where it was.
+    fn restore(&mut self, table: Table, meta: Meta) {
+        self.table = table;
+        for (feed, revision) in [(Feed::Routes, meta.routes), (Feed::Services, meta.services)] {
+            let i = feed as usize;
+            self.feeds[i] = FeedState {
+                store: Some(meta.store.clone()),
+                revision,
+            };
+            self.resume[i] = Some(Resume {
+                store: meta.store.clone(),
+                revision,
+            });
+        }
+        self.revision = meta.routes.max(meta.services);
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.loaded(meta);
+        }
+        self.publish();
+    }
+
+    /// Where the table is from, when it can be saved: both the routes and the instances from
+    /// one store, no listing of theirs under way.
+    fn snapshot_meta(&self) -> Option<Meta> {
+        let [routes, services] = [Feed::Routes, Feed::Services].map(|f| &self.feeds[f as usize]);
+        let store = routes.store.as_ref()?;
+        if services.store.as_ref() != Some(store)
+            || store.is_empty()
+            || self.listings[Feed::Routes as usize].is_some()
+            || self.listings[Feed::Services as usize].is_some()
+        {
+            return None;
+        }
+        Some(Meta {
+            prefix: self.keys.prefix().to_owned(),
+            store: store.clone(),
+            routes: routes.revision,
+            services: services.revision,
+        })
     }
 
     /// Changes every time a new table is published.
@@ -130,8 +218,14 @@ impl TableWriter {
             .certificates
             .set(self.table.certificate_count() as i64);
         self.metrics.store_revision.set(self.revision);
-        self.shared.store(Arc::new(self.table.clone()));
+        let table = Arc::new(self.table.clone());
+        self.shared.store(table.clone());
         self.published.send_modify(|generation| *generation += 1);
+        if let Some(snapshots) = &self.snapshots {
+            if let Some(meta) = self.snapshot_meta() {
+                snapshots.offer(table, meta);
+            }
+        }
     }
 
     /// Replaces every route with those listed.
@@ -357,6 +451,24 @@ impl TableWriter {
     }
 
     fn apply(&mut self, feed: Feed, event: MirrorEvent) {
+        let state = &mut self.feeds[feed as usize];
+        match &event {
+            MirrorEvent::Page(page) if page.first => state.store = None,
+            MirrorEvent::Put(kv) => state.revision = state.revision.max(kv.mod_revision),
+            MirrorEvent::Delete { mod_revision, .. } => {
+                state.revision = state.revision.max(*mod_revision)
+            }
+            MirrorEvent::Relisting(_) => *state = FeedState::default(),
+            _ => {}
+        }
+        if let MirrorEvent::Page(page) = &event {
+            if page.last {
+                *state = FeedState {
+                    store: Some(page.store.clone()).filter(|s| !s.is_empty()),
+                    revision: page.revision,
+                };
+            }
+        }
         match (feed, event) {
             (_, MirrorEvent::Page(page)) => self.list_page(feed, page),
             (Feed::Certs, MirrorEvent::Put(kv)) => {
@@ -411,10 +523,105 @@ pub async fn run(store: Arc<dyn Store>, writer: TableWriter, metrics: Arc<Metric
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|n| *n > 0)
         .unwrap_or(LIST_PARALLEL);
-    let _routes = mirror::spawn(store.clone(), keys.routes(), routes_tx, route_options);
-    let _services = mirror::spawn(store.clone(), keys.services(), services_tx, options);
-    let _certs = mirror::spawn(store, keys.certs(), certs_tx, options);
+    let [routes_from, services_from, _] = writer.resume.clone();
+    let spawn = |prefix: String, tx, options, from: Option<Resume>| match from {
+        Some(from) => mirror::spawn_resuming(store.clone(), prefix, tx, options, from),
+        None => mirror::spawn(store.clone(), prefix, tx, options),
+    };
+    let _routes = Abort(spawn(keys.routes(), routes_tx, route_options, routes_from));
+    let _services = Abort(spawn(keys.services(), services_tx, options, services_from));
+    let _certs = Abort(spawn(keys.certs(), certs_tx, options, None));
+    let _saver = writer
+        .snapshots
+        .clone()
+        .map(|snapshots| Abort(tokio::spawn(snapshots.run())));
     consume(writer, metrics, [routes_rx, services_rx, certs_rx]).await;
+}
+
+/// Ends a task when dropped (the store sync stops at shutdown).
+struct Abort(tokio::task::JoinHandle<()>);
+
+impl Drop for Abort {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens the store. With a snapshot file, loads it meanwhile and serves the table it holds at
+/// once when it is of this store: checked against the store's id and revision when the store
+/// answers within [`CHECK_WAIT`] (another store, or one that went back, and the snapshot is
+/// not used: the mirrors list); served unchecked otherwise (the store may be down: the last
+/// table is the one to serve), and the mirrors check the store when it answers.
+pub async fn open(source: &StoreSource, writer: &mut TableWriter) -> Arc<dyn Store> {
+    let open = async {
+        match source {
+            StoreSource::Url(url) => open_with_retry(url).await,
+            StoreSource::Shared(store) => store.clone(),
+        }
+    };
+    tokio::pin!(open);
+    let Some(snapshots) = writer.snapshots.clone() else {
+        return open.await;
+    };
+    let mut store = None;
+    let prefix = writer.keys.prefix().to_owned();
+    let loading = snapshots.load(&prefix);
+    tokio::pin!(loading);
+    let loaded = loop {
+        tokio::select! {
+            loaded = &mut loading => break loaded,
+            opened = &mut open, if store.is_none() => store = Some(opened),
+        }
+    };
+    let Some((table, meta)) = loaded else {
+        return match store {
+            Some(store) => store,
+            None => open.await,
+        };
+    };
+    let deadline = tokio::time::Instant::now() + CHECK_WAIT;
+    if store.is_none() {
+        if let Ok(opened) = tokio::time::timeout_at(deadline, &mut open).await {
+            store = Some(opened);
+        }
+    }
+    let status = match &store {
+        Some(store) => match tokio::time::timeout_at(deadline, store.status()).await {
+            Ok(status) => status.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {CHECK_WAIT:?}")),
+        },
+        None => Err(format!("not reachable within {CHECK_WAIT:?}")),
+    };
+    let path = snapshots.path().display();
+    let ahead = meta.routes.max(meta.services);
+    match status {
+        Ok(status) if status.id != meta.store => tracing::warn!(
+            %path,
+            snapshot_store = meta.store,
+            store = status.id,
+            "the table snapshot is of another store: not using it, listing the store"
+        ),
+        Ok(status) if status.revision < ahead => tracing::warn!(
+            %path,
+            snapshot_revision = ahead,
+            store_revision = status.revision,
+            "the table snapshot is ahead of the store (restored from an older backup?): not \
+             using it, listing the store"
+        ),
+        Ok(_) => writer.restore(table, meta),
+        Err(error) => {
+            tracing::warn!(
+                %path,
+                %error,
+                "the store cannot say who it is: serving the table snapshot until it can"
+            );
+            writer.restore(table, meta);
+        }
+    }
+    match store {
+        Some(store) => store,
+        None => open.await,
+    }
 }
 
 async fn consume(
@@ -422,8 +629,9 @@ async fn consume(
     metrics: Arc<Metrics>,
     [mut routes, mut services, mut certs]: [mpsc::Receiver<MirrorEvent>; 3],
 ) {
-    // Per feed: has it listed once, is its watch up.
+    // Per feed: has it listed once (or resumed from a snapshot and watched), is its watch up.
     let mut listed = [false; 3];
+    let resumed = writer.resume.clone().map(|r| r.is_some());
     let mut connected = [false; 3];
     let mut last_publish = Instant::now();
     // Changes (not listing pages) applied since the last publish.
@@ -453,7 +661,10 @@ async fn consume(
             match &event {
                 MirrorEvent::Put(_) | MirrorEvent::Delete { .. } => changed = true,
                 MirrorEvent::Page(page) if page.last => listed[i] = true,
-                MirrorEvent::Connected => connected[i] = true,
+                MirrorEvent::Connected => {
+                    connected[i] = true;
+                    listed[i] |= resumed[i];
+                }
                 MirrorEvent::Disconnected(_) => connected[i] = false,
                 _ => {}
             }

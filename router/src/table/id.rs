@@ -69,6 +69,19 @@ impl RouteId {
         }
     }
 
+    /// The uuid's 16 bytes of an `http-<uuid>` id held compactly; None for an id held as text.
+    pub fn uuid_bytes(&self) -> Option<&[u8; 16]> {
+        match &self.0 {
+            Repr::HttpUuid(bytes) => Some(bytes),
+            Repr::Text(_) => None,
+        }
+    }
+
+    /// The id `http-<uuid>` of these uuid bytes ([`RouteId::uuid_bytes`]).
+    pub fn from_uuid_bytes(bytes: [u8; 16]) -> RouteId {
+        RouteId(Repr::HttpUuid(bytes))
+    }
+
     /// Calls `f` with the id as text, without allocating.
     pub fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
         match &self.0 {

@@ -15,6 +15,7 @@ pub mod host;
 mod id;
 mod names;
 mod shards;
+pub mod snapshot;
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};

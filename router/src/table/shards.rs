@@ -11,10 +11,10 @@ use std::sync::Arc;
 /// The sets' hasher: foldhash, seeded at random per process (several times faster than std's
 /// SipHash on host names and ids; keys come from the store, lookups never insert).
 type Hasher = foldhash::quality::RandomState;
-type HashSet<T> = std::collections::HashSet<T, Hasher>;
+pub(super) type HashSet<T> = std::collections::HashSet<T, Hasher>;
 
 /// Shards per set (a power of two).
-const SHARDS: usize = 256;
+pub(super) const SHARDS: usize = 256;
 
 /// A set of `T` looked up by `K` (`T: Borrow<K>`).
 #[derive(Debug)]
@@ -49,8 +49,8 @@ impl<K: ?Sized, T> Default for Shards<K, T> {
 }
 
 /// The shard of a key: the top bits of a fixed-seed hash (the set inside hashes again with
-/// its own random seed).
-fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
+/// its own random seed). The same in every process (table snapshots rely on it).
+pub(super) fn shard_of<K: Hash + ?Sized>(key: &K) -> usize {
     let hash = foldhash::fast::FixedState::with_seed(0x5eed).hash_one(key);
     (hash >> 56) as usize & (SHARDS - 1)
 }
@@ -89,11 +89,35 @@ impl<K: Hash + Eq + ?Sized, T: Hash + Eq + Clone + Borrow<K>> Shards<K, T> {
         self.shards.iter().flat_map(|shard| shard.iter())
     }
 
+    /// The shards, in order: shard `i` holds the keys whose [`shard_of`] is `i`.
+    pub fn sets(&self) -> impl Iterator<Item = &HashSet<T>> {
+        self.shards.iter().map(|shard| &**shard)
+    }
+
+    /// A set from its [`SHARDS`] shards, each holding only keys of its own [`shard_of`] (the
+    /// caller's promise: a key in the wrong shard is never found); None for another count.
+    pub fn from_sets(sets: Vec<HashSet<T>>) -> Option<Shards<K, T>> {
+        if sets.len() != SHARDS {
+            return None;
+        }
+        let len = sets.iter().map(HashSet::len).sum();
+        Some(Shards {
+            shards: Arc::new(sets.into_iter().map(Arc::new).collect()),
+            len,
+            key: PhantomData,
+        })
+    }
+
     fn shard_mut(&mut self, i: usize) -> Option<&mut HashSet<T>> {
         Arc::make_mut(&mut self.shards)
             .get_mut(i)
             .map(Arc::make_mut)
     }
+}
+
+/// An empty shard with room for `capacity` entries.
+pub(super) fn new_set<T>(capacity: usize) -> HashSet<T> {
+    HashSet::with_capacity_and_hasher(capacity, Hasher::default())
 }
 
 #[cfg(test)]

@@ -1,0 +1,309 @@
+use std::net::SocketAddr;
+
+use flynn_store::types::{HttpRoute, Instance};
+
+use super::*;
+
+fn http(id: &str, domain: &str, path: &str, service: &str) -> HttpRoute {
+    HttpRoute {
+        id: id.into(),
+        domain: domain.into(),
+        path: path.into(),
+        service: service.into(),
+        certificate_id: None,
+        sticky: false,
+        leader: false,
+        drain_backends: true,
+        disable_keep_alives: false,
+        backend_protocol: BackendProtocol::Http1,
+        app_id: None,
+    }
+}
+
+fn uuid_id(i: usize) -> String {
+    format!("http-{:08x}-0000-4000-8000-{:012x}", i * 7919, i)
+}
+
+/// A table with a bit of everything: compact and text ids, exact, wildcard and catch-all
+/// domains, several paths on a domain, flags, protocols, certificates, TCP routes, instances.
+fn sample(extra: usize) -> Table {
+    let mut t = Table::default();
+    let mut add = |route: HttpRoute| {
+        let entry = RouteEntry::from_stored(&route.id.clone(), route).expect("valid");
+        t.upsert_route(entry);
+    };
+    add(http(&uuid_id(1), "a.example.com", "/", "web"));
+    add(http(&uuid_id(2), "a.example.com", "/api", "api"));
+    add(http("r-text", "b.example.com", "/", "web"));
+    add(http("http-UPPER", "*.example.com", "/", "wild"));
+    add(http(&uuid_id(3), "*.b.example.com", "/x/", "deeper"));
+    add(http(&uuid_id(4), "*", "/", "any"));
+    add(http(&uuid_id(5), "*", "/static", "files"));
+    let mut special = http(&uuid_id(6), "tls.example.com", "/", "secure");
+    special.certificate_id = Some("cert-1".into());
+    special.sticky = true;
+    special.leader = true;
+    special.drain_backends = false;
+    special.disable_keep_alives = true;
+    special.backend_protocol = BackendProtocol::H2;
+    add(special);
+    let mut grpc = http(&uuid_id(7), "grpc.example.com", "/", "grpc");
+    grpc.backend_protocol = BackendProtocol::H2c;
+    add(grpc);
+    for i in 0..extra {
+        add(http(
+            &uuid_id(100 + i),
+            &format!("r-{i}.bulk.test"),
+            "/",
+            &format!("svc-{}", i % 50),
+        ));
+    }
+    t.upsert_tcp_route(TcpRoute {
+        id: "tcp-1".into(),
+        port: 3000,
+        service: "db".into(),
+        leader: true,
+        proxy_protocol: Some(ProxyProtocol::V2),
+        app_id: Some("app".into()),
+    });
+    t.upsert_tcp_route(TcpRoute {
+        id: "tcp-2".into(),
+        port: 3001,
+        service: "cache".into(),
+        leader: false,
+        proxy_protocol: None,
+        app_id: None,
+    });
+    for (service, id, port, revision) in [
+        ("web", "i1", 9001, 10),
+        ("web", "i2", 9002, 5),
+        ("api", "i1", 9003, 7),
+    ] {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let instance = Instance {
+            id: id.into(),
+            addr,
+            meta: Default::default(),
+        };
+        t.upsert_instance(service, id, &instance, revision);
+    }
+    t
+}
+
+fn meta() -> Meta {
+    Meta {
+        prefix: "/flynn".into(),
+        store: "cluster-1".into(),
+        routes: 1234,
+        services: 1200,
+    }
+}
+
+fn bytes(table: &Table) -> Vec<u8> {
+    let mut out = Vec::new();
+    let size = write(table, &meta(), &mut out).expect("write");
+    assert_eq!(size, out.len() as u64);
+    out
+}
+
+/// Everything requests and edits see, in a comparable form.
+fn contents(t: &Table) -> Vec<String> {
+    let mut out: Vec<String> = t
+        .route_ids()
+        .map(|id| match t.route_by_id(&id) {
+            Some(r) => format!("{r:?}"),
+            None => format!("tcp {id}"),
+        })
+        .collect();
+    out.extend(t.tcp_routes().map(|r| format!("{r:?}")));
+    for name in t.service_names() {
+        if let Some(service) = t.service(name) {
+            for b in service.backends() {
+                out.push(format!("{name} {} {} {}", b.id, b.addr, b.create_revision));
+            }
+        }
+    }
+    out.push(format!(
+        "{} routes {} instances",
+        t.route_count(),
+        t.instance_count()
+    ));
+    out.sort();
+    out
+}
+
+fn hit(t: &Table, host: &str, path: &str) -> Option<String> {
+    t.lookup(host.as_bytes(), path.as_bytes())
+        .map(|r| format!("{} {}", r.id, r.service))
+}
+
+#[test]
+fn a_table_reads_back_as_it_was_written() {
+    let table = sample(2000);
+    let written = bytes(&table);
+    for threads in [1, 2, 7] {
+        let (back, m) = read_with(&written, threads).expect("read");
+        assert_eq!(m, meta());
+        assert_eq!(contents(&back), contents(&table));
+        for (host, path) in [
+            ("a.example.com", "/"),
+            ("a.example.com", "/api/v1"),
+            ("A.Example.com:80", "/api"),
+            ("b.example.com", "/"),
+            ("x.example.com", "/"),
+            ("q.b.example.com", "/x/y"),
+            ("q.b.example.com", "/"),
+            ("other.org", "/static/a.css"),
+            ("other.org", "/"),
+            ("tls.example.com", "/"),
+            ("r-1999.bulk.test", "/"),
+            ("r-2000.bulk.test", "/"),
+        ] {
+            assert_eq!(
+                hit(&back, host, path),
+                hit(&table, host, path),
+                "{host}{path}"
+            );
+        }
+        // Written again and read back: still the same (the order of the sets' entries
+        // differs from process to process, and so may the bytes).
+        let (again, _) = read_with(&bytes(&back), threads).expect("read");
+        assert_eq!(contents(&again), contents(&table));
+    }
+}
+
+#[test]
+fn a_loaded_table_takes_edits() {
+    let (mut t, _) = read(&bytes(&sample(100))).expect("read");
+    t.remove_route(&uuid_id(1));
+    // The wildcard takes over.
+    assert_eq!(
+        hit(&t, "a.example.com", "/"),
+        Some("http-UPPER wild".into())
+    );
+    assert_eq!(
+        hit(&t, "a.example.com", "/api/"),
+        Some(format!("{} api", uuid_id(2)))
+    );
+    t.upsert_route(RouteEntry::from_stored("n", http("n", "new.test", "/", "web")).expect("ok"));
+    assert_eq!(hit(&t, "new.test", "/"), Some("n web".into()));
+    assert!(t.remove_route("tcp-1"));
+    assert!(t.remove_instance("web", "i2"));
+    assert_eq!(t.instance_count(), 2);
+    // The names are the table's own: a new route shares them.
+    let svc = t.route("n").map(|r| r.service.clone()).expect("n");
+    let old = t
+        .route("r-text")
+        .map(|r| r.service.clone())
+        .expect("r-text");
+    assert!(std::ptr::eq(svc.as_str(), old.as_str()));
+}
+
+#[test]
+fn an_empty_table_round_trips() {
+    let (t, m) = read(&bytes(&Table::default())).expect("read");
+    assert_eq!(m, meta());
+    assert_eq!((t.route_count(), t.instance_count()), (0, 0));
+}
+
+#[test]
+fn damage_is_an_error_never_a_panic() {
+    let good = bytes(&sample(30));
+    // Every truncation.
+    for len in 0..good.len() {
+        assert!(read(&good[..len]).is_err(), "truncated to {len}");
+    }
+    // Every single flipped byte.
+    for i in 0..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x41;
+        assert!(read(&bad).is_err(), "byte {i} flipped");
+    }
+    assert!(matches!(
+        read(b"hello world, not a snapshot"),
+        Err(SnapshotError::Foreign)
+    ));
+    assert!(matches!(read(b""), Err(SnapshotError::Truncated)));
+    let mut newer = good.clone();
+    newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    assert!(matches!(read(&newer), Err(SnapshotError::Version(v)) if v == VERSION + 1));
+    let mut flipped = good.clone();
+    let middle = good.len() / 2;
+    flipped[middle] ^= 1;
+    assert!(matches!(read(&flipped), Err(SnapshotError::Checksum)));
+}
+
+#[test]
+fn a_body_that_passes_the_checksum_is_still_checked() {
+    // A section claiming a shard its domain does not hash to: well-formed bytes, wrong table.
+    let mut body = Vec::new();
+    put_str(&mut body, "/flynn");
+    put_str(&mut body, "s");
+    put_i64(&mut body, 1);
+    put_i64(&mut body, 1);
+    put_varint(&mut body, 1);
+    let mut section = Vec::new();
+    put_varint(&mut section, 1);
+    put_group(
+        &mut section,
+        &[Arc::new(
+            RouteEntry::from_stored("x", http("x", "x.test", "/", "s")).expect("ok"),
+        )],
+        &mut Names::default(),
+    );
+    let wrong = (shard_of("x.test") + 1) % SHARDS;
+    put_section(&mut body, EXACT, wrong, &section);
+    for _ in 0..3 {
+        put_varint(&mut body, 0);
+    }
+    let mut file = Vec::new();
+    file.extend_from_slice(MAGIC);
+    file.extend_from_slice(&VERSION.to_le_bytes());
+    file.extend_from_slice(&body);
+    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    file.extend_from_slice(END);
+    assert!(matches!(read(&file), Err(SnapshotError::Corrupt(_))));
+}
+
+#[test]
+fn saved_atomically_and_privately() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("router.snapshot");
+    assert!(load(&path).expect("no file is fine").is_none());
+    let table = sample(10);
+    let size = save(&path, &table, &meta()).expect("save");
+    let file = fs::metadata(&path).expect("saved");
+    assert_eq!(file.len(), size);
+    assert_eq!(file.permissions().mode() & 0o777, 0o600);
+    assert!(!temporary(&path).exists());
+    let (back, m) = load(&path).expect("load").expect("a table");
+    assert_eq!((contents(&back), m), (contents(&table), meta()));
+    // A second save replaces the first.
+    save(&path, &Table::default(), &meta()).expect("save");
+    let (back, _) = load(&path).expect("load").expect("a table");
+    assert_eq!(back.route_count(), 0);
+}
+
+/// `cargo test --release -p flynn-router --lib million -- --ignored --nocapture`: how long a
+/// million routes take to write and to read back.
+#[test]
+#[ignore]
+fn million_routes_timing() {
+    let table = sample(1_000_000);
+    let started = std::time::Instant::now();
+    let written = bytes(&table);
+    let wrote = started.elapsed();
+    for threads in [1, 2] {
+        let started = std::time::Instant::now();
+        let (back, _) = read_with(&written, threads).expect("read");
+        println!(
+            "{} bytes ({:.0} B/route), written in {wrote:?}, read on {threads} threads in {:?}",
+            written.len(),
+            written.len() as f64 / back.route_count() as f64,
+            started.elapsed()
+        );
+        assert_eq!(back.route_count(), table.route_count());
+    }
+}
