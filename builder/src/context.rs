@@ -101,6 +101,11 @@ impl Tar {
         Ok(())
     }
 
+    /// The archive's own writer, for entries copied from another archive.
+    pub fn builder(&mut self) -> &mut tar::Builder<Vec<u8>> {
+        &mut self.builder
+    }
+
     pub fn finish(self) -> io::Result<Vec<u8>> {
         self.builder.into_inner()
     }

@@ -21,6 +21,8 @@ use crate::{say, BuildError, Output};
 pub const REPO: &str = "flynn/stack";
 /// The unprivileged user buildpacks and apps run as (created in the stack as `app`).
 pub const USER: &str = "1000:1000";
+/// Its uid (and gid).
+pub const UID: u32 = 1000;
 /// The app's directory: where buildpacks compile (BUILD) and where the app runs.
 pub const APP_DIR: &str = "/app";
 

@@ -9,33 +9,36 @@
 
 use std::io::{self, Read};
 
-use ring::digest::{Context, SHA256};
+use crate::context::Tar;
+use crate::stack;
 
 /// The directories of `/app` (relative to it) that hold dependencies.
 pub const DEPENDENCY_DIRS: &[&str] = &[".venv"];
 
-/// A slug's tar, parted.
+/// A slug's tar, parted in layers.
 pub struct Split {
     /// Its `app/Procfile`, if any.
     pub procfile: Option<Vec<u8>>,
     /// The entries under [`DEPENDENCY_DIRS`], if there are any.
     pub deps: Option<Deps>,
-    /// The other entries (None: there are no dependency entries, the slug is the rest).
-    pub rest: Option<Vec<u8>>,
+    /// The other entries and the runner (`runner/init`).
+    pub app: Vec<u8>,
 }
 
-/// The dependency entries of a slug as a tar, and its hash (hex, 16 digits).
+/// The dependency entries of a slug as a layer's tar (after an `app` directory entry of
+/// fixed metadata: the hash must not change with the app's files), and its sha256 (hex).
 pub struct Deps {
     pub tar: Vec<u8>,
     pub hash: String,
 }
 
 /// Checks that every entry of a slug's tar is under `app/` (no absolute path, no `..`), finds
-/// its Procfile, and parts it.
-pub fn split(slug_tar: &[u8]) -> io::Result<Split> {
+/// its Procfile, and parts it in layers; `runner` goes in the app's as `runner/init`.
+pub fn split(slug_tar: &[u8], runner: &[u8]) -> io::Result<Split> {
     let mut procfile = None;
-    let mut deps = tar::Builder::new(Vec::new());
-    let mut rest = tar::Builder::new(Vec::new());
+    let mut deps = Tar::new();
+    deps.dir("app", 0o755, u64::from(stack::UID))?;
+    let mut app = Tar::new();
     let mut any_deps = false;
     let mut archive = tar::Archive::new(slug_tar);
     for entry in archive.entries()? {
@@ -55,34 +58,24 @@ pub fn split(slug_tar: &[u8]) -> io::Result<Split> {
             any_deps = true;
             &mut deps
         } else {
-            &mut rest
+            &mut app
         };
-        copy(to, &entry, &data)?;
+        copy(to.builder(), &entry, &data)?;
     }
-    if !any_deps {
-        return Ok(Split {
-            procfile,
-            deps: None,
-            rest: None,
-        });
-    }
-    let deps = deps.into_inner()?;
-    let mut hash = Context::new(&SHA256);
-    hash.update(&deps);
-    let hex: String = hash
-        .finish()
-        .as_ref()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    app.dir("runner", 0o755, 0)?;
+    app.file("runner/init", runner, 0o755, 0)?;
+    let deps = match any_deps {
+        true => {
+            let tar = deps.finish()?;
+            let hash = super::load::sha256_hex(&tar);
+            Some(Deps { tar, hash })
+        }
+        false => None,
+    };
     Ok(Split {
         procfile,
-        deps: Some(Deps {
-            tar: deps,
-            hash: hex,
-        }),
-        rest: Some(rest.into_inner()?),
+        deps,
+        app: app.finish()?,
     })
 }
 
@@ -115,7 +108,6 @@ fn copy<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::context::Tar;
 
     fn slug(extra: &str) -> Vec<u8> {
         let mut app = Tar::new();
@@ -147,29 +139,44 @@ mod tests {
 
     #[test]
     fn dependencies_go_apart_and_their_hash_ignores_the_app() {
-        let one = split(&slug("v1")).expect("split");
+        let one = split(&slug("v1"), b"#!/bin/sh\n").expect("split");
         assert_eq!(one.procfile.as_deref(), Some(&b"web: python app.py\n"[..]));
         let deps = one.deps.expect("deps");
-        assert_eq!(names(&deps.tar), ["app/.venv", "app/.venv/pyvenv.cfg"]);
-        let rest = one.rest.expect("rest");
         assert_eq!(
-            names(&rest),
-            ["app", "app/Procfile", "app/app.py", "app/.venvish"]
+            names(&deps.tar),
+            ["app", "app/.venv", "app/.venv/pyvenv.cfg"]
         );
-        let two = split(&slug("v2 changed")).expect("split");
+        assert_eq!(
+            names(&one.app),
+            [
+                "app",
+                "app/Procfile",
+                "app/app.py",
+                "app/.venvish",
+                "runner",
+                "runner/init"
+            ]
+        );
+        let two = split(&slug("v2 changed"), b"#!/bin/sh\n").expect("split");
         assert_eq!(two.deps.expect("deps").hash, deps.hash);
-        assert_eq!(deps.hash.len(), 16);
+        assert_eq!(deps.hash.len(), 64);
 
         let mut plain = Tar::new();
         plain
             .file("app/index.html", b"hi", 0o644, 1000)
             .expect("file");
-        let plain = split(&plain.finish().expect("tar")).expect("split");
-        assert!(plain.deps.is_none() && plain.rest.is_none());
+        let plain = split(&plain.finish().expect("tar"), b"").expect("split");
+        assert!(plain.deps.is_none());
+        assert_eq!(
+            names(&plain.app),
+            ["app/index.html", "runner", "runner/init"]
+        );
 
         let mut bad = Tar::new();
         bad.file("etc/passwd", b"x", 0o644, 0).expect("file");
-        let err = split(&bad.finish().expect("tar")).err().expect("outside");
+        let err = split(&bad.finish().expect("tar"), b"")
+            .err()
+            .expect("outside");
         assert!(err.to_string().contains("outside app/"), "{err}");
     }
 }

@@ -1,10 +1,9 @@
 //! A slug and the image made of it.
 //!
 //! A slug is what a buildpack compiled: a gzipped tar whose entries all sit under `app/` (the
-//! app's directory, `/app` at run time). The image is the slug layered on the stack image:
-//! one layer holding `/app` (owned by the stack's `app` user, uid 1000) and the runner,
-//! committed from a container of the stack with this config — the same image as the
-//! Dockerfile
+//! app's directory, `/app` at run time). The image is the slug layered on the stack image,
+//! `/app` owned by the stack's `app` user (uid 1000), with the runner and this config: the
+//! same image as the Dockerfile
 //!
 //! ```text
 //! FROM flynn/stack:<version>
@@ -16,26 +15,25 @@
 //! ENTRYPOINT ["/runner/init"]
 //! ```
 //!
-//! but without the classic builder's intermediate container per step (about 2 s each on a
-//! busy machine). `/runner/init` sources `/app/.profile.d/*.sh` and runs its one argument
+//! made without a container: the layers are loaded into the engine ([`load`]). The slug's
+//! dependencies (a virtualenv) get a layer of their own, reused while they do not change
+//! ([`layers`]). `/runner/init` sources `/app/.profile.d/*.sh` and runs its one argument
 //! with `sh -c`, so a process's argv is `["/runner/init", "<Procfile command>"]`.
 //!
-//! Only the slug and the stack are needed: a host agent on another machine that has the stack
-//! image (`flynn stack build` there makes the same version) fetches the slug tarball and calls
-//! [`image_from_slug`] to get the same image locally.
+//! Only the slug and the stack are needed: a host agent whose engine lacks an app's image
+//! (and has the stack image: `flynn stack build` there makes the same version) fetches the
+//! slug tarball and calls [`image_from_slug`] to make the image locally.
 
 mod layers;
+mod load;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
-use bollard::models::{ContainerConfig, ContainerCreateBody};
-use bollard::query_parameters::{CommitContainerOptionsBuilder, UploadToContainerOptionsBuilder};
 use bollard::Docker;
 use bytes::Bytes;
 
-use crate::context::Tar;
-use crate::engine::{self, engine_error, ImageGuard, LABEL_BUILD};
+use crate::engine::{self, ImageGuard, LABEL_BUILD};
 use crate::{procfile, say, stack, BuildError, Output};
 
 /// The runner, copied into every app image.
@@ -95,7 +93,7 @@ pub(crate) async fn assemble(
     labels: HashMap<String, String>,
     out: &Output,
 ) -> Result<(String, Option<BTreeMap<String, String>>, ImageGuard), BuildError> {
-    let (repo, version) = tag
+    let (repo, _) = tag
         .rsplit_once(':')
         .ok_or_else(|| BuildError::Invalid(format!("{tag:?} is not a repo:tag name")))?;
     if !stack::exists(docker, stack).await? {
@@ -103,101 +101,58 @@ pub(crate) async fn assemble(
             "{stack} is not in the Docker Engine (flynn stack build makes it)"
         )));
     }
-    let (slug_tar, split) = tokio::task::spawn_blocking(move || {
-        let split = layers::split(&slug_tar)?;
-        Ok::<_, std::io::Error>((slug_tar, split))
-    })
-    .await
-    .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
-    .map_err(|e| BuildError::Source(format!("the slug: {e}")))?;
+    let split = tokio::task::spawn_blocking(move || layers::split(&slug_tar, RUNNER.as_bytes()))
+        .await
+        .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
+        .map_err(|e| BuildError::Source(format!("the slug: {e}")))?;
     let procfile = split
         .procfile
         .map(|bytes| procfile::parse(&bytes))
         .transpose()?;
-    // Named after the tag, so that a leftover is easy to tell (build ids are unique).
-    let name = format!("flynn-assemble-{}", tag.replace(['/', ':'], "-"));
     let base = match split.deps {
         Some(deps) => {
             let mut labels = labels.clone();
             labels.remove(LABEL_BUILD);
-            dependency_image(docker, stack, repo, deps, labels, &name, out).await?
+            dependency_image(docker, stack, repo, deps, labels, out).await?
         }
         None => stack.to_owned(),
     };
-    let app_tar = split.rest.map_or(slug_tar, Bytes::from);
-
-    let body = ContainerCreateBody {
-        image: Some(base),
-        user: Some(stack::USER.to_owned()),
-        working_dir: Some(stack::APP_DIR.to_owned()),
-        env: Some(vec![format!("HOME={}", stack::APP_DIR)]),
-        entrypoint: Some(vec![RUNNER_PATH.to_owned()]),
-        cmd: Some(Vec::new()),
-        labels: Some(labels),
-        ..ContainerCreateBody::default()
-    };
-    let container = engine::create_container(docker, &name, body).await?;
-    let result = async {
-        let runner = runner_tar().map_err(|e| BuildError::Source(e.to_string()))?;
-        for tar in [runner.into(), app_tar] {
-            upload(docker, container.id(), tar).await?;
-        }
-        let guard = ImageGuard::new(docker, tag);
-        let id = commit(
-            docker,
-            container.id(),
-            (repo, version),
-            "flynn: a slug on the stack",
-        )
-        .await?;
-        Ok::<_, BuildError>((id, guard))
-    }
-    .await;
-    container.remove().await;
-    let (id, guard) = result?;
+    let guard = ImageGuard::new(docker, tag);
+    let id = load::layer_on(docker, &base, split.app, tag, |config| {
+        config.insert("User".to_owned(), stack::USER.into());
+        config.insert("WorkingDir".to_owned(), stack::APP_DIR.into());
+        load::set_env(config, "HOME", stack::APP_DIR);
+        config.insert("Entrypoint".to_owned(), serde_json::json!([RUNNER_PATH]));
+        config.insert("Cmd".to_owned(), serde_json::json!([]));
+        config.insert("Labels".to_owned(), serde_json::json!(labels));
+    })
+    .await?;
     say(out, format!("       image {}", short(&id))).await?;
     Ok((id, procfile, guard))
 }
 
 /// The image of the stack and a slug's dependencies, `<repo>:deps-<hash>`: the one in the
-/// engine if there is one, else made (from a container named `<name>-deps`).
+/// engine if there is one, else made.
 async fn dependency_image(
     docker: &Docker,
     stack: &str,
     repo: &str,
     deps: layers::Deps,
     labels: HashMap<String, String>,
-    name: &str,
     out: &Output,
 ) -> Result<String, BuildError> {
-    let version = format!("deps-{}", deps.hash);
+    let version = format!("deps-{}", &deps.hash[..16]);
     let tag = format!("{repo}:{version}");
     if stack::exists(docker, &tag).await? {
         say(out, format!("       dependencies unchanged ({version})")).await?;
         return Ok(tag);
     }
-    let body = ContainerCreateBody {
-        image: Some(stack.to_owned()),
-        labels: Some(labels),
-        ..ContainerCreateBody::default()
-    };
-    let container = engine::create_container(docker, &format!("{name}-deps"), body).await?;
-    let result = async {
-        upload(docker, container.id(), deps.tar.into()).await?;
-        let guard = ImageGuard::new(docker, &tag);
-        let id = commit(
-            docker,
-            container.id(),
-            (repo, &version),
-            "flynn: a slug's dependencies",
-        )
-        .await?;
-        Ok::<_, BuildError>((id, guard))
-    }
-    .await;
-    container.remove().await;
-    let (id, guard) = result?;
-    // Whole: another build may use it.
+    let guard = ImageGuard::new(docker, &tag);
+    let id = load::layer_on(docker, stack, deps.tar, &tag, |config| {
+        config.insert("Labels".to_owned(), serde_json::json!(labels));
+    })
+    .await?;
+    // Whole: other builds may use it.
     guard.keep();
     say(
         out,
@@ -207,50 +162,9 @@ async fn dependency_image(
     Ok(tag)
 }
 
-/// Extracts `tar` at `/` in a container.
-async fn upload(docker: &Docker, container: &str, tar: Bytes) -> Result<(), BuildError> {
-    docker
-        .upload_to_container(
-            container,
-            Some(UploadToContainerOptionsBuilder::default().path("/").build()),
-            bollard::body_full(tar),
-        )
-        .await
-        .map_err(engine_error)
-}
-
-/// Commits a container as `repo:version` (its config as created); the image's id.
-async fn commit(
-    docker: &Docker,
-    container: &str,
-    (repo, version): (&str, &str),
-    comment: &str,
-) -> Result<String, BuildError> {
-    let options = CommitContainerOptionsBuilder::default()
-        .container(container)
-        .repo(repo)
-        .tag(version)
-        .comment(comment)
-        .pause(false)
-        .build();
-    let committed = docker
-        .commit_container(options, ContainerConfig::default())
-        .await
-        .map_err(engine_error)?;
-    Ok(committed.id)
-}
-
 fn short(id: &str) -> &str {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
     &hex[..hex.len().min(12)]
-}
-
-/// The runner at `runner/init`.
-fn runner_tar() -> std::io::Result<Vec<u8>> {
-    let mut tar = Tar::new();
-    tar.dir("runner", 0o755, 0)?;
-    tar.file("runner/init", RUNNER.as_bytes(), 0o755, 0)?;
-    tar.finish()
 }
 
 /// Gzips a slug's tar (what the engine's archive download of `/app` gives) into a slug
@@ -265,6 +179,7 @@ pub fn compress(tar: &[u8]) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::context::Tar;
 
     #[test]
     fn a_slug_is_compressed_and_back() {
