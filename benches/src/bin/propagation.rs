@@ -13,6 +13,11 @@
 //!    shows every route and until the last route is served, and the router's RSS, also per route
 //!    above a router with no routes. Repeated `STARTUP_RUNS` (3) times. Then propagation again,
 //!    on the last of those routers: write → served with the big table.
+//! 3. Restart from a snapshot (`--snapshot`): a router started with a snapshot path and no
+//!    file lists as above and saves its table; then, `STARTUP_RUNS` times, a router restarted
+//!    on that file (the one before stopped by SIGTERM): the same times and memory, the file's
+//!    size and how long it took to load (from the router's log). Then propagation on the last
+//!    of those.
 //!
 //! etcd answers a range with one gRPC message; the client refuses messages over 64 MiB (the
 //! router's limit, `MAX_MESSAGE` in the store's etcd backend) and a million routes are about
@@ -25,7 +30,7 @@
 //! `cargo build --release -p flynn-router && cargo run --release -p flynn-benches --bin propagation`
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -89,6 +94,15 @@ struct Router {
 
 impl Router {
     fn start(bin: &PathBuf, store_url: &str) -> anyhow::Result<Router> {
+        Router::start_with(bin, store_url, None)
+    }
+
+    /// A router keeping its table in `snapshot` (`--snapshot`), when given.
+    fn start_with(
+        bin: &PathBuf,
+        store_url: &str,
+        snapshot: Option<&Path>,
+    ) -> anyhow::Result<Router> {
         let http = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let https = format!("127.0.0.1:{}", free_port());
@@ -102,7 +116,8 @@ impl Router {
             .arg("--admin-addr")
             .arg(&admin)
             .arg("--log")
-            .arg("warn")
+            // The snapshot's load and save times are info lines of the store sync.
+            .arg("warn,flynn_router::sync=info")
             .stdin(Stdio::null())
             .stdout(log.reopen()?)
             .stderr(log.reopen()?)
@@ -114,6 +129,9 @@ impl Router {
             .env("FLYNN_UPGRADE_SOCK", upgrade_sock);
         if let Ok(threads) = std::env::var("ROUTER_THREADS") {
             cmd.arg("--threads").arg(threads);
+        }
+        if let Some(snapshot) = snapshot {
+            cmd.arg("--snapshot").arg(snapshot);
         }
         let child = cmd
             .spawn()
@@ -128,6 +146,40 @@ impl Router {
 
     fn pid(&self) -> anyhow::Result<u32> {
         self.child.id().context("router has exited")
+    }
+
+    /// SIGTERM, and the wait for the exit (a router with `--snapshot` saves its table first).
+    async fn stop(mut self) -> anyhow::Result<()> {
+        let pid = self.pid()?.to_string();
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM {pid} failed");
+        }
+        let exited = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        match exited {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => bail!("router exited with {status}:\n{}", self.log_tail()),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => bail!("router still running 60 s after SIGTERM"),
+        }
+    }
+
+    /// `took_ms` of the last log line with `message` (the snapshot's load or save).
+    fn logged_ms(&self, message: &str) -> Option<u64> {
+        let text = std::fs::read_to_string(self.log.path()).ok()?;
+        text.lines()
+            .rev()
+            .filter(|l| l.contains(message))
+            .find_map(|l| {
+                l.split_once("took_ms=")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
     }
 
     fn log_tail(&self) -> String {
@@ -480,11 +532,16 @@ async fn empty_router_kib(bin: &PathBuf, backend: &Backend) -> anyhow::Result<u6
     Ok(router.memory_kib()?.0)
 }
 
-async fn startup(bin: &PathBuf, etcd: &Etcd, routes: usize) -> anyhow::Result<Startup> {
+async fn startup(
+    bin: &PathBuf,
+    etcd: &Etcd,
+    routes: usize,
+    snapshot: Option<&Path>,
+) -> anyhow::Result<Startup> {
     let etcd_pid = etcd_pid(etcd)?;
     let etcd_cpu = cpu_seconds(etcd_pid)?;
     let started = Instant::now();
-    let mut router = Router::start(bin, &etcd.url())?;
+    let mut router = Router::start_with(bin, &etcd.url(), snapshot)?;
     router.wait_healthy(Duration::from_secs(120)).await?;
     let healthy = started.elapsed();
     loop {
@@ -527,6 +584,31 @@ async fn startup(bin: &PathBuf, etcd: &Etcd, routes: usize) -> anyhow::Result<St
         etcd_cpu,
         router,
     })
+}
+
+fn print_startup_head(first: &str) {
+    println!(
+        "| {first} | /health 200 (ms) | all routes in metric (ms) | first 200 on last route (ms) | VmRSS (MiB) | VmHWM (MiB) | RSS per route above empty (B) | router CPU (s) | etcd CPU (s) | load avg |"
+    );
+    println!("|----:|-----------------:|--------------------------:|-----------------------------:|------------:|------------:|------------------------------:|---------------:|-------------:|---------:|");
+}
+
+/// One row of start-up numbers; returns the RSS per route above the empty router.
+fn print_startup(run: &str, s: &Startup, empty_kib: u64, routes: usize) -> f64 {
+    let per_route = (s.rss_kib.saturating_sub(empty_kib) * 1024) as f64 / routes as f64;
+    println!(
+        "| {run:>3} | {:>16.0} | {:>25.0} | {:>28.0} | {:>11.1} | {:>11.1} | {:>29.0} | {:>14.2} | {:>12.2} | {:>8.2} |",
+        s.healthy.as_secs_f64() * 1e3,
+        s.all_routes.as_secs_f64() * 1e3,
+        s.first_served.as_secs_f64() * 1e3,
+        s.rss_kib as f64 / 1024.0,
+        s.hwm_kib as f64 / 1024.0,
+        per_route,
+        s.router_cpu,
+        s.etcd_cpu,
+        load_average(),
+    );
+    per_route
 }
 
 /// Lists the routes through a mirror as the router does (its parts side by side), keeping
@@ -618,30 +700,14 @@ async fn main() -> anyhow::Result<()> {
         mirror_listing.as_secs_f64() * 1e3,
     );
     println!();
-    println!(
-        "| run | /health 200 (ms) | all routes in metric (ms) | first 200 on last route (ms) | VmRSS (MiB) | VmHWM (MiB) | RSS per route above empty (B) | router CPU (s) | etcd CPU (s) | load avg |"
-    );
-    println!("|----:|-----------------:|--------------------------:|-----------------------------:|------------:|------------:|------------------------------:|---------------:|-------------:|---------:|");
+    print_startup_head("run");
     let mut worst = Duration::ZERO;
     let mut worst_bytes = 0.0f64;
     let mut last = None;
     for run in 1..=runs.max(1) {
-        let s = startup(&bin, &etcd, routes).await?;
+        let s = startup(&bin, &etcd, routes, None).await?;
         worst = worst.max(s.first_served);
-        let per_route = (s.rss_kib.saturating_sub(empty_kib) * 1024) as f64 / routes as f64;
-        worst_bytes = worst_bytes.max(per_route);
-        println!(
-            "| {run:>3} | {:>16.0} | {:>25.0} | {:>28.0} | {:>11.1} | {:>11.1} | {:>29.0} | {:>14.2} | {:>12.2} | {:>8.2} |",
-            s.healthy.as_secs_f64() * 1e3,
-            s.all_routes.as_secs_f64() * 1e3,
-            s.first_served.as_secs_f64() * 1e3,
-            s.rss_kib as f64 / 1024.0,
-            s.hwm_kib as f64 / 1024.0,
-            per_route,
-            s.router_cpu,
-            s.etcd_cpu,
-            load_average(),
-        );
+        worst_bytes = worst_bytes.max(print_startup(&run.to_string(), &s, empty_kib, routes));
         last = Some(s.router);
     }
     println!();
@@ -660,10 +726,64 @@ async fn main() -> anyhow::Result<()> {
     );
     println!();
 
+    // Restarts from a snapshot: one router lists and saves, the next ones load it.
+    drop(last);
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("router.snapshot");
+    let cold = startup(&bin, &etcd, routes, Some(&file)).await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while cold.router.logged_ms("saved the table snapshot").is_none() {
+        if Instant::now() > deadline {
+            bail!("no snapshot saved after 120 s:\n{}", cold.router.log_tail());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let saved_ms = cold.router.logged_ms("saved the table snapshot");
+    println!(
+        "## Restart from a snapshot (`--snapshot`): {routes} routes; the snapshot saved in {} ms \
+         ({:.1} MB) by a router that had listed the store (`cold`)",
+        saved_ms.unwrap_or(0),
+        std::fs::metadata(&file)?.len() as f64 / 1e6
+    );
+    println!();
+    print_startup_head("run (load ms)");
+    print_startup("cold", &cold, empty_kib, routes);
+    cold.router.stop().await?;
+    let mut worst_restart = Duration::ZERO;
+    let mut last = None;
+    for run in 1..=runs.max(1) {
+        let s = startup(&bin, &etcd, routes, Some(&file)).await?;
+        worst_restart = worst_restart.max(s.first_served);
+        let load = s.router.logged_ms("loaded the table snapshot");
+        print_startup(
+            &format!("{run} ({})", load.map_or("-".into(), |ms| ms.to_string())),
+            &s,
+            empty_kib,
+            routes,
+        );
+        if run == runs.max(1) {
+            last = Some(s.router);
+        } else {
+            s.router.stop().await?;
+        }
+    }
+    println!();
+    println!(
+        "target {routes}-route restart (snapshot) to the last route served < 5 s: {} (worst {:.0} ms)",
+        if worst_restart < Duration::from_secs(5) {
+            "met"
+        } else {
+            "MISSED"
+        },
+        worst_restart.as_secs_f64() * 1e3
+    );
+    println!();
+
     if let Some(router) = last {
         let p = propagate(&etcd, &router, count).await?;
         println!(
-            "## Propagation with {routes} routes in the table: {count} changes (milliseconds)"
+            "## Propagation with {routes} routes in the table (restarted from the snapshot): \
+             {count} changes (milliseconds)"
         );
         println!();
         print_head();

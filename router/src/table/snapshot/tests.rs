@@ -1,8 +1,13 @@
+use std::fs;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use flynn_store::types::{HttpRoute, Instance};
+use flynn_store::types::{BackendProtocol, HttpRoute, Instance, ProxyProtocol, TcpRoute};
 
+use super::write::{put_group, put_i64, put_section, put_str, put_varint, Names};
 use super::*;
+use crate::table::shards::{shard_of, SHARDS};
+use crate::table::RouteEntry;
 
 fn http(id: &str, domain: &str, path: &str, service: &str) -> HttpRoute {
     HttpRoute {

@@ -1,0 +1,130 @@
+//! A table on disk, for a restarting router to serve from at once and then watch the store
+//! from where the table was, instead of listing a million routes again (`crate::sync`).
+//!
+//! What it holds: the HTTP routes as the table keeps them (validated and normalised, their
+//! names in one list, grouped by domain in the table's own shards), the TCP routes, and each
+//! service's instances (id, address, create revision), with the key prefix, the store's id and
+//! the revision the routes and the instances reflect ([`Meta`]). Not the certificates: their
+//! private keys stay in the store, and the few of them are listed at every start.
+//!
+//! The format, all integers little-endian or LEB128 (`varint`), strings a varint length and
+//! UTF-8:
+//! ```text
+//! "FLYNNTBL" u32 version
+//! body:    meta (prefix, store id, i64 routes revision, i64 services revision)
+//!          varint sections, each: u8 kind (0 exact, 1 wildcard, 2 catch-all), varint shard,
+//!            varint length, then: varint groups, each: domain, varint routes, each route:
+//!            u8 0 + 16 uuid bytes (`http-<uuid>`) | u8 1 + id text;
+//!            varint path, varint service, varint certificate (0: none, else name + 1),
+//!            u8 flags (sticky 1, leader 2, drain_backends 4, disable_keep_alives 8),
+//!            u8 backend protocol (0 http1, 1 h2c, 2 h2)
+//!          varint names, each a string
+//!          varint TCP routes, each: id, u16 port, service, u8 leader, u8 proxy protocol
+//!            (0 none, 1 v1, 2 v2), u8 has app id + app id
+//!          varint services, each: name, varint instances, each: id, address, i64 create revision
+//! trailer: u64 body length, u32 CRC-32 of the body, "FLYNNEND"
+//! ```
+//! Sections are the table's shards, so that [`read`] decodes them side by side and hands each
+//! set to the table as it is, sized once, with no edit of a shared map.
+//!
+//! [`read`] never panics on what it reads: a short, foreign, other-version or corrupt file is
+//! a [`SnapshotError`] (the caller then lists the store as if there were none).
+
+mod read;
+mod write;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use flynn_store::Revision;
+
+use super::Table;
+pub use read::{read, read_with};
+pub use write::write;
+
+const MAGIC: &[u8; 8] = b"FLYNNTBL";
+const END: &[u8; 8] = b"FLYNNEND";
+/// The format [`write`] writes and [`read`] reads.
+pub const VERSION: u32 = 1;
+/// Body length, CRC and end mark.
+const TRAILER: usize = 8 + 4 + 8;
+
+const EXACT: u8 = 0;
+const WILDCARD: u8 = 1;
+const CATCH_ALL: u8 = 2;
+
+/// Where a table came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// The key prefix mirrored (`Keys::prefix`).
+    pub prefix: String,
+    /// The id of the store ([`flynn_store::StoreStatus::id`]).
+    pub store: String,
+    /// The revision the routes reflect: every change up to it, none after it.
+    pub routes: Revision,
+    /// The revision the service instances reflect.
+    pub services: Revision,
+}
+
+/// Why a snapshot cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("not a table snapshot")]
+    Foreign,
+    #[error("format version {0}; this router reads version {VERSION}")]
+    Version(u32),
+    #[error("truncated")]
+    Truncated,
+    #[error("checksum mismatch: the file is corrupt")]
+    Checksum,
+    #[error("corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// Writes `table` to `path` atomically: a temporary file beside it (mode 0600), synced, then
+/// renamed over `path`, and the directory synced. Returns the size written.
+pub fn save(path: &Path, table: &Table, meta: &Meta) -> Result<u64, SnapshotError> {
+    let tmp = temporary(path);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    let mut out = BufWriter::with_capacity(1 << 20, file);
+    let size = write(table, meta, &mut out)?;
+    let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
+    file.sync_all()?;
+    drop(file);
+    fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()?;
+    Ok(size)
+}
+
+/// `<path>.tmp`.
+fn temporary(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".tmp");
+    PathBuf::from(name)
+}
+
+/// The table saved at `path`; None when there is no file.
+pub fn load(path: &Path) -> Result<Option<(Table, Meta)>, SnapshotError> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    read(&bytes).map(Some)
+}
+
+#[cfg(test)]
+mod tests;
