@@ -85,6 +85,7 @@ pub struct RouterConfig {
 
 /// A ready-to-run pingora server with the router's services added.
 pub fn build(config: RouterConfig) -> Server {
+    crate::tls::install_provider();
     let conf = ServerConf {
         threads: config.threads,
         // With `false` (a single-threaded runtime per thread) a pooled backend connection
@@ -201,6 +202,8 @@ pub fn build(config: RouterConfig) -> Server {
             },
         )
     });
+    // With a snapshot file, the drain waits for its last save (work in flight until then).
+    let saving = config.snapshot.is_some().then(|| in_flight.enter());
     let writer = TableWriter::new(config.keys, table.clone(), metrics.clone())
         .with_snapshot(config.snapshot);
     let mut tcp_routes = background_service(
@@ -232,6 +235,7 @@ pub fn build(config: RouterConfig) -> Server {
         StoreSync {
             source: config.store,
             writer: std::sync::Mutex::new(Some(writer)),
+            saving: std::sync::Mutex::new(saving),
             sticky: config.cookie_key.is_none().then_some(sticky),
             metrics,
         },
@@ -351,6 +355,8 @@ struct StoreSync {
     source: StoreSource,
     /// Taken once by `start`.
     writer: std::sync::Mutex<Option<TableWriter>>,
+    /// Dropped once the table is saved at shutdown.
+    saving: std::sync::Mutex<Option<drain::Guard>>,
     /// Set when the sticky-cookie key is to come from the store.
     sticky: Option<Arc<StickyKey>>,
     metrics: Arc<Metrics>,
@@ -390,5 +396,7 @@ impl BackgroundService for StoreSync {
         if let Some(snapshots) = snapshots {
             snapshots.save().await;
         }
+        let saved = self.saving.lock().ok().and_then(|mut guard| guard.take());
+        drop(saved);
     }
 }

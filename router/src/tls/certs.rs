@@ -34,7 +34,7 @@ pub fn parse(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, CertError>
     }
     let key =
         PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| CertError::BadKey(e.to_string()))?;
-    let provider = rustls::crypto::ring::default_provider();
+    let provider = super::provider();
     let certified = CertifiedKey::from_der(chain, key, &provider)
         .map_err(|e| CertError::Mismatch(e.to_string()))?;
     // `from_der` lets an undecidable check pass; the router insists on a decided match.

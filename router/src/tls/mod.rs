@@ -16,6 +16,20 @@ pub use certs::{check_ca_bundle, load_default, parse, self_signed, CertError};
 use crate::metrics::Metrics;
 use crate::table::Table;
 
+/// The rustls crypto of the whole router (handshakes, and the keys of every certificate):
+/// aws-lc-rs, whose RSA signatures and X25519 cost about half of ring's (benches/README.md).
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// Makes [`provider`] the process's default. pingora installs ring as the default when it
+/// builds a listener's or a connector's TLS config and none is installed yet: this must come
+/// first (the router's `server::build` calls it before anything else).
+pub fn install_provider() {
+    // An error means a default is installed already: the caller's choice (as in tests).
+    let _ = provider().install_default();
+}
+
 /// Picks the certificate for each TLS handshake without locks: the current table's certificate
 /// for the SNI name, else the default one; with neither, the handshake fails.
 pub struct SniResolver {
