@@ -1,24 +1,23 @@
 //! Buildpack builds, Heroku's classic API: `bin/detect BUILD`, `bin/compile BUILD CACHE ENV`,
 //! `bin/release BUILD` run in one container of the stack image as its unprivileged user, with
-//! BUILD = `/app` (the pushed tree), CACHE = `/cache` (the app's build cache dir, kept between
-//! builds) and ENV = `/tmp/env` (one file per variable of the app's env). The host's CA bundle
-//! is mounted read-only over the stack's, for package registries behind a private CA.
+//! BUILD = `/app` (a copy of the pushed tree in a directory of the host, bound there:
+//! [`appdir`]), CACHE = `/cache` (the app's build cache dir, kept between builds) and ENV =
+//! `/tmp/env` (one file per variable of the app's env). The host's CA bundle is mounted
+//! read-only over the stack's, for package registries behind a private CA.
 //!
 //! Which buildpack: `BUILDPACK_URL` in the app's env if set (see [`source`]), else the first of
 //! the bundled ones whose `bin/detect` says yes, in this order: python, static, procfile.
 //! After compile, `/app` is the slug; [`crate::slug`] layers it on the stack.
 
+mod appdir;
 mod source;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use bollard::models::{ContainerCreateBody, HostConfig};
-use bollard::query_parameters::{
-    DownloadFromContainerOptionsBuilder, UploadToContainerOptionsBuilder,
-};
+use bollard::query_parameters::UploadToContainerOptionsBuilder;
 use bollard::Docker;
-use futures::StreamExt;
 
 pub use self::source::{Buildpack, Files, BUNDLED};
 use crate::context::Tar;
@@ -31,7 +30,7 @@ const ENV_DIR: &str = "/tmp/env";
 const BUILDPACKS_DIR: &str = "/tmp/buildpacks";
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// The largest slug kept (the compiled `/app`, before compression).
-const MAX_SLUG: usize = 2 << 30;
+const MAX_SLUG: u64 = 2 << 30;
 
 /// What `bin/release` prints (YAML); other keys are ignored.
 #[derive(Debug, Default, serde::Deserialize)]
@@ -53,21 +52,33 @@ pub async fn build(
     let (candidates, _checkout) = source::candidates(build, out).await?;
     prepare_cache(&build.cache_dir)?;
 
-    let upload = {
+    let (app, upload) = {
         let build = build.clone();
         let candidates = candidates.clone();
-        tokio::task::spawn_blocking(move || upload_tar(&build, &candidates))
-            .await
-            .map_err(|e| BuildError::Source(e.to_string()))?
-            .map_err(|e| BuildError::Source(e.to_string()))?
+        tokio::task::spawn_blocking(move || {
+            let app = appdir::AppDir::new(&build.source)?;
+            Ok::<_, std::io::Error>((app, upload_tar(&build, &candidates)?))
+        })
+        .await
+        .map_err(|e| BuildError::Source(e.to_string()))?
+        .map_err(|e| BuildError::Source(e.to_string()))?
     };
 
     let labels = engine::labels(&build.app_id, &build.app_name, &build.build_id);
-    let container = start_container(docker, build, &stack_image, labels.clone()).await?;
+    let container =
+        start_container(docker, build, &stack_image, labels.clone(), app.path()).await?;
     // The container goes whatever happens; on a drop, its guard removes it.
     let result = compile(docker, container.id(), upload, &candidates, out).await;
     container.remove().await;
-    let (pack, release, slug_tar) = result?;
+    let (pack, release) = result?;
+    let slug_tar = {
+        let path = app.path().to_owned();
+        tokio::task::spawn_blocking(move || appdir::slug(&path, MAX_SLUG))
+            .await
+            .map_err(|e| BuildError::Source(e.to_string()))?
+            .map_err(|e| BuildError::Source(format!("the compiled app: {e}")))?
+    };
+    drop(app);
     say(
         out,
         format!(
@@ -131,7 +142,7 @@ async fn compile(
     upload: Vec<u8>,
     candidates: &[Buildpack],
     out: &Output,
-) -> Result<(Buildpack, Release, Vec<u8>), BuildError> {
+) -> Result<(Buildpack, Release), BuildError> {
     docker
         .upload_to_container(
             id,
@@ -183,8 +194,7 @@ async fn compile(
             tail: Vec::new(),
         })?
     };
-    let slug = download_slug(docker, id).await?;
-    Ok((pack, release, slug))
+    Ok((pack, release))
 }
 
 /// Writes the slug tarball (gzipped) as `<dir>/<build id>.tgz`.
@@ -229,11 +239,10 @@ fn prepare_cache(dir: &Path) -> Result<(), BuildError> {
     Ok(())
 }
 
-/// What goes into the build container at `/`: the tree at `app/`, the env at `tmp/env/`, the
-/// candidate buildpacks at `tmp/buildpacks/<name>/`.
+/// What goes into the build container at `/` (its `/app` is bound to the build's own
+/// directory): the env at `tmp/env/`, the candidate buildpacks at `tmp/buildpacks/<name>/`.
 fn upload_tar(build: &Build, candidates: &[Buildpack]) -> std::io::Result<Vec<u8>> {
     let mut tar = Tar::new();
-    tar.tree(&build.source, "app", 1000)?;
     tar.dir("tmp/env", 0o755, 0)?;
     for (key, value) in &build.env {
         let valid = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
@@ -262,8 +271,12 @@ async fn start_container(
     build: &Build,
     stack_image: &str,
     labels: HashMap<String, String>,
+    app: &Path,
 ) -> Result<ContainerGuard, BuildError> {
-    let mut binds = vec![format!("{}:{CACHE_DIR}:rw", build.cache_dir.display())];
+    let mut binds = vec![
+        format!("{}:{}:rw", app.display(), stack::APP_DIR),
+        format!("{}:{CACHE_DIR}:rw", build.cache_dir.display()),
+    ];
     if Path::new(CA_BUNDLE).is_file() {
         binds.push(format!("{CA_BUNDLE}:{CA_BUNDLE}:ro"));
     }
@@ -338,26 +351,6 @@ async fn detect(
         }
     }
     Err(BuildError::NoBuildpack)
-}
-
-/// The compiled `/app` as a tar (entries under `app/`).
-async fn download_slug(docker: &Docker, id: &str) -> Result<Vec<u8>, BuildError> {
-    let options = DownloadFromContainerOptionsBuilder::default()
-        .path(stack::APP_DIR)
-        .build();
-    let mut stream = docker.download_from_container(id, Some(options));
-    let mut tar = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(engine_error)?;
-        if tar.len() + chunk.len() > MAX_SLUG {
-            return Err(BuildError::Source(format!(
-                "the compiled app is over {} GiB",
-                MAX_SLUG >> 30
-            )));
-        }
-        tar.extend_from_slice(&chunk);
-    }
-    Ok(tar)
 }
 
 #[cfg(test)]
