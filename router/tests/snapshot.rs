@@ -29,20 +29,21 @@ impl Snapshotted {
         self.dir.path().join("router.snapshot")
     }
 
-    /// SIGTERM, and wait for the router to exit (it saves its table on the way out).
-    async fn stop_router(&mut self) {
+    /// SIGTERM, and wait for the router to exit: its table of `routes` routes is saved on
+    /// the way out.
+    async fn stop_router(&mut self, routes: usize) {
         self.h.router.signal("TERM");
         let status = self.h.router.exited_within(Duration::from_secs(30)).await;
+        let log = self.h.router.log();
         assert!(
             status.is_some_and(|s| s.success()),
-            "router did not exit cleanly ({status:?}):\n{}",
-            self.h.router.log()
+            "router did not exit cleanly ({status:?}):\n{log}"
         );
-        assert!(
-            self.h.router.log().contains("saved the table snapshot"),
-            "{}",
-            self.h.router.log()
-        );
+        let last_save = log
+            .lines()
+            .rfind(|l| l.contains("saved the table snapshot"))
+            .unwrap_or_default();
+        assert!(last_save.contains(&format!(" routes={routes} ")), "{log}");
     }
 
     /// A new router on the same snapshot file, not waiting for anything.
@@ -95,7 +96,7 @@ async fn a_restart_serves_the_saved_table_then_the_changes_made_meanwhile() {
     for host in ["keep.test", "change.test", "gone.test"] {
         s.h.wait_status(host, "/", 200).await;
     }
-    s.stop_router().await;
+    s.stop_router(4).await;
     assert!(starts_as_a_snapshot(&s.path()));
 
     // While the router is down: one added (to a new service), one changed, one deleted.
@@ -159,7 +160,7 @@ router log:
     // And it follows the store live, and saves again at the next stop.
     s.h.route("http-live", "live.test", "/", "web").await;
     s.h.wait_status("live.test", "/", 200).await;
-    s.stop_router().await;
+    s.stop_router(4).await;
     s.spawn_router();
     s.h.router.wait_healthy().await;
     s.h.wait_status("live.test", "/", 200).await;
@@ -181,7 +182,7 @@ async fn a_store_compacted_past_the_snapshot_is_listed_again() {
     s.h.route("http-2", "two.test", "/", "web").await;
     s.h.wait_status("one.test", "/", 200).await;
     s.h.wait_status("two.test", "/", 200).await;
-    s.stop_router().await;
+    s.stop_router(2).await;
 
     s.h.remove_route("http-1").await;
     s.h.route("http-3", "three.test", "/", "web").await;
@@ -220,7 +221,7 @@ async fn a_replaced_store_makes_the_snapshot_unused() {
     }
     s.h.wait_status("old.test", "/", 200).await;
     s.h.wait_status("x9.test", "/", 200).await;
-    s.stop_router().await;
+    s.stop_router(11).await;
 
     s.h.etcd.stop().await;
     std::fs::remove_dir_all(s.h.etcd.data_dir().join("etcd")).expect("wipe etcd's data");
@@ -249,7 +250,7 @@ async fn a_damaged_snapshot_is_ignored() {
     s.h.instance("web", "i1", web.addr).await;
     s.h.route("http-1", "one.test", "/", "web").await;
     s.h.wait_status("one.test", "/", 200).await;
-    s.stop_router().await;
+    s.stop_router(1).await;
     let good = std::fs::read(s.path()).expect("snapshot");
 
     for damaged in [
@@ -274,6 +275,6 @@ async fn a_damaged_snapshot_is_ignored() {
         if let Err(e) = saved {
             panic!("{e}\n{}", s.h.router.log());
         }
-        s.stop_router().await;
+        s.stop_router(1).await;
     }
 }

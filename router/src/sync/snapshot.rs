@@ -113,49 +113,49 @@ impl Snapshots {
     }
 
     /// Saves the latest table unless the file holds it already (at shutdown); true when it
-    /// wrote the file.
+    /// tried to write the file. The save runs on the blocking pool and logs its outcome there,
+    /// so a save under way finishes (and says so) even when the task that asked is dropped.
     pub async fn save(&self) -> bool {
         let Some(pending) = self.latest.borrow().clone() else {
             return false;
         };
         let path = self.path.clone();
         let saved = self.saved.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
-            if saved.as_ref() == Some(&pending.meta) {
-                return None;
-            }
-            let started = Instant::now();
-            let result = snapshot::save(&path, &pending.table, &pending.meta);
-            if result.is_ok() {
-                *saved = Some(pending.meta.clone());
-            }
-            Some((result, started.elapsed(), pending))
-        })
-        .await;
-        let path = self.path.display();
-        match done {
-            Ok(None) => false,
-            Ok(Some((Ok(bytes), took, pending))) => {
-                tracing::info!(
-                    %path,
-                    bytes,
-                    routes = pending.table.route_count(),
-                    routes_revision = pending.meta.routes,
-                    instances_revision = pending.meta.services,
-                    took_ms = took.as_millis() as u64,
-                    "saved the table snapshot"
-                );
-                true
-            }
-            Ok(Some((Err(error), _, _))) => {
-                tracing::warn!(%path, %error, "cannot save the table snapshot");
-                true
-            }
+        let done = tokio::task::spawn_blocking(move || save_blocking(&path, &saved, &pending));
+        match done.await {
+            Ok(tried) => tried,
             Err(error) => {
-                tracing::warn!(%path, %error, "saving the table snapshot failed");
+                tracing::warn!(%error, "saving the table snapshot failed");
                 true
             }
         }
     }
+}
+
+/// Writes `pending` to `path` unless `saved` says the file holds it already.
+fn save_blocking(path: &Path, saved: &Mutex<Option<Meta>>, pending: &Pending) -> bool {
+    let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
+    if saved.as_ref() == Some(&pending.meta) {
+        return false;
+    }
+    let started = Instant::now();
+    let shown = path.display();
+    match snapshot::save(path, &pending.table, &pending.meta) {
+        Ok(bytes) => {
+            *saved = Some(pending.meta.clone());
+            tracing::info!(
+                path = %shown,
+                bytes,
+                routes = pending.table.route_count(),
+                routes_revision = pending.meta.routes,
+                instances_revision = pending.meta.services,
+                took_ms = started.elapsed().as_millis() as u64,
+                "saved the table snapshot"
+            );
+        }
+        Err(error) => {
+            tracing::warn!(path = %shown, %error, "cannot save the table snapshot")
+        }
+    }
+    true
 }

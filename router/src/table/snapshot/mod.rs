@@ -11,21 +11,26 @@
 //! UTF-8:
 //! ```text
 //! "FLYNNTBL" u32 version
-//! body:    meta (prefix, store id, i64 routes revision, i64 services revision)
-//!          varint sections, each: u8 kind (0 exact, 1 wildcard, 2 catch-all), varint shard,
-//!            varint length, then: varint groups, each: domain, varint routes, each route:
+//! body:    blocks, each: u8 tag, u64 length, bytes; in this order:
+//!          1 meta: prefix, store id, i64 routes revision, i64 services revision
+//!          2 names: varint count, each a string (every path, service and certificate id)
+//!          3 section (any number): u8 kind (0 exact, 1 wildcard, 2 catch-all), varint shard,
+//!            varint groups, each: domain, varint routes, each route:
 //!            u8 0 + 16 uuid bytes (`http-<uuid>`) | u8 1 + id text;
 //!            varint path, varint service, varint certificate (0: none, else name + 1),
 //!            u8 flags (sticky 1, leader 2, drain_backends 4, disable_keep_alives 8),
 //!            u8 backend protocol (0 http1, 1 h2c, 2 h2)
-//!          varint names, each a string
-//!          varint TCP routes, each: id, u16 port, service, u8 leader, u8 proxy protocol
-//!            (0 none, 1 v1, 2 v2), u8 has app id + app id
-//!          varint services, each: name, varint instances, each: id, address, i64 create revision
+//!          4 TCP routes: varint count, each: id, u16 port, service, u8 leader, u8 proxy
+//!            protocol (0 none, 1 v1, 2 v2), u8 has app id + app id
+//!          5 services: varint count, each: name, varint instances, each: id, address,
+//!            i64 create revision
+//!          0 end (empty)
 //! trailer: u64 body length, u32 CRC-32 of the body, "FLYNNEND"
 //! ```
-//! Sections are the table's shards, so that [`read`] decodes them side by side and hands each
-//! set to the table as it is, sized once, with no edit of a shared map.
+//! Sections are the table's shards: [`load`] reads the file block by block and hands the
+//! sections to a thread per CPU as they come (memory: a few blocks, never the whole file),
+//! and each shard's set goes to the table as it is, sized once, with no edit of a shared map.
+//! The checksum is checked at the end; a table read from a file that fails it is dropped.
 //!
 //! [`read`] never panics on what it reads: a short, foreign, other-version or corrupt file is
 //! a [`SnapshotError`] (the caller then lists the store as if there were none).
@@ -34,14 +39,14 @@ mod read;
 mod write;
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter};
+use std::io::{self, BufReader, BufWriter};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use flynn_store::Revision;
 
 use super::Table;
-pub use read::{read, read_with};
+pub use read::{read, read_from, read_with};
 pub use write::write;
 
 const MAGIC: &[u8; 8] = b"FLYNNTBL";
@@ -51,6 +56,15 @@ pub const VERSION: u32 = 1;
 /// Body length, CRC and end mark.
 const TRAILER: usize = 8 + 4 + 8;
 
+/// Block tags.
+const END_OF_BODY: u8 = 0;
+const META: u8 = 1;
+const NAMES: u8 = 2;
+const SECTION: u8 = 3;
+const TCP: u8 = 4;
+const SERVICES: u8 = 5;
+
+/// Section kinds.
 const EXACT: u8 = 0;
 const WILDCARD: u8 = 1;
 const CATCH_ALL: u8 = 2;
@@ -109,21 +123,24 @@ pub fn save(path: &Path, table: &Table, meta: &Meta) -> Result<u64, SnapshotErro
     Ok(size)
 }
 
-/// `<path>.tmp`.
+/// `<path>.<pid>.tmp`: two routers sharing a file (one handing its sockets to the next, both
+/// saving) never write into one temporary file.
 fn temporary(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
+    name.push(format!(".{}.tmp", std::process::id()));
     PathBuf::from(name)
 }
 
 /// The table saved at `path`; None when there is no file.
 pub fn load(path: &Path) -> Result<Option<(Table, Meta)>, SnapshotError> {
-    let bytes = match fs::read(path) {
-        Ok(bytes) => bytes,
+    let file = match File::open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    read(&bytes).map(Some)
+    let size = file.metadata()?.len();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    read_from(BufReader::with_capacity(1 << 20, file), size, threads).map(Some)
 }
 
 #[cfg(test)]

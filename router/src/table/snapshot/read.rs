@@ -1,12 +1,16 @@
 //! Reading a table back from the snapshot format (see the parent module), its shards decoded
 //! side by side.
 
+use std::io::{self, Read};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex, PoisonError};
 
 use flynn_store::types::{BackendProtocol, ProxyProtocol, TcpRoute};
 
-use super::{Meta, SnapshotError, CATCH_ALL, END, EXACT, MAGIC, TRAILER, VERSION, WILDCARD};
+use super::{
+    Meta, SnapshotError, CATCH_ALL, END, END_OF_BODY, EXACT, MAGIC, META, NAMES, SECTION, SERVICES,
+    TCP, TRAILER, VERSION, WILDCARD,
+};
 use crate::backend::{Backend, Service};
 use crate::table::names::Interner;
 use crate::table::shards::{self, shard_of, HashSet, Shards, SHARDS};
@@ -20,63 +24,199 @@ pub fn read(bytes: &[u8]) -> Result<(Table, Meta), SnapshotError> {
 
 /// [`read`] on `threads` threads.
 pub fn read_with(bytes: &[u8], threads: usize) -> Result<(Table, Meta), SnapshotError> {
-    let head = MAGIC.len() + 4;
-    if bytes.len() < head {
-        return Err(if MAGIC.starts_with(bytes) {
-            SnapshotError::Truncated
-        } else {
-            SnapshotError::Foreign
-        });
-    }
-    if &bytes[..MAGIC.len()] != MAGIC {
-        return Err(SnapshotError::Foreign);
-    }
-    let mut version = [0; 4];
-    version.copy_from_slice(&bytes[MAGIC.len()..head]);
-    let version = u32::from_le_bytes(version);
-    if version != VERSION {
-        return Err(SnapshotError::Version(version));
-    }
-    let rest = &bytes[head..];
-    if rest.len() < TRAILER || &rest[rest.len() - END.len()..] != END {
-        return Err(SnapshotError::Truncated);
-    }
-    let (body, trailer) = rest.split_at(rest.len() - TRAILER);
-    let mut t = Reader::new(trailer);
-    let len = t.u64()?;
-    let crc = t.u32()?;
-    if len != body.len() as u64 {
-        return Err(SnapshotError::Truncated);
-    }
-    if crc32fast::hash(body) != crc {
-        return Err(SnapshotError::Checksum);
+    read_from(bytes, bytes.len() as u64, threads)
+}
+
+/// Reads a snapshot of `size` bytes from `input`, block by block, its sections decoded on
+/// `threads` threads as they come.
+pub fn read_from(
+    input: impl Read,
+    size: u64,
+    threads: usize,
+) -> Result<(Table, Meta), SnapshotError> {
+    let mut input = Input::open(input, size)?;
+    let meta = input.expect(META, |r| {
+        Ok(Meta {
+            prefix: r.str()?.to_owned(),
+            store: r.str()?.to_owned(),
+            routes: r.i64()?,
+            services: r.i64()?,
+        })
+    })?;
+    let interner = Interner::default();
+    let names = input.expect(NAMES, |r| {
+        let count = r.count()?;
+        let mut names = Vec::with_capacity(count);
+        for _ in 0..count {
+            names.push(interner.intern_str(r.str()?));
+        }
+        Ok(names)
+    })?;
+    let threads = threads.max(1);
+    let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(threads * 2);
+    let rx = Mutex::new(rx);
+    let (decoded, rest) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(|| decode_sections(&rx, &names)))
+            .collect();
+        let rest = input.rest(&tx);
+        drop(tx);
+        let decoded: Vec<_> = workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or(Err(corrupt("a reading thread failed"))))
+            .collect();
+        (decoded, rest)
+    });
+    let (tcp_routes, (services, instance_count)) = rest?;
+    let decoded = decoded.into_iter().collect::<Result<Vec<_>, _>>()?;
+    let (routes, exact, wildcard, catch_all) = build_routes(decoded, threads)?;
+    let table = Table {
+        exact,
+        wildcard,
+        catch_all: Arc::new(catch_all),
+        routes,
+        names: interner,
+        services,
+        instance_count,
+        certs: imbl::HashMap::new(),
+        tcp_routes,
+    };
+    Ok((table, meta))
+}
+
+type TcpRoutes = imbl::HashMap<String, Arc<TcpRoute>>;
+type Services = (imbl::HashMap<String, Arc<Service>>, usize);
+
+/// The snapshot being read: the body checksummed as it goes, its length bounded by the file's.
+struct Input<R: Read> {
+    inner: R,
+    crc: crc32fast::Hasher,
+    /// Body bytes read so far.
+    read: u64,
+    /// Bytes of the file not read yet, the trailer's included.
+    left: u64,
+}
+
+impl<R: Read> Input<R> {
+    /// Checks the file's head.
+    fn open(mut inner: R, size: u64) -> Result<Input<R>, SnapshotError> {
+        let mut head = [0u8; MAGIC.len() + 4];
+        let n = usize::try_from(size).map_or(head.len(), |s| s.min(head.len()));
+        read_exact(&mut inner, &mut head[..n])?;
+        if !MAGIC.starts_with(&head[..n.min(MAGIC.len())]) {
+            return Err(SnapshotError::Foreign);
+        }
+        if n < head.len() {
+            return Err(SnapshotError::Truncated);
+        }
+        let mut version = [0; 4];
+        version.copy_from_slice(&head[MAGIC.len()..]);
+        let version = u32::from_le_bytes(version);
+        if version != VERSION {
+            return Err(SnapshotError::Version(version));
+        }
+        Ok(Input {
+            inner,
+            crc: crc32fast::Hasher::new(),
+            read: 0,
+            left: size - head.len() as u64,
+        })
     }
 
-    let mut r = Reader::new(body);
-    let meta = Meta {
-        prefix: r.str()?.to_owned(),
-        store: r.str()?.to_owned(),
-        routes: r.i64()?,
-        services: r.i64()?,
-    };
-    let count = r.count()?;
-    let mut sections = Vec::with_capacity(count);
-    for _ in 0..count {
-        let kind = r.u8()?;
-        let shard = usize::try_from(r.varint()?).map_err(|_| corrupt("shard"))?;
-        let len = r.count()?;
-        let data = r.take(len)?;
-        if kind > CATCH_ALL || shard >= SHARDS || (kind == CATCH_ALL && shard != 0) {
-            return Err(corrupt("section"));
+    fn body(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        read_exact(&mut self.inner, buf)?;
+        self.crc.update(buf);
+        self.read += buf.len() as u64;
+        self.left -= buf.len() as u64;
+        Ok(())
+    }
+
+    /// The next block: its tag and bytes.
+    fn block(&mut self) -> Result<(u8, Vec<u8>), SnapshotError> {
+        let mut head = [0u8; 9];
+        if self.left < (head.len() + TRAILER) as u64 {
+            return Err(SnapshotError::Truncated);
         }
-        sections.push(Section { kind, shard, data });
+        self.body(&mut head)?;
+        let mut len = [0u8; 8];
+        len.copy_from_slice(&head[1..]);
+        let len = u64::from_le_bytes(len);
+        if len > self.left - TRAILER as u64 {
+            return Err(SnapshotError::Truncated);
+        }
+        let mut data = vec![0; usize::try_from(len).map_err(|_| corrupt("block length"))?];
+        self.body(&mut data)?;
+        Ok((head[0], data))
     }
-    let interner = Interner::default();
-    let count = r.count()?;
-    let mut names = Vec::with_capacity(count);
-    for _ in 0..count {
-        names.push(interner.intern_str(r.str()?));
+
+    /// The next block, which must be a `tag` one, read with `parse` to its end.
+    fn expect<T>(
+        &mut self,
+        tag: u8,
+        parse: impl FnOnce(&mut Reader<'_>) -> Result<T, SnapshotError>,
+    ) -> Result<T, SnapshotError> {
+        let (found, data) = self.block()?;
+        if found != tag {
+            return Err(corrupt("a block out of place"));
+        }
+        let mut r = Reader::new(&data);
+        let value = parse(&mut r)?;
+        if !r.is_empty() {
+            return Err(corrupt("bytes after a block's end"));
+        }
+        Ok(value)
     }
+
+    /// The sections (sent to `sections`), the TCP routes, the services, the end and the
+    /// trailer.
+    fn rest(
+        &mut self,
+        sections: &mpsc::SyncSender<Vec<u8>>,
+    ) -> Result<(TcpRoutes, Services), SnapshotError> {
+        let (tcp, services) = loop {
+            let (tag, data) = self.block()?;
+            match tag {
+                SECTION => sections
+                    .send(data)
+                    .map_err(|_| corrupt("no reading thread left"))?,
+                TCP => {
+                    let mut r = Reader::new(&data);
+                    let tcp = tcp_routes(&mut r)?;
+                    if !r.is_empty() {
+                        return Err(corrupt("bytes after a block's end"));
+                    }
+                    break (tcp, self.expect(SERVICES, services)?);
+                }
+                _ => return Err(corrupt("a block out of place")),
+            }
+        };
+        self.expect(END_OF_BODY, |_| Ok(()))?;
+        let mut trailer = [0u8; TRAILER];
+        if self.left != TRAILER as u64 {
+            return Err(corrupt("bytes after the end"));
+        }
+        read_exact(&mut self.inner, &mut trailer)?;
+        let mut t = Reader::new(&trailer);
+        let (len, crc) = (t.u64()?, t.u32()?);
+        if t.take(END.len())? != END || len != self.read {
+            return Err(corrupt("trailer"));
+        }
+        if self.crc.clone().finalize() != crc {
+            return Err(SnapshotError::Checksum);
+        }
+        Ok((tcp, services))
+    }
+}
+
+/// `read_exact`, a short file being [`SnapshotError::Truncated`].
+fn read_exact(input: &mut impl Read, buf: &mut [u8]) -> Result<(), SnapshotError> {
+    input.read_exact(buf).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => SnapshotError::Truncated,
+        _ => SnapshotError::Io(e),
+    })
+}
+
+fn tcp_routes(r: &mut Reader<'_>) -> Result<TcpRoutes, SnapshotError> {
     let count = r.count()?;
     let mut tcp_routes = imbl::HashMap::new();
     for _ in 0..count {
@@ -104,6 +244,10 @@ pub fn read_with(bytes: &[u8], threads: usize) -> Result<(Table, Meta), Snapshot
         };
         tcp_routes.insert(id, Arc::new(route));
     }
+    Ok(tcp_routes)
+}
+
+fn services(r: &mut Reader<'_>) -> Result<Services, SnapshotError> {
     let count = r.count()?;
     let mut services = imbl::HashMap::new();
     let mut instance_count = 0;
@@ -122,43 +266,55 @@ pub fn read_with(bytes: &[u8], threads: usize) -> Result<(Table, Meta), Snapshot
             services.insert(name, Arc::new(Service::new(backends)));
         }
     }
-    if !r.is_empty() {
-        return Err(corrupt("bytes after the end"));
-    }
+    Ok((services, instance_count))
+}
 
-    let (routes, exact, wildcard, catch_all) = build_routes(sections, &names, threads)?;
-    let table = Table {
-        exact,
-        wildcard,
-        catch_all: Arc::new(catch_all),
-        routes,
-        names: interner,
-        services,
-        instance_count,
-        certs: imbl::HashMap::new(),
-        tcp_routes,
-    };
-    Ok((table, meta))
+/// A reading thread: decodes the sections it takes from `sections` until there are no more;
+/// the shards decoded and the routes by id shard. After an error it only drains the queue
+/// (the reader must never wait on a full one).
+fn decode_sections(
+    sections: &Mutex<mpsc::Receiver<Vec<u8>>>,
+    names: &[Name],
+) -> Result<Decoded, SnapshotError> {
+    let mut out = Vec::new();
+    let mut by_id: Vec<Vec<ById>> = (0..SHARDS).map(|_| Vec::new()).collect();
+    let mut failed = None;
+    loop {
+        let next = sections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        let Ok(data) = next else {
+            break;
+        };
+        if failed.is_some() {
+            continue;
+        }
+        match decode_section(&data, names, &mut by_id) {
+            Ok(section) => out.push(section),
+            Err(e) => failed = Some(e),
+        }
+    }
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((out, by_id)),
+    }
 }
 
 fn corrupt(what: &'static str) -> SnapshotError {
     SnapshotError::Corrupt(what)
 }
 
-/// One shard of domains as written.
-struct Section<'a> {
-    kind: u8,
-    shard: usize,
-    data: &'a [u8],
-}
-
 /// A section read back: its set (exact, wildcard) or routes (catch-all).
-struct Decoded {
+struct Shard {
     kind: u8,
     shard: usize,
     set: HashSet<ByDomain>,
     catch_all: Vec<Arc<RouteEntry>>,
 }
+
+/// What a reading thread decoded: shards, and the routes by the shard of their id.
+type Decoded = (Vec<Shard>, Vec<Vec<ById>>);
 
 type Built = (
     Shards<RouteId, ById>,
@@ -167,29 +323,15 @@ type Built = (
     Vec<Arc<RouteEntry>>,
 );
 
-/// The route sets from the sections: the domain shards decoded side by side, then the id
-/// shards filled side by side from what they held.
-fn build_routes(
-    sections: Vec<Section<'_>>,
-    names: &[Name],
-    threads: usize,
-) -> Result<Built, SnapshotError> {
-    // Sections of similar size to each thread, in turn.
-    let decoded = in_parallel(sections, threads, |sections| {
-        let mut out = Vec::with_capacity(sections.len());
-        let mut by_id: Vec<Vec<ById>> = (0..SHARDS).map(|_| Vec::new()).collect();
-        for section in sections {
-            out.push(decode_section(&section, names, &mut by_id)?);
-        }
-        Ok::<_, SnapshotError>((out, by_id))
-    })?;
+/// The route sets from what the reading threads decoded: the domain shards as they are, the
+/// id shards filled side by side.
+fn build_routes(decoded: Vec<Decoded>, threads: usize) -> Result<Built, SnapshotError> {
     let mut exact: Vec<HashSet<ByDomain>> = (0..SHARDS).map(|_| shards::new_set(0)).collect();
     let mut wildcard: Vec<HashSet<ByDomain>> = (0..SHARDS).map(|_| shards::new_set(0)).collect();
     let mut catch_all = Vec::new();
     let mut by_id: Vec<Vec<Vec<ById>>> = (0..SHARDS).map(|_| Vec::new()).collect();
     let mut entries = 0;
-    for result in decoded {
-        let (sections, buckets) = result?;
+    for (sections, buckets) in decoded {
         for (i, bucket) in buckets.into_iter().enumerate() {
             entries += bucket.len();
             if let Some(shard) = by_id.get_mut(i) {
@@ -271,22 +413,27 @@ fn in_parallel<I: Send, O: Send>(
 }
 
 fn decode_section(
-    section: &Section<'_>,
+    data: &[u8],
     names: &[Name],
     by_id: &mut [Vec<ById>],
-) -> Result<Decoded, SnapshotError> {
-    let mut r = Reader::new(section.data);
+) -> Result<Shard, SnapshotError> {
+    let mut r = Reader::new(data);
+    let section = r.u8()?;
+    let shard = usize::try_from(r.varint()?).map_err(|_| corrupt("shard"))?;
+    if section > CATCH_ALL || shard >= SHARDS || (section == CATCH_ALL && shard != 0) {
+        return Err(corrupt("section"));
+    }
     let groups = r.count()?;
-    let mut set = shards::new_set(if section.kind == CATCH_ALL { 0 } else { groups });
+    let mut set = shards::new_set(if section == CATCH_ALL { 0 } else { groups });
     let mut catch_all = Vec::new();
     for _ in 0..groups {
         let domain = r.str()?;
-        let key = match (section.kind, kind(domain)) {
+        let key = match (section, kind(domain)) {
             (EXACT, DomainKind::Exact(key)) | (WILDCARD, DomainKind::Wildcard(key)) => key,
             (CATCH_ALL, DomainKind::CatchAll) => "",
             _ => return Err(corrupt("a domain in the wrong kind of section")),
         };
-        if section.kind != CATCH_ALL && (key.is_empty() || shard_of(key) != section.shard) {
+        if section != CATCH_ALL && (key.is_empty() || shard_of(key) != shard) {
             return Err(corrupt("a domain in the wrong shard"));
         }
         let count = r.count()?;
@@ -298,7 +445,7 @@ fn decode_section(
             }
             routes.push(route);
         }
-        if section.kind == CATCH_ALL {
+        if section == CATCH_ALL {
             catch_all.extend(routes);
             continue;
         }
@@ -310,9 +457,9 @@ fn decode_section(
     if !r.is_empty() {
         return Err(corrupt("bytes after a section"));
     }
-    Ok(Decoded {
-        kind: section.kind,
-        shard: section.shard,
+    Ok(Shard {
+        kind: section,
+        shard,
         set,
         catch_all,
     })

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use flynn_store::types::{BackendProtocol, HttpRoute, Instance, ProxyProtocol, TcpRoute};
 
-use super::write::{put_group, put_i64, put_section, put_str, put_varint, Names};
+use super::write::{put_group, put_i64, put_str, put_varint, Body, Names};
 use super::*;
 use crate::table::shards::{shard_of, SHARDS};
 use crate::table::RouteEntry;
@@ -232,43 +232,54 @@ fn damage_is_an_error_never_a_panic() {
     let mut newer = good.clone();
     newer[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
     assert!(matches!(read(&newer), Err(SnapshotError::Version(v)) if v == VERSION + 1));
+    // A letter of a domain changed: the file still reads, only the checksum tells.
     let mut flipped = good.clone();
-    let middle = good.len() / 2;
-    flipped[middle] ^= 1;
+    let at = good
+        .windows(9)
+        .position(|w| w == b"bulk.test")
+        .expect("a domain");
+    flipped[at] = b'h';
     assert!(matches!(read(&flipped), Err(SnapshotError::Checksum)));
+}
+
+/// A snapshot of one route `x.test`, its section claiming `shard`.
+fn one_route_in_shard(shard: usize) -> Vec<u8> {
+    let mut file = Vec::new();
+    let mut out = Body::new(&mut file).expect("write");
+    let mut b = Vec::new();
+    put_str(&mut b, "/flynn");
+    put_str(&mut b, "s");
+    put_i64(&mut b, 1);
+    put_i64(&mut b, 1);
+    out.block(META, &b).expect("write");
+    b.clear();
+    put_varint(&mut b, 2);
+    put_str(&mut b, "/");
+    put_str(&mut b, "s");
+    out.block(NAMES, &b).expect("write");
+    b.clear();
+    b.push(EXACT);
+    put_varint(&mut b, shard as u64);
+    put_varint(&mut b, 1);
+    let route = RouteEntry::from_stored("x", http("x", "x.test", "/", "s")).expect("ok");
+    put_group(&mut b, &[Arc::new(route)], &mut Names::default());
+    out.block(SECTION, &b).expect("write");
+    for tag in [TCP, SERVICES] {
+        out.block(tag, &[0]).expect("write");
+    }
+    out.block(END_OF_BODY, &[]).expect("write");
+    out.finish().expect("write");
+    file
 }
 
 #[test]
 fn a_body_that_passes_the_checksum_is_still_checked() {
-    // A section claiming a shard its domain does not hash to: well-formed bytes, wrong table.
-    let mut body = Vec::new();
-    put_str(&mut body, "/flynn");
-    put_str(&mut body, "s");
-    put_i64(&mut body, 1);
-    put_i64(&mut body, 1);
-    put_varint(&mut body, 1);
-    let mut section = Vec::new();
-    put_varint(&mut section, 1);
-    put_group(
-        &mut section,
-        &[Arc::new(
-            RouteEntry::from_stored("x", http("x", "x.test", "/", "s")).expect("ok"),
-        )],
-        &mut Names::default(),
-    );
-    let wrong = (shard_of("x.test") + 1) % SHARDS;
-    put_section(&mut body, EXACT, wrong, &section);
-    for _ in 0..3 {
-        put_varint(&mut body, 0);
-    }
-    let mut file = Vec::new();
-    file.extend_from_slice(MAGIC);
-    file.extend_from_slice(&VERSION.to_le_bytes());
-    file.extend_from_slice(&body);
-    file.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    file.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
-    file.extend_from_slice(END);
-    assert!(matches!(read(&file), Err(SnapshotError::Corrupt(_))));
+    let right = shard_of("x.test");
+    let (t, _) = read(&one_route_in_shard(right)).expect("the right shard reads");
+    assert_eq!(hit(&t, "x.test", "/"), Some("x s".into()));
+    // Well-formed bytes with a good checksum, but a domain in a shard it does not hash to.
+    let wrong = one_route_in_shard((right + 1) % SHARDS);
+    assert!(matches!(read(&wrong), Err(SnapshotError::Corrupt(_))));
 }
 
 #[test]

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use flynn_store::types::{BackendProtocol, ProxyProtocol};
 
-use super::{Meta, CATCH_ALL, END, EXACT, MAGIC, TRAILER, VERSION, WILDCARD};
+use super::{
+    Meta, CATCH_ALL, END, END_OF_BODY, EXACT, MAGIC, META, NAMES, SECTION, SERVICES, TCP, TRAILER,
+    VERSION, WILDCARD,
+};
 use crate::table::shards::{HashSet, Shards};
 use crate::table::{ByDomain, Name, RouteEntry, Table};
 
@@ -18,38 +21,54 @@ pub fn write(table: &Table, meta: &Meta, out: impl Write) -> io::Result<u64> {
     put_str(&mut buf, &meta.store);
     put_i64(&mut buf, meta.routes);
     put_i64(&mut buf, meta.services);
+    out.block(META, &buf)?;
 
+    // The names before the routes that use them, so that a reader decodes sections as they
+    // come: one pass over the routes to number them.
     let exact = non_empty(EXACT, &table.exact);
     let wildcard = non_empty(WILDCARD, &table.wildcard);
-    let catch_all = !table.catch_all.is_empty();
-    put_varint(
-        &mut buf,
-        (exact.len() + wildcard.len() + usize::from(catch_all)) as u64,
-    );
     let mut names = Names::default();
-    let mut section = Vec::new();
-    for (kind, shard, set) in exact.into_iter().chain(wildcard) {
-        section.clear();
-        put_varint(&mut section, set.len() as u64);
-        for group in set {
-            put_group(&mut section, group.routes(), &mut names);
+    let groups = exact
+        .iter()
+        .chain(&wildcard)
+        .flat_map(|(_, _, set)| set.iter().map(ByDomain::routes))
+        .chain(std::iter::once(&table.catch_all[..]));
+    for routes in groups {
+        for route in routes {
+            names.index(&route.path);
+            names.index(&route.service);
+            if let Some(cert) = &route.certificate_id {
+                names.index(cert);
+            }
         }
-        put_section(&mut buf, kind, shard, &section);
-        out.flush_if_big(&mut buf)?;
     }
-    if catch_all {
-        section.clear();
-        put_varint(&mut section, 1);
-        put_group(&mut section, &table.catch_all, &mut names);
-        put_section(&mut buf, CATCH_ALL, 0, &section);
-    }
-
+    buf.clear();
     put_varint(&mut buf, names.list.len() as u64);
     for name in &names.list {
         put_str(&mut buf, name);
-        out.flush_if_big(&mut buf)?;
+    }
+    out.block(NAMES, &buf)?;
+
+    for (kind, shard, set) in exact.into_iter().chain(wildcard) {
+        buf.clear();
+        buf.push(kind);
+        put_varint(&mut buf, shard as u64);
+        put_varint(&mut buf, set.len() as u64);
+        for group in set {
+            put_group(&mut buf, group.routes(), &mut names);
+        }
+        out.block(SECTION, &buf)?;
+    }
+    if !table.catch_all.is_empty() {
+        buf.clear();
+        buf.push(CATCH_ALL);
+        put_varint(&mut buf, 0);
+        put_varint(&mut buf, 1);
+        put_group(&mut buf, &table.catch_all, &mut names);
+        out.block(SECTION, &buf)?;
     }
 
+    buf.clear();
     put_varint(&mut buf, table.tcp_routes.len() as u64);
     for route in table.tcp_routes.values() {
         put_str(&mut buf, &route.id);
@@ -65,9 +84,10 @@ pub fn write(table: &Table, meta: &Meta, out: impl Write) -> io::Result<u64> {
         if let Some(app) = &route.app_id {
             put_str(&mut buf, app);
         }
-        out.flush_if_big(&mut buf)?;
     }
+    out.block(TCP, &buf)?;
 
+    buf.clear();
     put_varint(&mut buf, table.services.len() as u64);
     for (name, service) in &table.services {
         put_str(&mut buf, name);
@@ -77,9 +97,9 @@ pub fn write(table: &Table, meta: &Meta, out: impl Write) -> io::Result<u64> {
             put_str(&mut buf, &backend.addr.to_string());
             put_i64(&mut buf, backend.create_revision);
         }
-        out.flush_if_big(&mut buf)?;
     }
-    out.bytes(&buf)?;
+    out.block(SERVICES, &buf)?;
+    out.block(END_OF_BODY, &[])?;
     out.finish()
 }
 
@@ -93,14 +113,14 @@ fn non_empty(kind: u8, set: &Shards<str, ByDomain>) -> Vec<(u8, usize, &HashSet<
 }
 
 /// The body's writer: counts and checksums what goes through.
-struct Body<W: Write> {
+pub(super) struct Body<W: Write> {
     out: W,
     crc: crc32fast::Hasher,
     len: u64,
 }
 
 impl<W: Write> Body<W> {
-    fn new(mut out: W) -> io::Result<Body<W>> {
+    pub(super) fn new(mut out: W) -> io::Result<Body<W>> {
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;
         Ok(Body {
@@ -116,15 +136,14 @@ impl<W: Write> Body<W> {
         self.out.write_all(bytes)
     }
 
-    fn flush_if_big(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        if buf.len() >= 1 << 16 {
-            self.bytes(buf)?;
-            buf.clear();
-        }
-        Ok(())
+    /// One block: its tag, its length, its bytes.
+    pub(super) fn block(&mut self, tag: u8, data: &[u8]) -> io::Result<()> {
+        self.bytes(&[tag])?;
+        self.bytes(&(data.len() as u64).to_le_bytes())?;
+        self.bytes(data)
     }
 
-    fn finish(mut self) -> io::Result<u64> {
+    pub(super) fn finish(mut self) -> io::Result<u64> {
         let crc = self.crc.clone().finalize();
         self.out.write_all(&self.len.to_le_bytes())?;
         self.out.write_all(&crc.to_le_bytes())?;
@@ -151,13 +170,6 @@ impl Names {
         self.index.insert(name.clone(), i);
         i
     }
-}
-
-pub(super) fn put_section(buf: &mut Vec<u8>, kind: u8, shard: usize, section: &[u8]) {
-    buf.push(kind);
-    put_varint(buf, shard as u64);
-    put_varint(buf, section.len() as u64);
-    buf.extend_from_slice(section);
 }
 
 /// The routes of one domain (at least one), in the table's order.
