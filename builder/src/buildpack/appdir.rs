@@ -4,7 +4,7 @@
 //! fuse-overlayfs, each one a round trip to a FUSE daemon): copying a cached virtualenv's
 //! thousands of files into `/app`, then reading them all back as the slug, took seconds. On
 //! the host's filesystem the same work takes a fraction of that (in `/dev/shm`, when there
-//! is one, a fraction again: creating 1,600 files on this machine's disk takes 1.6 s, in
+//! is one with room for a build, a fraction again: creating 1,600 files on this machine's disk takes 1.6 s, in
 //! memory 0.3 s), and the slug is read straight from the directory. The pushed tree is copied in first (the build writes into
 //! `/app`; the source stays as given), owned by the build user when this process may chown,
 //! else writable by everyone (a build tree holds nothing the app's code cannot read).
@@ -19,6 +19,16 @@ use crate::stack;
 /// Where a build's `/app` goes when it can: memory (a slug is held in memory whole anyway).
 const MEMORY: &str = "/dev/shm";
 
+/// The free space `/dev/shm` needs for a build to go there: a build that fills a small tmpfs
+/// (a container's is 64 MiB by default) would fail where the disk had room.
+const MEMORY_NEEDED: u64 = 2 << 30;
+
+/// Whether `/dev/shm` is there with room for a build.
+fn memory_has_room() -> bool {
+    nix::sys::statvfs::statvfs(MEMORY)
+        .is_ok_and(|fs| fs.blocks_available().saturating_mul(fs.fragment_size()) >= MEMORY_NEEDED)
+}
+
 /// A build's `/app` on the host, removed (off the async threads) when dropped.
 pub struct AppDir {
     dir: Option<tempfile::TempDir>,
@@ -29,9 +39,12 @@ impl AppDir {
     /// A fresh directory holding a copy of `source` (without a top-level `.git`).
     pub fn new(source: &Path) -> io::Result<AppDir> {
         let named = || tempfile::Builder::new().prefix("flynn-app-").clone();
-        let dir = match named().tempdir_in(MEMORY) {
-            Ok(dir) => dir,
-            Err(_) => named().tempdir()?,
+        let in_memory = memory_has_room()
+            .then(|| named().tempdir_in(MEMORY).ok())
+            .flatten();
+        let dir = match in_memory {
+            Some(dir) => dir,
+            None => named().tempdir()?,
         };
         let path = dir.path().join("app");
         std::fs::create_dir(&path)?;
