@@ -192,7 +192,7 @@ pub struct RouterArgs {
     /// and revision; no certificates, no keys): a restarting router serves it at once and
     /// watches the store from where it was instead of listing every route again (it lists when
     /// the store was replaced or compacted past it). Written atomically (mode 0600) at most every
-    /// 10 s after changes, and at shutdown. Default: none.
+    /// 10 s after changes, and at shutdown. [default: none; `flynn server`: <data>/router.snapshot]
     #[arg(long, env = "FLYNN_SNAPSHOT")]
     pub snapshot: Option<PathBuf>,
 

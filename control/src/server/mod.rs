@@ -155,7 +155,7 @@ pub struct Args {
 }
 
 /// Runs until SIGTERM or SIGINT (pingora's graceful shutdown); returns only on a start-up error.
-pub fn run(args: Args) -> anyhow::Result<()> {
+pub fn run(mut args: Args) -> anyhow::Result<()> {
     flynn_router::config::init_logging(&args.log)?;
     args.router.validate()?;
     let data = setup::data_dir(args.data.as_deref())?;
@@ -273,6 +273,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!(http = ?args.router.http_addrs, https = ?args.router.https(),
         admin = %args.router.admin_addr, tcp = ?args.router.tcp_ports, "starting the router");
     let upgrade_sock = data.join("upgrade.sock").display().to_string();
+    // The table is kept beside the data (an etcd store is watched from where it was on restart;
+    // the embedded store keeps no history across its own restart, so it is listed, the saved
+    // table serving meanwhile).
+    args.router
+        .snapshot
+        .get_or_insert_with(|| data.join("router.snapshot"));
     let config = args.router.into_config(
         StoreSource::Shared(store),
         keys,
