@@ -59,16 +59,6 @@ impl Snapshotted {
     }
 }
 
-async fn wait_metric(router: &Router, sample: &str, want: impl Fn(f64) -> bool) {
-    let result = eventually(APPLY, sample, || async {
-        common::metric_value(&router.metrics().await, sample).is_some_and(&want)
-    })
-    .await;
-    if let Err(e) = result {
-        panic!("{e}\nmetrics:\n{}", router.metrics().await);
-    }
-}
-
 async fn wait_for_log(router: &Router, text: &str) {
     let found = eventually(APPLY, text, || async { router.log().contains(text) }).await;
     if let Err(e) = found {
@@ -148,8 +138,12 @@ router log:
     s.h.router.wait_healthy().await;
     let api = s.h.get("/api/x", "keep.test").await;
     assert_eq!(api.status, 200);
-    wait_metric(&s.h.router, "flynn_router_routes", |v| v == 3.0).await;
-    wait_metric(&s.h.router, "flynn_router_instances", |v| v == 2.0).await;
+    s.h.router
+        .wait_metric("flynn_router_routes", |v| v == 3.0)
+        .await;
+    s.h.router
+        .wait_metric("flynn_router_instances", |v| v == 2.0)
+        .await;
     assert_eq!(
         s.h.router.metric("flynn_router_store_relists_total").await,
         0.0
@@ -198,11 +192,12 @@ async fn a_store_compacted_past_the_snapshot_is_listed_again() {
     s.h.wait_status("three.test", "/", 200).await;
     s.h.wait_status("one.test", "/", 404).await;
     s.h.wait_status("two.test", "/", 200).await;
-    wait_metric(&s.h.router, "flynn_router_routes", |v| v == 2.0).await;
-    wait_metric(&s.h.router, "flynn_router_store_relists_total", |v| {
-        v >= 1.0
-    })
-    .await;
+    s.h.router
+        .wait_metric("flynn_router_routes", |v| v == 2.0)
+        .await;
+    s.h.router
+        .wait_metric("flynn_router_store_relists_total", |v| v >= 1.0)
+        .await;
     wait_for_log(&s.h.router, "loaded the table snapshot").await;
 }
 

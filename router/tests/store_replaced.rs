@@ -5,21 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, Router, APPLY};
+use common::{Harness, Router};
 use flynn_store::{Keys, Store};
 use flynn_testkit::backend::Backend;
-use flynn_testkit::{eventually, Etcd};
+use flynn_testkit::Etcd;
 use serde_json::json;
-
-async fn wait_metric(router: &Router, sample: &str, want: impl Fn(f64) -> bool) {
-    let result = eventually(APPLY, sample, || async {
-        common::metric_value(&router.metrics().await, sample).is_some_and(&want)
-    })
-    .await;
-    if let Err(e) = result {
-        panic!("{e}\nmetrics:\n{}", router.metrics().await);
-    }
-}
 
 /// Retries a put until the store answers (etcd is starting).
 async fn put_when_up(store: &dyn Store, key: &str, value: String) {
@@ -62,10 +52,14 @@ async fn an_empty_etcd_in_place_of_the_old_one_replaces_the_table() {
         .await;
     }
     h.wait_status("old.test", "/", 200).await;
-    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 1.0).await;
+    h.router
+        .wait_metric("flynn_router_store_connected", |v| v == 1.0)
+        .await;
 
     h.etcd.stop().await;
-    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 0.0).await;
+    h.router
+        .wait_metric("flynn_router_store_connected", |v| v == 0.0)
+        .await;
     std::fs::remove_dir_all(h.etcd.data_dir().join("etcd")).expect("wipe etcd's data");
     h.etcd.restart().await;
 
@@ -89,9 +83,15 @@ async fn an_empty_etcd_in_place_of_the_old_one_replaces_the_table() {
     // The new store's truth, within a few seconds: the new route served, the old one gone.
     h.wait_status("new.test", "/", 200).await;
     h.wait_status("old.test", "/", 404).await;
-    wait_metric(&h.router, "flynn_router_routes", |v| v == 1.0).await;
-    wait_metric(&h.router, "flynn_router_instances", |v| v == 1.0).await;
-    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 1.0).await;
+    h.router
+        .wait_metric("flynn_router_routes", |v| v == 1.0)
+        .await;
+    h.router
+        .wait_metric("flynn_router_instances", |v| v == 1.0)
+        .await;
+    h.router
+        .wait_metric("flynn_router_store_connected", |v| v == 1.0)
+        .await;
     assert!(h.router.metric("flynn_router_store_relists_total").await >= 1.0);
 
     // And it follows the new store live.
@@ -140,10 +140,9 @@ async fn routes_are_listed_in_pages() {
         .await
         .expect("put");
     router.wait_healthy().await;
-    wait_metric(&router, "flynn_router_routes", |v| {
-        v == f64::from(count + 1)
-    })
-    .await;
+    router
+        .wait_metric("flynn_router_routes", |v| v == f64::from(count + 1))
+        .await;
     let http = router.http.to_string();
     for i in 0..count {
         let host = format!("r{i}.paged.test");

@@ -8,16 +8,6 @@ use common::{backend_of, Harness, Router, APPLY};
 use flynn_testkit::backend::Backend;
 use flynn_testkit::{eventually, Etcd};
 
-async fn wait_metric(router: &Router, sample: &str, want: impl Fn(f64) -> bool) {
-    let result = eventually(APPLY, sample, || async {
-        common::metric_value(&router.metrics().await, sample).is_some_and(&want)
-    })
-    .await;
-    if let Err(e) = result {
-        panic!("{e}\nmetrics:\n{}", router.metrics().await);
-    }
-}
-
 #[tokio::test]
 async fn malformed_entries_are_skipped_counted_and_the_last_good_one_kept() {
     let h = Harness::start(&[]).await;
@@ -58,10 +48,9 @@ async fn malformed_entries_are_skipped_counted_and_the_last_good_one_kept() {
     for (key, value) in &bad_entries {
         h.put_raw(key, *value).await;
     }
-    wait_metric(&h.router, "flynn_router_store_invalid_entries_total", |v| {
-        v >= 6.0
-    })
-    .await;
+    h.router
+        .wait_metric("flynn_router_store_invalid_entries_total", |v| v >= 6.0)
+        .await;
     // The router is up and serving as before.
     assert_eq!(backend_of(&h.get("/", "good.test").await), "good");
     assert_eq!(h.router.metric("flynn_router_routes").await, 1.0);
@@ -69,17 +58,15 @@ async fn malformed_entries_are_skipped_counted_and_the_last_good_one_kept() {
 
     // A good route overwritten with garbage keeps serving its last good version.
     h.put_raw(&h.keys.route("http-good"), "\u{0}garbage").await;
-    wait_metric(&h.router, "flynn_router_store_invalid_entries_total", |v| {
-        v >= 7.0
-    })
-    .await;
+    h.router
+        .wait_metric("flynn_router_store_invalid_entries_total", |v| v >= 7.0)
+        .await;
     assert_eq!(h.get("/", "good.test").await.status, 200);
     // A good instance overwritten with garbage keeps its last good address too.
     h.put_raw(&h.keys.instance("web", "i1"), "[]").await;
-    wait_metric(&h.router, "flynn_router_store_invalid_entries_total", |v| {
-        v >= 8.0
-    })
-    .await;
+    h.router
+        .wait_metric("flynn_router_store_invalid_entries_total", |v| v >= 8.0)
+        .await;
     assert_eq!(h.get("/", "good.test").await.status, 200);
 
     // Fixing the value applies it again; unknown fields are ignored.
@@ -116,10 +103,14 @@ async fn an_etcd_outage_keeps_the_last_table_and_converges_after() {
     h.instance("web", "i1", first.addr).await;
     h.route("http-1", "outage.test", "/", "web").await;
     h.wait_status("outage.test", "/", 200).await;
-    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 1.0).await;
+    h.router
+        .wait_metric("flynn_router_store_connected", |v| v == 1.0)
+        .await;
 
     h.etcd.stop().await;
-    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 0.0).await;
+    h.router
+        .wait_metric("flynn_router_store_connected", |v| v == 0.0)
+        .await;
     // Still serving the last table, for a while.
     for _ in 0..20 {
         assert_eq!(backend_of(&h.get("/", "outage.test").await), "first");
@@ -158,9 +149,15 @@ async fn an_etcd_outage_keeps_the_last_table_and_converges_after() {
     })
     .await
     .expect("converged");
-    wait_metric(&h.router, "flynn_router_store_connected", |v| v == 1.0).await;
-    wait_metric(&h.router, "flynn_router_instances", |v| v == 1.0).await;
-    wait_metric(&h.router, "flynn_router_routes", |v| v == 2.0).await;
+    h.router
+        .wait_metric("flynn_router_store_connected", |v| v == 1.0)
+        .await;
+    h.router
+        .wait_metric("flynn_router_instances", |v| v == 1.0)
+        .await;
+    h.router
+        .wait_metric("flynn_router_routes", |v| v == 2.0)
+        .await;
 }
 
 #[tokio::test]
@@ -190,7 +187,9 @@ async fn a_router_that_never_synced_is_unhealthy_until_the_store_answers() {
     etcd.restart().await;
     router.wait_healthy().await;
     // Healthy means listed; "connected" follows once every watch is up, a moment later.
-    wait_metric(&router, "flynn_router_store_connected", |v| v == 1.0).await;
+    router
+        .wait_metric("flynn_router_store_connected", |v| v == 1.0)
+        .await;
 }
 
 #[tokio::test]
@@ -227,19 +226,19 @@ async fn metrics_count_requests_and_mirror_the_store() {
     }
     assert_eq!(h.get("/status/503", "metrics.test").await.status, 503);
     let r = &h.router;
-    wait_metric(r, r#"flynn_router_requests_total{class="2xx"}"#, |v| {
+    r.wait_metric(r#"flynn_router_requests_total{class="2xx"}"#, |v| {
         v == before_2xx + 5.0
     })
     .await;
-    wait_metric(r, r#"flynn_router_requests_total{class="4xx"}"#, |v| {
+    r.wait_metric(r#"flynn_router_requests_total{class="4xx"}"#, |v| {
         v == before_4xx + 3.0
     })
     .await;
-    wait_metric(r, r#"flynn_router_requests_total{class="5xx"}"#, |v| {
+    r.wait_metric(r#"flynn_router_requests_total{class="5xx"}"#, |v| {
         v == before_5xx + 1.0
     })
     .await;
-    wait_metric(r, "flynn_router_request_duration_seconds_count", |v| {
+    r.wait_metric("flynn_router_request_duration_seconds_count", |v| {
         v == before_count + 9.0
     })
     .await;
@@ -256,11 +255,12 @@ async fn metrics_count_requests_and_mirror_the_store() {
         )
         .await
         .expect("put");
-    wait_metric(&h.router, "flynn_router_store_revision", |v| {
-        v == revision as f64
-    })
-    .await;
-    wait_metric(&h.router, "flynn_router_routes", |v| v == 2.0).await;
+    h.router
+        .wait_metric("flynn_router_store_revision", |v| v == revision as f64)
+        .await;
+    h.router
+        .wait_metric("flynn_router_routes", |v| v == 2.0)
+        .await;
     assert!(
         h.router
             .metric("flynn_router_store_last_sync_age_seconds")

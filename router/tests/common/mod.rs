@@ -280,6 +280,17 @@ impl Router {
         let text = self.metrics().await;
         metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
     }
+
+    /// Waits (up to [`APPLY`]) until `sample`'s value satisfies `want`; panics with the metrics.
+    pub async fn wait_metric(&self, sample: &str, want: impl Fn(f64) -> bool) {
+        let result = eventually(APPLY, sample, || async {
+            metric_value(&self.metrics().await, sample).is_some_and(&want)
+        })
+        .await;
+        if let Err(e) = result {
+            panic!("{e}\nmetrics:\n{}", self.metrics().await);
+        }
+    }
 }
 
 pub fn metric_value(text: &str, sample: &str) -> Option<f64> {
