@@ -358,7 +358,7 @@ async fn a_body_cut_off_is_counted_by_the_side_that_failed() {
             let mut got = Vec::new();
             let _ =
                 tokio::time::timeout(Duration::from_secs(2), stream.read_to_end(&mut got)).await;
-            // Routed: not the router's 404 or 503 (a broken chunked body may send nothing).
+            // Routed: not the router's 404 or 503 (a broken chunked body is its 502).
             !got.starts_with(b"HTTP/1.1 404") && !got.starts_with(b"HTTP/1.1 503")
         })
         .await
@@ -379,11 +379,22 @@ async fn a_body_cut_off_is_counted_by_the_side_that_failed() {
             .expect("connect");
         let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("write");
-        // The head goes out, then the connection is closed where the body broke off.
         let mut got = Vec::new();
         let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
         assert!(read.is_ok(), "{host}: still open");
-        // What was passed on is never a whole response: the client can tell it was cut off.
+        if side == "malformed" {
+            // Broken before anything of it could be passed on: the router's 502 instead of the
+            // head. (Pingora's path writes the head before it reads the body: there a client
+            // still gets the head, then a close.)
+            assert!(
+                got.starts_with(b"HTTP/1.1 502 ") && whole_response(&got),
+                "{host}: {}",
+                String::from_utf8_lossy(&got)
+            );
+            continue;
+        }
+        // The head goes out, then the connection is closed where the body broke off. What was
+        // passed on is never a whole response: the client can tell it was cut off.
         assert!(
             !whole_response(&got),
             "{host} ({side}): {}",

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::super::sticky;
-use super::{request, response, Conn, FastH1, MAX_HEAD, MIN_ROOM};
+use super::{request, response, Conn, FastH1, RelayError, MAX_HEAD, MIN_ROOM};
 use crate::backend::{Attempts, Backend, InFlight, Service};
 use crate::table::RouteEntry;
 
@@ -128,6 +128,15 @@ impl FastH1 {
                     );
                 }
                 (resp.status, keep_client)
+            }
+            // A chunked body broken before its first byte went out: the head still waits in
+            // `conn.out`, so the client gets the router's 502 (as for a broken head), not a
+            // connection closed with no answer.
+            Err(e @ RelayError::Malformed(_)) if !conn.out.is_empty() => {
+                tracing::debug!(error = %e, "response body malformed before anything was sent");
+                self.router.metrics.relay_failed(e.side());
+                conn.out.clear();
+                self.fail(conn, 502).await
             }
             // Cut off mid-body: the client's connection cannot carry another response.
             Err(e) => {
