@@ -103,18 +103,28 @@ pub enum SnapshotError {
 /// renamed over `path`, and the directory synced. Returns the size written.
 pub fn save(path: &Path, table: &Table, meta: &Meta) -> Result<u64, SnapshotError> {
     let tmp = temporary(path);
+    let saved = save_via(&tmp, path, table, meta);
+    if saved.is_err() {
+        // A save cut short (a full disk, most likely) must not keep its partial file: it
+        // would hold the space, and its name (by process id) is never written again.
+        let _ = fs::remove_file(&tmp);
+    }
+    saved
+}
+
+fn save_via(tmp: &Path, path: &Path, table: &Table, meta: &Meta) -> Result<u64, SnapshotError> {
     let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&tmp)?;
+        .open(tmp)?;
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let size = write(table, meta, &mut out)?;
     let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
     file.sync_all()?;
     drop(file);
-    fs::rename(&tmp, path)?;
+    fs::rename(tmp, path)?;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),

@@ -302,6 +302,22 @@ fn saved_atomically_and_privately() {
     assert_eq!(back.route_count(), 0);
 }
 
+#[test]
+fn a_failed_save_leaves_no_temporary_file() {
+    let dir = tempfile::tempdir().expect("dir");
+    // A directory (not empty) where the file goes: the write succeeds, the rename fails, as a
+    // full disk or a lost permission would fail a save half way.
+    let path = dir.path().join("router.snapshot");
+    fs::create_dir(&path).expect("dir");
+    fs::write(path.join("x"), b"x").expect("write");
+    save(&path, &sample(10), &meta()).expect_err("cannot replace a directory");
+    assert!(
+        !temporary(&path).exists(),
+        "a failed save left {} behind",
+        temporary(&path).display()
+    );
+}
+
 /// `cargo test --release -p flynn-router --lib million -- --ignored --nocapture`: how long a
 /// million routes take to write and to read back.
 #[test]
