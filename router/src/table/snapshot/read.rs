@@ -39,8 +39,8 @@ pub fn read_from(
         Ok(Meta {
             prefix: r.str()?.to_owned(),
             store: r.str()?.to_owned(),
-            routes: r.i64()?,
-            services: r.i64()?,
+            routes: revision(r)?,
+            services: revision(r)?,
         })
     })?;
     let interner = Interner::default();
@@ -298,6 +298,16 @@ fn decode_sections(
     match failed {
         Some(e) => Err(e),
         None => Ok((out, by_id)),
+    }
+}
+
+/// A store revision: never negative, and one more must fit (the mirrors resume from it + 1).
+fn revision(r: &mut Reader<'_>) -> Result<i64, SnapshotError> {
+    let revision = r.i64()?;
+    if (0..i64::MAX).contains(&revision) {
+        Ok(revision)
+    } else {
+        Err(corrupt("a revision no store has"))
     }
 }
 

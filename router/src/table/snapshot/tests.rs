@@ -303,6 +303,27 @@ fn saved_atomically_and_privately() {
 }
 
 #[test]
+fn revisions_no_store_has_are_refused() {
+    // The mirrors resume from revision + 1 (and watch from it): a negative or the largest
+    // revision, even under a valid checksum, must not get that far.
+    for (routes, services) in [(-1, 5), (5, -7), (i64::MAX, 5), (5, i64::MAX)] {
+        let meta = Meta {
+            routes,
+            services,
+            ..meta()
+        };
+        let mut out = Vec::new();
+        write(&sample(3), &meta, &mut out).expect("write");
+        let read = read_from(out.as_slice(), out.len() as u64, 2);
+        assert!(
+            matches!(read, Err(SnapshotError::Corrupt(_))),
+            "revisions {routes}, {services}: {:?}",
+            read.map(|(_, m)| m)
+        );
+    }
+}
+
+#[test]
 fn a_failed_save_leaves_no_temporary_file() {
     let dir = tempfile::tempdir().expect("dir");
     // A directory (not empty) where the file goes: the write succeeds, the rename fails, as a
