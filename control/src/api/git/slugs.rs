@@ -51,12 +51,7 @@ pub async fn get(
     Path((app, build)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let app = apps::find(&state.api, &app).await?.value;
-    let missing = || {
-        ApiError::not_found(format!(
-            "no slug of build {build:?} of {} is kept here",
-            app.name
-        ))
-    };
+    let missing = || ApiError::not_found(not_kept(&build, &app.name));
     let id_ok = !build.is_empty()
         && build.len() <= 128
         && build
@@ -95,6 +90,15 @@ pub async fn get(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
     headers.insert(CONTENT_LENGTH, HeaderValue::from(len));
     Ok(response)
+}
+
+/// Why a slug is not served, and what to do about it.
+fn not_kept(build: &str, app: &str) -> String {
+    format!(
+        "no slug of build {build:?} of {app} is kept here (only the slugs of its {KEPT} newest \
+         releases are): push {app} again, or deploy a newer release, to run it on a host \
+         whose engine lacks its image"
+    )
 }
 
 /// Removes a slug that will not be released.
@@ -161,5 +165,11 @@ mod tests {
         left.sort();
         assert_eq!(left, ["b4.tgz", "b5.tgz", "b6.tgz", "notes.txt"]);
         assert_eq!(url_path("a1", "b2"), "/apps/a1/slugs/b2");
+        let message = not_kept("b2", "web");
+        assert!(
+            message.starts_with("no slug of build \"b2\" of web is kept here")
+                && message.contains("push web again"),
+            "{message}"
+        );
     }
 }
