@@ -51,6 +51,28 @@ pub fn labels(app_id: &str, app_name: &str, build_id: &str) -> HashMap<String, S
     engine::labels(app_id, app_name, build_id)
 }
 
+/// The most a slug's tar may hold once uncompressed: a build refuses an app whose files are
+/// over 2 GiB (`buildpack::MAX_SLUG`), and the tar's headers add at most 1 KiB a file. A slug
+/// is fetched from the URL an artifact names: a larger one (a gzip bomb) must not be
+/// decompressed into the host agent's memory without end.
+pub const MAX_TAR: u64 = 3 << 30;
+
+/// `slug` uncompressed; an error past `max` bytes.
+fn gunzip(slug: &[u8], max: u64) -> std::io::Result<Vec<u8>> {
+    let mut tar = Vec::new();
+    flate2::read::GzDecoder::new(slug)
+        .take(max.saturating_add(1))
+        .read_to_end(&mut tar)
+        .map_err(|e| std::io::Error::other(format!("not a gzipped tar: {e}")))?;
+    if tar.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "it is over {max} bytes uncompressed (more than any build makes): rebuild the app \
+             with a push"
+        )));
+    }
+    Ok(tar)
+}
+
 /// What a slug image is: its id, and the Procfile's types when the slug has one.
 #[derive(Debug)]
 pub struct SlugImage {
@@ -70,14 +92,10 @@ pub async fn image_from_slug(
     labels: HashMap<String, String>,
     out: &Output,
 ) -> Result<SlugImage, BuildError> {
-    let tar = tokio::task::spawn_blocking(move || {
-        let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(slug.as_slice()).read_to_end(&mut tar)?;
-        Ok::<_, std::io::Error>(tar)
-    })
-    .await
-    .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
-    .map_err(|e| BuildError::Source(format!("the slug is not a gzipped tar: {e}")))?;
+    let tar = tokio::task::spawn_blocking(move || gunzip(&slug, MAX_TAR))
+        .await
+        .map_err(|e| BuildError::Source(format!("the slug: {e}")))?
+        .map_err(|e| BuildError::Source(format!("the slug: {e}")))?;
     let (image_id, procfile, guard) = assemble(docker, stack, tar.into(), tag, labels, out).await?;
     guard.keep();
     Ok(SlugImage { image_id, procfile })
@@ -195,5 +213,16 @@ mod tests {
             .expect("gunzip");
         assert_eq!(back, tar);
         assert_eq!(argv("python app.py"), ["/runner/init", "python app.py"]);
+    }
+
+    #[test]
+    fn a_slug_past_the_limit_is_refused_uncompressed() {
+        let slug = compress(&vec![0u8; 1 << 20]).expect("gzip");
+        assert!(slug.len() < 16 << 10, "zeros compress well: {}", slug.len());
+        assert_eq!(gunzip(&slug, 1 << 20).expect("at the limit").len(), 1 << 20);
+        let err = gunzip(&slug, 64 << 10).expect_err("over the limit");
+        assert!(err.to_string().contains("over 65536 bytes"), "{err}");
+        let err = gunzip(b"not gzip", 1 << 20).expect_err("not gzip");
+        assert!(err.to_string().starts_with("not a gzipped tar"), "{err}");
     }
 }
