@@ -3,13 +3,20 @@
 //! not available), with the tree as the context. There is no registry: every `FROM` image must
 //! already be in the engine, which is checked first so the error says which one is missing.
 //!
+//! A `.dockerignore` at the root leaves paths out of the context with Docker's rules (see
+//! [`crate::dockerignore`]), so `COPY . /app` does not copy them. `Dockerfile` and
+//! `.dockerignore` themselves are always sent, as the docker CLI sends them: the engine reads
+//! them and then drops them from the context when `.dockerignore` excludes them. A malformed
+//! pattern fails the build before anything is sent, naming its line.
+//!
 //! The image runs with its own entrypoint and command (`web`'s argv is empty); its first
 //! `EXPOSE`d TCP port is where `web` listens ([`crate::Built::port`]; the release declares it,
 //! so `PORT` is set to it too). An image that exposes nothing must listen on `$PORT`.
 
 use bollard::Docker;
 
-use crate::context::Tar;
+use crate::context::{Keep, Tar};
+use crate::dockerignore::Dockerignore;
 use crate::engine;
 use crate::{say, stack, Build, BuildError, Built, Output};
 
@@ -25,20 +32,39 @@ pub async fn build(
         .await
         .map_err(|e| BuildError::Source(format!("cannot read the Dockerfile: {e}")))?;
     say(out, "-----> Dockerfile detected").await?;
+    let ignore = match tokio::fs::read(build.source.join(".dockerignore")).await {
+        Ok(bytes) => Dockerignore::parse(&String::from_utf8_lossy(&bytes))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Dockerignore::default(),
+        Err(e) => {
+            return Err(BuildError::Source(format!(
+                "cannot read the .dockerignore: {e}"
+            )))
+        }
+    };
     for image in base_images(&text) {
         if !stack::exists(docker, &image).await? {
             return Err(BuildError::MissingBaseImage(image));
         }
     }
     let source = build.source.clone();
-    let context = tokio::task::spawn_blocking(move || {
+    let has_ignore = !ignore.is_empty();
+    let (context, left_out) = tokio::task::spawn_blocking(move || {
+        let left_out = std::cell::Cell::new(0usize);
+        let keep = |path: &str, is_dir: bool| context_keeps(&ignore, path, is_dir, &left_out);
         let mut tar = Tar::new();
-        tar.tree(&source, "", 0)?;
-        tar.finish()
+        tar.tree_filtered(&source, "", 0, &keep)?;
+        tar.finish().map(|bytes| (bytes, left_out.get()))
     })
     .await
     .map_err(|e| BuildError::Source(e.to_string()))?
     .map_err(|e| BuildError::Source(format!("the build context: {e}")))?;
+    if has_ignore {
+        say(
+            out,
+            format!("-----> .dockerignore: {left_out} paths left out of the build context"),
+        )
+        .await?;
+    }
     say(out, format!("-----> Building the image {tag}")).await?;
     // The classic builder adds a step (an intermediate container) per label: one, which
     // names the build (the tag names the app).
@@ -68,6 +94,24 @@ pub async fn build(
         slug: None,
         stack: None,
     })
+}
+
+/// Whether the context keeps `path`; counts what it leaves out (a directory once).
+fn context_keeps(
+    ignore: &Dockerignore,
+    path: &str,
+    is_dir: bool,
+    left_out: &std::cell::Cell<usize>,
+) -> Keep {
+    // Sent anyway: the engine needs them, and drops them itself when they are excluded.
+    if path == "Dockerfile" || path == ".dockerignore" || !ignore.excludes(path) {
+        return Keep::Yes;
+    }
+    if is_dir && ignore.may_take_back_under(path) {
+        return Keep::Inside;
+    }
+    left_out.set(left_out.get() + 1);
+    Keep::No
 }
 
 /// The lowest `port/tcp` among an image's exposed ports.

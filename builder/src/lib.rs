@@ -11,12 +11,13 @@
 //! [`buildpack`] (Heroku's classic buildpack API run in a container of the stack),
 //! [`slug`] (a compiled slug tarball + the stack → an app image; what a host agent whose
 //! engine lacks an app's image runs to rebuild it from the slug the controller keeps), [`dockerfile`] (builds through the
-//! engine's build API), [`procfile`] (the Procfile parser). `builder/README.md` has the
+//! engine's build API, its context filtered by [`dockerignore`]), [`procfile`] (the Procfile parser). `builder/README.md` has the
 //! detection order, the slug format and how to use your own stack image.
 
 pub mod buildpack;
 mod context;
 pub mod dockerfile;
+pub mod dockerignore;
 mod engine;
 pub mod git;
 pub mod procfile;
@@ -134,6 +135,9 @@ pub enum BuildError {
     MissingBaseImage(String),
     #[error("the source tree: {0}")]
     Source(String),
+    /// A `.dockerignore` line Docker would refuse (the push fails, as `docker build` does).
+    #[error(transparent)]
+    Dockerignore(#[from] dockerignore::DockerignoreError),
     #[error("{0}")]
     Invalid(String),
     #[error("the build was cancelled")]

@@ -97,3 +97,102 @@ async fn dockerfile_errors_are_clear() {
     assert!(text.contains("about to fail"), "{text}");
     assert!(!image_exists(&format!("flynn/app-{}:{id}", app.name)));
 }
+
+/// `.dockerignore` leaves a file, a directory, a `**` pattern's files and the two build files
+/// out of `COPY . /app`; `!` exceptions take back a file inside the excluded directory and
+/// one `**` file. What arrived is listed by running the image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerignore_leaves_paths_out_of_the_context() {
+    let stack = stack_image().await;
+    let dockerfile = format!(
+        "FROM {stack}\nCOPY . /app\nRUN find /app -mindepth 1 | sort | sed 's/^/in context: /'\n\
+         CMD [\"find\", \"/app\", \"-mindepth\", \"1\"]\n"
+    );
+    let ignore = "# what stays out of the image\n\
+                  secret.txt\n\
+                  /build/\n\
+                  !build/version.txt\n\
+                  **/*.log\n\
+                  !logs/keep.log\n\
+                  docs/*.md\n\
+                  !docs/README.md\n\
+                  ./Dockerfile\n\
+                  .dockerignore\n";
+    let mut app = App::new(
+        "dockerignore",
+        &[
+            ("Dockerfile", &dockerfile),
+            (".dockerignore", ignore),
+            ("app.txt", "the app\n"),
+            ("secret.txt", "password\n"),
+            ("build/out.bin", "binary\n"),
+            ("build/version.txt", "1.0\n"),
+            ("build/cache/deep.txt", "cache\n"),
+            ("debug.log", "log\n"),
+            ("src/main.py", "print(1)\n"),
+            ("src/deep/trace.log", "log\n"),
+            ("logs/keep.log", "kept\n"),
+            ("logs/other.log", "log\n"),
+            ("docs/guide.md", "guide\n"),
+            ("docs/README.md", "readme\n"),
+        ],
+    );
+    let (built, lines) = app.build(&build_id("ignore")).await;
+    let built = built.expect("the build succeeds");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l == "-----> .dockerignore: 7 paths left out of the build context"),
+        "{lines:?}"
+    );
+    let run = std::process::Command::new("docker")
+        .args(["run", "--rm", &built.image])
+        .output()
+        .expect("docker run");
+    assert!(run.status.success(), "{run:?}");
+    let mut files: Vec<String> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    files.sort();
+    println!("{files:#?}");
+    assert_eq!(
+        files,
+        [
+            "/app/app.txt",
+            "/app/build",
+            "/app/build/version.txt",
+            "/app/docs",
+            "/app/docs/README.md",
+            "/app/logs",
+            "/app/logs/keep.log",
+            "/app/src",
+            // Not excluded itself (only its .log is), so it arrives empty, as with Docker.
+            "/app/src/deep",
+            "/app/src/main.py",
+        ]
+    );
+    // The build's own RUN saw the same context.
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("in context: /app/build/version.txt")));
+    assert!(!lines
+        .iter()
+        .any(|l| l.contains("in context: /app/secret.txt")));
+
+    // A malformed pattern fails the push before anything is sent, naming its line.
+    let mut app = App::new(
+        "dockerignorebad",
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY . /\n"),
+            (".dockerignore", "# fine\n*.tmp\nsrc/[abc\n"),
+        ],
+    );
+    let (result, _) = app.build(&build_id("ignorebad")).await;
+    let err = result.expect_err("a malformed .dockerignore fails the build");
+    assert!(matches!(err, BuildError::Dockerignore(_)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        ".dockerignore line 3: \"src/[abc\": syntax error in pattern (a [ without its ])"
+    );
+}
