@@ -116,6 +116,8 @@ async fn dockerignore_leaves_paths_out_of_the_context() {
                   !logs/keep.log\n\
                   docs/*.md\n\
                   !docs/README.md\n\
+                  cfg/[ab].conf\n\
+                  *.tm?\n\
                   ./Dockerfile\n\
                   .dockerignore\n";
     let mut app = App::new(
@@ -135,6 +137,9 @@ async fn dockerignore_leaves_paths_out_of_the_context() {
             ("logs/other.log", "log\n"),
             ("docs/guide.md", "guide\n"),
             ("docs/README.md", "readme\n"),
+            ("cfg/a.conf", "a\n"),
+            ("cfg/c.conf", "c\n"),
+            ("notes.tmp", "tmp\n"),
         ],
     );
     let (built, lines) = app.build(&build_id("ignore")).await;
@@ -142,19 +147,10 @@ async fn dockerignore_leaves_paths_out_of_the_context() {
     assert!(
         lines
             .iter()
-            .any(|l| l == "-----> .dockerignore: 7 paths left out of the build context"),
+            .any(|l| l == "-----> .dockerignore: 9 paths left out of the build context"),
         "{lines:?}"
     );
-    let run = std::process::Command::new("docker")
-        .args(["run", "--rm", &built.image])
-        .output()
-        .expect("docker run");
-    assert!(run.status.success(), "{run:?}");
-    let mut files: Vec<String> = String::from_utf8_lossy(&run.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    files.sort();
+    let files = listing(&built.image);
     println!("{files:#?}");
     assert_eq!(
         files,
@@ -162,6 +158,8 @@ async fn dockerignore_leaves_paths_out_of_the_context() {
             "/app/app.txt",
             "/app/build",
             "/app/build/version.txt",
+            "/app/cfg",
+            "/app/cfg/c.conf",
             "/app/docs",
             "/app/docs/README.md",
             "/app/logs",
@@ -172,6 +170,21 @@ async fn dockerignore_leaves_paths_out_of_the_context() {
             "/app/src/main.py",
         ]
     );
+    // Docker's own CLI (its classic context upload, which applies .dockerignore itself) makes
+    // the same image from the same tree.
+    let oracle = format!("flynn/app-{}:docker-cli", app.name);
+    let cli = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", &oracle])
+        .arg(app.source.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker build");
+    let oracle_files = cli.status.success().then(|| listing(&oracle));
+    let _ = std::process::Command::new("docker")
+        .args(["rmi", "-f", &oracle])
+        .output();
+    assert!(cli.status.success(), "docker build: {cli:?}");
+    assert_eq!(oracle_files.as_ref(), Some(&files));
     // The build's own RUN saw the same context.
     assert!(lines
         .iter()
@@ -195,4 +208,19 @@ async fn dockerignore_leaves_paths_out_of_the_context() {
         err.to_string(),
         ".dockerignore line 3: \"src/[abc\": syntax error in pattern (a [ without its ])"
     );
+}
+
+/// The paths under `/app` in `image`, sorted, as its CMD (`find /app`) lists them.
+fn listing(image: &str) -> Vec<String> {
+    let run = std::process::Command::new("docker")
+        .args(["run", "--rm", image])
+        .output()
+        .expect("docker run");
+    assert!(run.status.success(), "{run:?}");
+    let mut files: Vec<String> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    files.sort();
+    files
 }
