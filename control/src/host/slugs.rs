@@ -127,6 +127,30 @@ fn slug_url(recorded: &str, controller: Option<&str>) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// The most of an error answer's body read (for its message).
+const MAX_ERROR: usize = 4096;
+
+/// The start of an error answer's body, at most [`MAX_ERROR`] bytes (a server that is not
+/// the controller may send anything, and much of it).
+async fn error_text<B>(body: &mut B) -> Vec<u8>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+{
+    let mut text = Vec::new();
+    while text.len() < MAX_ERROR {
+        match tokio::time::timeout(STALL_TIMEOUT, body.frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    text.extend_from_slice(&data);
+                }
+            }
+            _ => break,
+        }
+    }
+    text.truncate(MAX_ERROR);
+    text
+}
+
 /// `GET url` with the cluster key: the body, at most [`MAX_SLUG`] bytes.
 async fn fetch(url: &Uri, key: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(
@@ -157,12 +181,7 @@ async fn fetch(url: &Uri, key: &str) -> anyhow::Result<Vec<u8>> {
         let status = response.status();
         let mut body = response.into_body();
         if !status.is_success() {
-            let text = tokio::time::timeout(STALL_TIMEOUT, body.collect())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let text = error_text(&mut body).await;
             let message = serde_json::from_slice::<crate::api::ErrorBody>(&text)
                 .map(|e| e.message)
                 .unwrap_or_else(|_| String::from_utf8_lossy(&text).trim().to_owned());
@@ -206,5 +225,39 @@ mod tests {
         assert!(err.contains("not an http:// URL"), "{err}");
         assert!(slug_url("/apps/a/slugs/b", None).is_err());
         assert!(slug_url(recorded, Some("not a url")).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_error_answer_is_read_in_part() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let huge = 64 << 20;
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut request = [0u8; 4096];
+            let _ = conn.read(&mut request).await;
+            let head = format!("HTTP/1.1 502 Bad Gateway\r\ncontent-length: {huge}\r\n\r\n");
+            conn.write_all(head.as_bytes()).await.expect("head");
+            let chunk = vec![b'x'; 1 << 20];
+            for _ in 0..(huge >> 20) {
+                if conn.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let url: Uri = format!("http://{addr}/apps/a/slugs/b")
+            .parse()
+            .expect("url");
+        let err = fetch(&url, "key").await.expect_err("a 502").to_string();
+        assert!(
+            err.starts_with("502 Bad Gateway: xxx"),
+            "{}",
+            &err[..err.len().min(200)]
+        );
+        assert!(err.len() < 2 * MAX_ERROR, "{} bytes of message", err.len());
+        server.abort();
     }
 }
