@@ -394,7 +394,7 @@ impl BackgroundService for StoreSync {
             _ = shutdown.changed() => {}
         }
         if let Some(snapshots) = snapshots {
-            snapshots.save().await;
+            snapshots.save_at_exit().await;
         }
         let saved = self.saving.lock().ok().and_then(|mut guard| guard.take());
         drop(saved);

@@ -116,12 +116,24 @@ impl Snapshots {
     /// tried to write the file. The save runs on the blocking pool and logs its outcome there,
     /// so a save under way finishes (and says so) even when the task that asked is dropped.
     pub async fn save(&self) -> bool {
+        self.save_with(false).await
+    }
+
+    /// The last save, at shutdown: as [`Snapshots::save`], but a file holding a table at least
+    /// as new (saved by the router this one handed its sockets to, in a graceful upgrade) is
+    /// left as it is.
+    pub async fn save_at_exit(&self) -> bool {
+        self.save_with(true).await
+    }
+
+    async fn save_with(&self, at_exit: bool) -> bool {
         let Some(pending) = self.latest.borrow().clone() else {
             return false;
         };
         let path = self.path.clone();
         let saved = self.saved.clone();
-        let done = tokio::task::spawn_blocking(move || save_blocking(&path, &saved, &pending));
+        let done =
+            tokio::task::spawn_blocking(move || save_blocking(&path, &saved, &pending, at_exit));
         match done.await {
             Ok(tried) => tried,
             Err(error) => {
@@ -132,10 +144,23 @@ impl Snapshots {
     }
 }
 
-/// Writes `pending` to `path` unless `saved` says the file holds it already.
-fn save_blocking(path: &Path, saved: &Mutex<Option<Meta>>, pending: &Pending) -> bool {
+/// Writes `pending` to `path` unless `saved` says the file holds it already (or, `at_exit`,
+/// unless the file holds a table at least as new).
+fn save_blocking(
+    path: &Path,
+    saved: &Mutex<Option<Meta>>,
+    pending: &Pending,
+    at_exit: bool,
+) -> bool {
     let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
     if saved.as_ref() == Some(&pending.meta) {
+        return false;
+    }
+    if at_exit && snapshot::holds_newer(path, &pending.meta) {
+        tracing::info!(
+            path = %path.display(),
+            "the table snapshot on disk is at least as new as this router's: left as it is"
+        );
         return false;
     }
     let started = Instant::now();

@@ -46,7 +46,7 @@ use std::path::{Path, PathBuf};
 use flynn_store::Revision;
 
 use super::Table;
-pub use read::{read, read_from, read_with};
+pub use read::{read, read_from, read_meta, read_with};
 pub use write::write;
 
 const MAGIC: &[u8; 8] = b"FLYNNTBL";
@@ -139,6 +139,21 @@ fn temporary(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{}.tmp", std::process::id()));
     PathBuf::from(name)
+}
+
+/// Whether the file at `path` holds a table of the same store and key prefix at least as new
+/// as `meta`'s on both feeds (e.g. saved by the router that took this one's sockets over).
+pub fn holds_newer(path: &Path, meta: &Meta) -> bool {
+    let on_disk = File::open(path)
+        .and_then(|file| Ok((file.metadata()?.len(), file)))
+        .ok()
+        .and_then(|(size, file)| read_meta(BufReader::new(file), size).ok());
+    on_disk.is_some_and(|disk| {
+        disk.store == meta.store
+            && disk.prefix == meta.prefix
+            && disk.routes >= meta.routes
+            && disk.services >= meta.services
+    })
 }
 
 /// The table saved at `path`; None when there is no file.

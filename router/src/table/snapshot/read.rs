@@ -27,6 +27,21 @@ pub fn read_with(bytes: &[u8], threads: usize) -> Result<(Table, Meta), Snapshot
     read_from(bytes, bytes.len() as u64, threads)
 }
 
+/// The meta block alone (a file's first): which table a file of `size` bytes holds, without
+/// reading the table (nor checking the trailer's checksum).
+pub fn read_meta(input: impl Read, size: u64) -> Result<Meta, SnapshotError> {
+    Input::open(input, size)?.expect(META, meta)
+}
+
+fn meta(r: &mut Reader<'_>) -> Result<Meta, SnapshotError> {
+    Ok(Meta {
+        prefix: r.str()?.to_owned(),
+        store: r.str()?.to_owned(),
+        routes: revision(r)?,
+        services: revision(r)?,
+    })
+}
+
 /// Reads a snapshot of `size` bytes from `input`, block by block, its sections decoded on
 /// `threads` threads as they come.
 pub fn read_from(
@@ -35,14 +50,7 @@ pub fn read_from(
     threads: usize,
 ) -> Result<(Table, Meta), SnapshotError> {
     let mut input = Input::open(input, size)?;
-    let meta = input.expect(META, |r| {
-        Ok(Meta {
-            prefix: r.str()?.to_owned(),
-            store: r.str()?.to_owned(),
-            routes: revision(r)?,
-            services: revision(r)?,
-        })
-    })?;
+    let meta = input.expect(META, meta)?;
     let interner = Interner::default();
     let names = input.expect(NAMES, |r| {
         let count = r.count()?;

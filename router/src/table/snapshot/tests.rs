@@ -360,3 +360,52 @@ fn million_routes_timing() {
         assert_eq!(back.route_count(), table.route_count());
     }
 }
+
+#[test]
+fn a_file_is_newer_only_for_the_same_store_and_prefix_on_both_feeds() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("router.snapshot");
+    // No file, or a damaged one: nothing newer there.
+    assert!(!holds_newer(&path, &meta()));
+    fs::write(&path, b"not a snapshot").expect("write");
+    assert!(!holds_newer(&path, &meta()));
+    save(&path, &sample(3), &meta()).expect("save");
+    assert_eq!(
+        read_meta(
+            fs::File::open(&path).expect("open"),
+            fs::metadata(&path).expect("size").len()
+        )
+        .expect("meta"),
+        meta()
+    );
+    let with = |routes: i64, services: i64, store: &str| Meta {
+        routes,
+        services,
+        store: store.into(),
+        ..meta()
+    };
+    let m = meta();
+    // As new, or newer on both feeds: the file wins.
+    assert!(holds_newer(&path, &m));
+    assert!(holds_newer(
+        &path,
+        &with(m.routes - 1, m.services - 1, &m.store)
+    ));
+    // Ours newer on either feed, or another store or prefix: ours is written.
+    assert!(!holds_newer(
+        &path,
+        &with(m.routes + 1, m.services, &m.store)
+    ));
+    assert!(!holds_newer(
+        &path,
+        &with(m.routes, m.services + 1, &m.store)
+    ));
+    assert!(!holds_newer(&path, &with(m.routes, m.services, "another")));
+    assert!(!holds_newer(
+        &path,
+        &Meta {
+            prefix: "/other".into(),
+            ..meta()
+        }
+    ));
+}
