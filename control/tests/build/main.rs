@@ -25,6 +25,32 @@ use std::time::Duration;
 
 use harness::{Client, Server};
 
+/// A Python app (standard library only, beside `import`) answering every GET on `$PORT` with a
+/// JSON object of `fields` (Python `"key": expr` pairs) and the release it runs.
+fn python_json_server(import: &str, fields: &str) -> String {
+    format!(
+        r#"import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+{import}
+
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{{fields},
+                           "release": os.environ.get("FLYNN_RELEASE_ID", "")}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
+"#
+    )
+}
+
 /// How long one `git push` may take here (a build included).
 const PUSH_TIMEOUT: Duration = Duration::from_secs(300);
 

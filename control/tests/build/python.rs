@@ -4,32 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use super::Push;
+use super::{python_json_server, Push};
 use flynn_testkit::eventually;
 
 fn app_py(version: &str) -> String {
-    format!(
-        r#"import json, os
-from http.server import BaseHTTPRequestHandler, HTTPServer
-import six
-
-VERSION = "{version}"
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({{"version": VERSION, "six": six.__version__,
-                           "release": os.environ.get("FLYNN_RELEASE_ID", "")}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
-"#
+    python_json_server(
+        "import six",
+        &format!(r#""version": "{version}", "six": six.__version__"#),
     )
 }
 

@@ -12,24 +12,12 @@ use flynn_testkit::eventually;
 
 use super::Push;
 
-const SERVER_PY: &str = r#"import json, os, socket
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"app": "procfile", "host": socket.gethostname(),
-                           "release": os.environ.get("FLYNN_RELEASE_ID", "")}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-HTTPServer(("0.0.0.0", int(os.environ["PORT"])), Handler).serve_forever()
-"#;
+fn server_py() -> String {
+    super::python_json_server(
+        "import socket",
+        r#""app": "procfile", "host": socket.gethostname()"#,
+    )
+}
 
 /// `curl` with the key (or none): the status and the body.
 fn curl(url: &str, key: Option<&str>) -> (u16, Vec<u8>) {
@@ -62,7 +50,7 @@ async fn a_procfile_app_is_served_and_a_host_without_its_image_rebuilds_it_from_
     p.commit(
         &[
             ("Procfile", b"web: exec python3 server.py\n"),
-            ("server.py", SERVER_PY.as_bytes()),
+            ("server.py", server_py().as_bytes()),
         ],
         "v1",
     );
