@@ -2,24 +2,25 @@ use std::net::SocketAddr;
 
 use super::*;
 
+/// A stored HTTP route with the defaults a route written by `flynn route add` has.
+pub(super) fn http_route(id: &str, domain: &str, path: &str, service: &str) -> HttpRoute {
+    HttpRoute {
+        id: id.into(),
+        domain: domain.into(),
+        path: path.into(),
+        service: service.into(),
+        certificate_id: None,
+        sticky: false,
+        leader: false,
+        drain_backends: true,
+        disable_keep_alives: false,
+        backend_protocol: Default::default(),
+        app_id: None,
+    }
+}
+
 fn route(id: &str, domain: &str, path: &str, service: &str) -> RouteEntry {
-    RouteEntry::from_stored(
-        id,
-        HttpRoute {
-            id: id.into(),
-            domain: domain.into(),
-            path: path.into(),
-            service: service.into(),
-            certificate_id: None,
-            sticky: false,
-            leader: false,
-            drain_backends: true,
-            disable_keep_alives: false,
-            backend_protocol: Default::default(),
-            app_id: None,
-        },
-    )
-    .unwrap()
+    RouteEntry::from_stored(id, http_route(id, domain, path, service)).unwrap()
 }
 
 fn table(routes: &[(&str, &str, &str)]) -> Table {

@@ -7,23 +7,8 @@ use flynn_store::types::{BackendProtocol, HttpRoute, Instance, ProxyProtocol, Tc
 use super::write::{put_group, put_i64, put_str, put_varint, Body, Names};
 use super::*;
 use crate::table::shards::{shard_of, SHARDS};
+use crate::table::tests::http_route as http;
 use crate::table::RouteEntry;
-
-fn http(id: &str, domain: &str, path: &str, service: &str) -> HttpRoute {
-    HttpRoute {
-        id: id.into(),
-        domain: domain.into(),
-        path: path.into(),
-        service: service.into(),
-        certificate_id: None,
-        sticky: false,
-        leader: false,
-        drain_backends: true,
-        disable_keep_alives: false,
-        backend_protocol: BackendProtocol::Http1,
-        app_id: None,
-    }
-}
 
 fn uuid_id(i: usize) -> String {
     format!("http-{:08x}-0000-4000-8000-{:012x}", i * 7919, i)
