@@ -62,10 +62,7 @@ pub struct Registration {
 impl BackgroundService for Registration {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let work = async {
-            let store = match &self.store {
-                StoreSource::Url(url) => crate::sync::open_with_retry(url).await,
-                StoreSource::Shared(store) => store.clone(),
-            };
+            let store = self.store.open().await;
             // Only a router with a table counts: one that has not loaded it yet would hold
             // deploys up for nothing.
             while !self.metrics.synced_once() {

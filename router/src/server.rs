@@ -42,6 +42,16 @@ pub enum StoreSource {
     Shared(Arc<dyn Store>),
 }
 
+impl StoreSource {
+    /// The store: the shared one, or opened from the URL (retried until it answers).
+    pub async fn open(&self) -> Arc<dyn Store> {
+        match self {
+            StoreSource::Url(url) => sync::open_with_retry(url).await,
+            StoreSource::Shared(store) => store.clone(),
+        }
+    }
+}
+
 /// Everything the router needs to run.
 pub struct RouterConfig {
     pub store: StoreSource,

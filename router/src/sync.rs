@@ -553,12 +553,7 @@ impl Drop for Abort {
 /// not used: the mirrors list); served unchecked otherwise (the store may be down: the last
 /// table is the one to serve), and the mirrors check the store when it answers.
 pub async fn open(source: &StoreSource, writer: &mut TableWriter) -> Arc<dyn Store> {
-    let open = async {
-        match source {
-            StoreSource::Url(url) => open_with_retry(url).await,
-            StoreSource::Shared(store) => store.clone(),
-        }
-    };
+    let open = source.open();
     tokio::pin!(open);
     let Some(snapshots) = writer.snapshots.clone() else {
         return open.await;

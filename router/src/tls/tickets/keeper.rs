@@ -34,10 +34,7 @@ pub struct Keeper {
 impl BackgroundService for Keeper {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let work = async {
-            let store = match &self.store {
-                StoreSource::Url(url) => crate::sync::open_with_retry(url).await,
-                StoreSource::Shared(store) => store.clone(),
-            };
+            let store = self.store.open().await;
             run(
                 store,
                 self.keys.tls_ticket_keys(),
