@@ -130,7 +130,8 @@ pub async fn handshake(io: Stream, options: Option<H2Options>) -> Result<H2Conne
 /// that bound during drain.
 // TODO: add a per-connection drain timeout to bound how long a single
 // misbehaving client can keep this task alive after GOAWAY.
-pub(crate) async fn accept_downstream_sessions<F>(
+// flynn patch: public, so that an application can serve each stream its own way.
+pub async fn accept_downstream_sessions<F>(
     mut conn: H2Connection<Stream>,
     digest: Arc<Digest>,
     mut shutdown: ShutdownWatch,
@@ -203,7 +204,8 @@ pub(crate) async fn accept_downstream_sessions<F>(
 /// the session is being processed (e.g. move it into the spawned task) so the
 /// accept loop's idle timeout can tell a busy connection from an idle one. It
 /// decrements the in-flight counter when dropped.
-pub(crate) struct StreamGuard(Arc<ActiveSessions>);
+// flynn patch: public, as accept_downstream_sessions is.
+pub struct StreamGuard(Arc<ActiveSessions>);
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
