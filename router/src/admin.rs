@@ -1,6 +1,8 @@
 //! The admin listener (loopback by default): `/metrics` for Prometheus, `/health` for load
 //! balancers (200 once the table has been loaded from the store, 503 before), and `/backends`
-//! for deploys: which instances the current table serves and what is in flight on them.
+//! for deploys: which instances the current table serves and what is in flight on them;
+//! `/snapshot`, the newest complete table for routers that start after this one
+//! (`crate::sync::peers`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,11 +16,14 @@ use serde_json::json;
 
 use crate::backend;
 use crate::metrics::Metrics;
+use crate::sync::peers::Latest;
 use crate::table::Table;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub table: Arc<ArcSwap<Table>>,
+    /// The newest complete table and where it is from.
+    pub latest: Arc<Latest>,
     /// This router's id (as registered under `<prefix>/routers/`).
     pub id: String,
 }
@@ -46,6 +51,19 @@ impl ServeHttp for Admin {
                 "application/json",
                 self.backends(uri.query()),
             ),
+            "/snapshot" => match self.latest.encode().await {
+                Some(Ok(table)) => (StatusCode::OK, "application/octet-stream", table),
+                Some(Err(error)) => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("cannot encode the table: {error}\n").into_bytes(),
+                ),
+                None => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    b"no complete table yet (routes or instances still being listed)\n".to_vec(),
+                ),
+            },
             _ => (StatusCode::NOT_FOUND, "text/plain", b"Not Found\n".to_vec()),
         };
         Response::builder()

@@ -196,6 +196,14 @@ pub struct RouterArgs {
     #[arg(long, env = "FLYNN_SNAPSHOT")]
     pub snapshot: Option<PathBuf>,
 
+    /// With no table of its own at start (no --snapshot file, or one it cannot use), take the
+    /// table of a live router (registered under <prefix>/routers/, fetched from its admin
+    /// listener's /snapshot) instead of listing every route from the store; it is checked
+    /// against the store's id and revision, and the changes since are watched. false: always
+    /// list the store
+    #[arg(long, env = "FLYNN_JOIN_PEERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub join_peers: bool,
+
     /// Unix socket through which a running router hands its listeners to its successor
     /// [default: /tmp/flynn-router-upgrade.sock; `flynn server`: <data>/upgrade.sock]
     #[arg(long, env = "FLYNN_UPGRADE_SOCK")]
@@ -339,6 +347,7 @@ impl RouterArgs {
             upgrade: self.upgrade,
             upgrade_sock: self.upgrade_sock.unwrap_or_else(|| upgrade_sock.to_owned()),
             snapshot: self.snapshot,
+            join_peers: self.join_peers,
         })
     }
 }

@@ -91,6 +91,8 @@ pub struct RouterConfig {
     pub upgrade_sock: String,
     /// Where the route table is kept on disk between runs (`crate::sync::snapshot`).
     pub snapshot: Option<std::path::PathBuf>,
+    /// Whether a start with no table of its own takes a live router's (`crate::sync::peers`).
+    pub join_peers: bool,
 }
 
 /// A ready-to-run pingora server with the router's services added.
@@ -180,11 +182,15 @@ pub fn build(config: RouterConfig) -> Server {
     );
     server.add_boxed_service(listeners.service(app, trusted));
 
+    let writer = TableWriter::new(config.keys.clone(), table.clone(), metrics.clone())
+        .with_snapshot(config.snapshot)
+        .with_join_peers(config.join_peers);
     let mut admin = Service::new(
         "flynn-router admin".to_owned(),
         HttpServer::new_app(Admin {
             metrics: metrics.clone(),
             table: table.clone(),
+            latest: writer.latest(),
             id: config.router_id.clone(),
         }),
     );
@@ -213,9 +219,7 @@ pub fn build(config: RouterConfig) -> Server {
         )
     });
     // With a snapshot file, the drain waits for its last save (work in flight until then).
-    let saving = config.snapshot.is_some().then(|| in_flight.enter());
-    let writer = TableWriter::new(config.keys, table.clone(), metrics.clone())
-        .with_snapshot(config.snapshot);
+    let saving = writer.snapshots().is_some().then(|| in_flight.enter());
     let mut tcp_routes = background_service(
         "flynn-router tcp routes",
         TcpRoutes {

@@ -9,7 +9,11 @@
 //! and the mirror lists (the listing replacing the table when it ends) only when the store was
 //! replaced, went back, or was compacted past them. Certificates are not on disk (their keys
 //! stay in the store): they are listed at every start.
+//!
+//! With no usable file, [`peers`] takes the table of a live router instead of listing it
+//! (`--join-peers`, on by default), checked against the store and resumed from in the same way.
 
+pub mod peers;
 pub mod snapshot;
 
 use std::collections::HashSet;
@@ -31,6 +35,7 @@ use crate::server::StoreSource;
 use crate::table::snapshot::Meta;
 use crate::table::{RouteEntry, RouteId, Table};
 use crate::tls;
+use peers::Latest;
 use snapshot::Snapshots;
 
 /// Most changes applied before a snapshot is published.
@@ -74,6 +79,10 @@ pub struct TableWriter {
     resume: [Option<Resume>; 3],
     /// Where the table is kept on disk (`--snapshot`).
     snapshots: Option<Arc<Snapshots>>,
+    /// The newest complete table, for routers that start after this one (`GET /snapshot`).
+    latest: Arc<Latest>,
+    /// Whether a start with no table of its own takes a live router's (`--join-peers`).
+    join_peers: bool,
 }
 
 /// The store a feed's part of the table was read from and the revision it reflects: every
@@ -133,7 +142,20 @@ impl TableWriter {
             feeds: Default::default(),
             resume: [None, None, None],
             snapshots: None,
+            latest: Arc::default(),
+            join_peers: false,
         }
+    }
+
+    /// Takes a live router's table at a start with no usable snapshot file ([`peers`]).
+    pub fn with_join_peers(mut self, join: bool) -> TableWriter {
+        self.join_peers = join;
+        self
+    }
+
+    /// The newest complete table, kept for the admin listener's `GET /snapshot`.
+    pub fn latest(&self) -> Arc<Latest> {
+        self.latest.clone()
     }
 
     /// Keeps the table in a snapshot file at `path` (none: no snapshot).
@@ -147,9 +169,9 @@ impl TableWriter {
         self.snapshots.clone()
     }
 
-    /// Serves a table loaded from a snapshot; the routes and instances mirrors will resume
-    /// from where it was.
-    fn restore(&mut self, table: Table, meta: Meta) {
+    /// Serves a table loaded from a snapshot (the file's, when `from_file`; else a peer's); the
+    /// routes and instances mirrors will resume from where it was.
+    fn restore(&mut self, table: Table, meta: Meta, from_file: bool) {
         self.table = table;
         for (feed, revision) in [(Feed::Routes, meta.routes), (Feed::Services, meta.services)] {
             let i = feed as usize;
@@ -163,7 +185,7 @@ impl TableWriter {
             });
         }
         self.revision = meta.routes.max(meta.services);
-        if let Some(snapshots) = &self.snapshots {
+        if let Some(snapshots) = self.snapshots.as_ref().filter(|_| from_file) {
             snapshots.loaded(meta);
         }
         self.publish();
@@ -221,10 +243,11 @@ impl TableWriter {
         let table = Arc::new(self.table.clone());
         self.shared.store(table.clone());
         self.published.send_modify(|generation| *generation += 1);
-        if let Some(snapshots) = &self.snapshots {
-            if let Some(meta) = self.snapshot_meta() {
-                snapshots.offer(table, meta);
+        if let Some(meta) = self.snapshot_meta() {
+            if let Some(snapshots) = &self.snapshots {
+                snapshots.offer(table.clone(), meta.clone());
             }
+            self.latest.set(table, meta);
         }
     }
 
@@ -551,71 +574,111 @@ impl Drop for Abort {
 /// once when it is of this store: checked against the store's id and revision when the store
 /// answers within [`CHECK_WAIT`] (another store, or one that went back, and the snapshot is
 /// not used: the mirrors list); served unchecked otherwise (the store may be down: the last
-/// table is the one to serve), and the mirrors check the store when it answers.
+/// table is the one to serve), and the mirrors check the store when it answers. With no table
+/// from a file, and `--join-peers`, takes a live router's table ([`peers`]), served only once
+/// the store has said it is of it.
 pub async fn open(source: &StoreSource, writer: &mut TableWriter) -> Arc<dyn Store> {
     let open = source.open();
     tokio::pin!(open);
-    let Some(snapshots) = writer.snapshots.clone() else {
-        return open.await;
-    };
     let mut store = None;
-    let prefix = writer.keys.prefix().to_owned();
-    let loading = snapshots.load(&prefix);
-    tokio::pin!(loading);
-    let loaded = loop {
-        tokio::select! {
-            loaded = &mut loading => break loaded,
-            opened = &mut open, if store.is_none() => store = Some(opened),
-        }
-    };
-    let Some((table, meta)) = loaded else {
-        return match store {
-            Some(store) => store,
-            None => open.await,
+    if let Some(snapshots) = writer.snapshots.clone() {
+        let prefix = writer.keys.prefix().to_owned();
+        let loading = snapshots.load(&prefix);
+        tokio::pin!(loading);
+        let loaded = loop {
+            tokio::select! {
+                loaded = &mut loading => break loaded,
+                opened = &mut open, if store.is_none() => store = Some(opened),
+            }
         };
-    };
-    let deadline = tokio::time::Instant::now() + CHECK_WAIT;
-    if store.is_none() {
-        if let Ok(opened) = tokio::time::timeout_at(deadline, &mut open).await {
-            store = Some(opened);
+        if let Some((table, meta)) = loaded {
+            let deadline = tokio::time::Instant::now() + CHECK_WAIT;
+            if store.is_none() {
+                if let Ok(opened) = tokio::time::timeout_at(deadline, &mut open).await {
+                    store = Some(opened);
+                }
+            }
+            let status = match &store {
+                Some(store) => status_within(store.as_ref(), deadline).await,
+                None => Err(format!("not reachable within {CHECK_WAIT:?}")),
+            };
+            let path = snapshots.path().display().to_string();
+            match status {
+                Ok(status) => {
+                    if usable(&meta, &status, "the table snapshot", &path) {
+                        writer.restore(table, meta, true);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(
+                        %path,
+                        %error,
+                        "the store cannot say who it is: serving the table snapshot until it can"
+                    );
+                    writer.restore(table, meta, true);
+                }
+            }
         }
     }
-    let status = match &store {
-        Some(store) => match tokio::time::timeout_at(deadline, store.status()).await {
-            Ok(status) => status.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {CHECK_WAIT:?}")),
-        },
-        None => Err(format!("not reachable within {CHECK_WAIT:?}")),
-    };
-    let path = snapshots.path().display();
-    let ahead = meta.routes.max(meta.services);
-    match status {
-        Ok(status) if status.id != meta.store => tracing::warn!(
-            %path,
-            snapshot_store = meta.store,
-            store = status.id,
-            "the table snapshot is of another store: not using it, listing the store"
-        ),
-        Ok(status) if status.revision < ahead => tracing::warn!(
-            %path,
-            snapshot_revision = ahead,
-            store_revision = status.revision,
-            "the table snapshot is ahead of the store (restored from an older backup?): not \
-             using it, listing the store"
-        ),
-        Ok(_) => writer.restore(table, meta),
-        Err(error) => {
-            tracing::warn!(
-                %path,
-                %error,
-                "the store cannot say who it is: serving the table snapshot until it can"
-            );
-            writer.restore(table, meta);
-        }
-    }
-    match store {
+    let store = match store {
         Some(store) => store,
         None => open.await,
+    };
+    if writer.join_peers && writer.resume.iter().all(Option::is_none) {
+        if let Some((table, meta, peer)) = peers::fetch(store.as_ref(), &writer.keys).await {
+            let deadline = tokio::time::Instant::now() + CHECK_WAIT;
+            let peer = peer.to_string();
+            match status_within(store.as_ref(), deadline).await {
+                Ok(status) => {
+                    if usable(&meta, &status, "the live router's table", &peer) {
+                        writer.restore(table, meta, false);
+                    }
+                }
+                Err(error) => tracing::warn!(
+                    %peer,
+                    %error,
+                    "the store cannot say who it is: not using the live router's table, listing"
+                ),
+            }
+        }
+    }
+    store
+}
+
+/// The store's id and revision, or why it did not say by `deadline`.
+async fn status_within(
+    store: &dyn Store,
+    deadline: tokio::time::Instant,
+) -> Result<flynn_store::StoreStatus, String> {
+    match tokio::time::timeout_at(deadline, store.status()).await {
+        Ok(status) => status.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {CHECK_WAIT:?}")),
+    }
+}
+
+/// Whether a table of `meta` (`what`, from `from`) may be served by a router of the store that
+/// says `status`: of the same store, and not ahead of it.
+fn usable(meta: &Meta, status: &flynn_store::StoreStatus, what: &str, from: &str) -> bool {
+    let ahead = meta.routes.max(meta.services);
+    if status.id != meta.store {
+        tracing::warn!(
+            from,
+            table_store = meta.store,
+            store = status.id,
+            "{what} is of another store: not using it, listing the store"
+        );
+        false
+    } else if status.revision < ahead {
+        tracing::warn!(
+            from,
+            table_revision = ahead,
+            store_revision = status.revision,
+            "{what} is ahead of the store (restored from an older backup?): not using it, \
+             listing the store"
+        );
+        false
+    } else {
+        true
     }
 }
 

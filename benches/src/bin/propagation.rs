@@ -18,6 +18,9 @@
 //!    on that file (the one before stopped by SIGTERM): the same times and memory, the file's
 //!    size and how long it took to load (from the router's log). Then propagation on the last
 //!    of those.
+//! 4. Joining a live router (`--join-peers`): `STARTUP_RUNS` times, a router with no snapshot
+//!    file started beside the last restarted one takes that router's table; the same times and
+//!    memory. (The cold start-ups above run with `--join-peers false`.)
 //!
 //! etcd answers a range with one gRPC message; the client refuses messages over 64 MiB (the
 //! router's limit, `MAX_MESSAGE` in the store's etcd backend) and a million routes are about
@@ -94,14 +97,16 @@ struct Router {
 
 impl Router {
     fn start(bin: &PathBuf, store_url: &str) -> anyhow::Result<Router> {
-        Router::start_with(bin, store_url, None)
+        Router::start_with(bin, store_url, None, false)
     }
 
-    /// A router keeping its table in `snapshot` (`--snapshot`), when given.
+    /// A router keeping its table in `snapshot` (`--snapshot`), when given; taking a live
+    /// router's table at start when `join` (`--join-peers`; else it lists the store).
     fn start_with(
         bin: &PathBuf,
         store_url: &str,
         snapshot: Option<&Path>,
+        join: bool,
     ) -> anyhow::Result<Router> {
         let http = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
@@ -126,7 +131,8 @@ impl Router {
             // (default 0.0.0.0:8443) and the upgrade socket away from anything else running.
             .env("FLYNN_HTTPS_ADDR", https)
             .env("FLYNN_TCP_IP", "127.0.0.1")
-            .env("FLYNN_UPGRADE_SOCK", upgrade_sock);
+            .env("FLYNN_UPGRADE_SOCK", upgrade_sock)
+            .env("FLYNN_JOIN_PEERS", join.to_string());
         if let Ok(threads) = std::env::var("ROUTER_THREADS") {
             cmd.arg("--threads").arg(threads);
         }
@@ -537,11 +543,12 @@ async fn startup(
     etcd: &Etcd,
     routes: usize,
     snapshot: Option<&Path>,
+    join: bool,
 ) -> anyhow::Result<Startup> {
     let etcd_pid = etcd_pid(etcd)?;
     let etcd_cpu = cpu_seconds(etcd_pid)?;
     let started = Instant::now();
-    let mut router = Router::start_with(bin, &etcd.url(), snapshot)?;
+    let mut router = Router::start_with(bin, &etcd.url(), snapshot, join)?;
     router.wait_healthy(Duration::from_secs(120)).await?;
     let healthy = started.elapsed();
     loop {
@@ -705,7 +712,7 @@ async fn main() -> anyhow::Result<()> {
     let mut worst_bytes = 0.0f64;
     let mut last = None;
     for run in 1..=runs.max(1) {
-        let s = startup(&bin, &etcd, routes, None).await?;
+        let s = startup(&bin, &etcd, routes, None, false).await?;
         worst = worst.max(s.first_served);
         worst_bytes = worst_bytes.max(print_startup(&run.to_string(), &s, empty_kib, routes));
         last = Some(s.router);
@@ -730,7 +737,7 @@ async fn main() -> anyhow::Result<()> {
     drop(last);
     let dir = tempfile::tempdir()?;
     let file = dir.path().join("router.snapshot");
-    let cold = startup(&bin, &etcd, routes, Some(&file)).await?;
+    let cold = startup(&bin, &etcd, routes, Some(&file), false).await?;
     let deadline = Instant::now() + Duration::from_secs(120);
     while cold.router.logged_ms("saved the table snapshot").is_none() {
         if Instant::now() > deadline {
@@ -752,7 +759,7 @@ async fn main() -> anyhow::Result<()> {
     let mut worst_restart = Duration::ZERO;
     let mut last = None;
     for run in 1..=runs.max(1) {
-        let s = startup(&bin, &etcd, routes, Some(&file)).await?;
+        let s = startup(&bin, &etcd, routes, Some(&file), false).await?;
         worst_restart = worst_restart.max(s.first_served);
         let load = s.router.logged_ms("loaded the table snapshot");
         print_startup(
@@ -778,6 +785,43 @@ async fn main() -> anyhow::Result<()> {
         worst_restart.as_secs_f64() * 1e3
     );
     println!();
+
+    // New routers joining the live one (`last`): each takes its table (`--join-peers`), no
+    // snapshot file of its own.
+    if last.is_some() {
+        println!(
+            "## A new router joining a live one (`--join-peers`, no snapshot file): {routes} routes"
+        );
+        println!();
+        print_startup_head("run");
+        let mut worst_join = Duration::ZERO;
+        for run in 1..=runs.max(1) {
+            let s = startup(&bin, &etcd, routes, None, true).await?;
+            if s.router
+                .logged_ms("took the table of a live router")
+                .is_none()
+            {
+                bail!(
+                    "run {run} did not take the live router's table:\n{}",
+                    s.router.log_tail()
+                );
+            }
+            worst_join = worst_join.max(s.first_served);
+            print_startup(&run.to_string(), &s, empty_kib, routes);
+            s.router.stop().await?;
+        }
+        println!();
+        println!(
+            "target {routes}-route start-up (joining a live router) to the last route served < 5 s: {} (worst {:.0} ms)",
+            if worst_join < Duration::from_secs(5) {
+                "met"
+            } else {
+                "MISSED"
+            },
+            worst_join.as_secs_f64() * 1e3
+        );
+        println!();
+    }
 
     if let Some(router) = last {
         let p = propagate(&etcd, &router, count).await?;
