@@ -38,6 +38,8 @@
 #                  is 500 requests in flight: nginx (keepalive 1024) and ours (a 1024-connection
 #                  pool) keep that many idle backend connections, as HAProxy does; the TCP
 #                  accepts/req column shows whether any proxy still opened backend connections.
+#   h2c            the same h2load load in clear text with prior knowledge (nginx `listen http2`
+#                  without ssl, HAProxy `bind proto h2`, ours `--h2c` on its HTTP listener).
 #   tcp            iperf3, one stream, client → server, direct and through each proxy's TCP
 #                  proxying (no splicing: each proxy's defaults): MB/s (10^6 bytes) and the
 #                  proxy's CPU.
@@ -50,7 +52,7 @@
 #
 # Env: DURATION (10s), WARMUP (2s) (whole seconds: ab and iperf3 take seconds), CONNS (50),
 #      H2_CONNS (CONNS), H2_STREAMS (10), WRK_THREADS (1), ROUNDS (2),
-#      BENCHES ("tls-handshake https h2 tcp"), TARGETS ("direct nginx haproxy ours"), KEY (rsa2048),
+#      BENCHES ("tls-handshake https h2 h2c tcp"), TARGETS ("direct nginx haproxy ours"), KEY (rsa2048),
 #      PROXY_CPU (0), CLIENT_CPU (1), PIN (1), WAIT_IDLE (0), IDLE_BUSY (10), OTHERS_MAX (15),
 #      RETRIES (2), CARGO_TARGET_DIR (target), NO_BUILD (0), ROUTER_BIN (as in load.sh).
 set -euo pipefail
@@ -62,7 +64,7 @@ H2_CONNS=${H2_CONNS:-$CONNS}
 H2_STREAMS=${H2_STREAMS:-10}
 WRK_THREADS=${WRK_THREADS:-1}
 ROUNDS=${ROUNDS:-2}
-BENCHES=${BENCHES:-"tls-handshake https h2 tcp"}
+BENCHES=${BENCHES:-"tls-handshake https h2 h2c tcp"}
 TARGETS=${TARGETS:-"direct nginx haproxy ours"}
 KEY=${KEY:-rsa2048}
 SNI=bench.test
@@ -92,12 +94,12 @@ for bench in $BENCHES; do
     case $bench in
         tls-handshake) need_tools ab ;;
         https) need_tools wrk ;;
-        h2) need_tools h2load ;;
+        h2 | h2c) need_tools h2load ;;
         tcp)
             need_tools iperf3
             [[ -f $STREAM_MODULE ]] || bench_die "no $STREAM_MODULE (Debian: libnginx-mod-stream)"
             ;;
-        *) bench_die "unknown bench '$bench' (tls-handshake https h2 tcp)" ;;
+        *) bench_die "unknown bench '$bench' (tls-handshake https h2 h2c tcp)" ;;
     esac
 done
 need_tools nginx haproxy etcd etcdctl openssl curl taskset ss
@@ -110,8 +112,10 @@ IPERF_PORT=$(free_port)
 IPERF=127.0.0.2:$IPERF_PORT
 NGINX_TLS=127.0.0.3:$(free_port)
 NGINX_TCP=127.0.0.3:$(free_port)
+NGINX_H2C=127.0.0.3:$(free_port)
 HAPROXY_TLS=127.0.0.4:$(free_port)
 HAPROXY_TCP=127.0.0.4:$(free_port)
+HAPROXY_H2C=127.0.0.4:$(free_port)
 OURS_HTTP=127.0.0.5:$(free_port)
 OURS_TLS=127.0.0.5:$(free_port)
 OURS_ADMIN=127.0.0.5:$(free_port)
@@ -170,6 +174,11 @@ nginx_conf "$WORK/nginx" "server {
         ssl_certificate_key $CERT_KEY;
         ssl_protocols TLSv1.2 TLSv1.3;
         $(nginx_proxy_location)
+    }
+    server {
+        listen $NGINX_H2C http2;
+        server_name $SNI;
+        $(nginx_proxy_location)
     }" "$(nginx_upstream "$BACKEND")" "$stream_conf"
 start_nginx "$PROXY_CPU" "$WORK/nginx"
 NGINX_PID=$STARTED
@@ -192,6 +201,14 @@ backend be_http
     http-reuse always
     server s1 $BACKEND
 
+frontend fe_h2c
+    mode http
+    bind $HAPROXY_H2C proto h2
+    timeout http-keep-alive 60s
+    option http-keep-alive
+$(haproxy_forwarding http)
+    default_backend be_http
+
 frontend fe_tcp
     mode tcp
     bind $HAPROXY_TCP
@@ -210,7 +227,7 @@ put_http_route "$ETCD" "$SNI" "$BACKEND"
 put_tcp_route "$ETCD" tcp-bench "$OURS_TCP_PORT" "$IPERF"
 
 (pin "$PROXY_CPU" "$ROUTER_BIN" --store "etcd://$ETCD" --http-addr "$OURS_HTTP" \
-    --https-addr "$OURS_TLS" --admin-addr "$OURS_ADMIN" --threads 1 --log warn \
+    --https-addr "$OURS_TLS" --admin-addr "$OURS_ADMIN" --threads 1 --log warn --h2c \
     --default-cert "$CERT" --default-key "$CERT_KEY" \
     --tcp-ip 127.0.0.5 --tcp-ports "$OURS_TCP_PORT-$OURS_TCP_PORT" \
     --upgrade-sock "$WORK/upgrade.sock" >"$WORK/router.log" 2>&1) &
@@ -223,6 +240,16 @@ tls_addr() {
         nginx) echo "$NGINX_TLS" ;;
         haproxy) echo "$HAPROXY_TLS" ;;
         ours) echo "$OURS_TLS" ;;
+        *) bench_die "unknown target $1" ;;
+    esac
+}
+
+# Where a target takes HTTP/2 in clear text with prior knowledge (h2c).
+h2c_addr() {
+    case $1 in
+        nginx) echo "$NGINX_H2C" ;;
+        haproxy) echo "$HAPROXY_H2C" ;;
+        ours) echo "$OURS_HTTP" ;;
         *) bench_die "unknown target $1" ;;
     esac
 }
@@ -265,6 +292,14 @@ if [[ " $BENCHES " == *" tls-handshake "* || " $BENCHES " == *" https "* || " $B
         [[ $body == ok ]] || bench_die "$target ($addr) answered '$body' over HTTPS, not ok"
         version=$(curl_tls "$addr" --http2 -o /dev/null -w '%{http_version}')
         [[ $version == 2 ]] || bench_die "$target ($addr) did not negotiate HTTP/2 (got HTTP/$version)"
+    done
+fi
+
+if [[ " $BENCHES " == *" h2c "* ]]; then
+    for target in $http_targets; do
+        addr=$(h2c_addr "$target")
+        version=$(curl -s --http2-prior-knowledge -H "Host: $SNI" -o /dev/null -w '%{http_version} %{http_code}' "http://$addr/")
+        [[ $version == "2 200" ]] || bench_die "$target ($addr) did not answer 200 over h2c (got HTTP/$version)"
     done
 fi
 
@@ -351,21 +386,25 @@ run_https() {
     tls=-
 }
 
-h2load_run() { # h2load_run TARGET SECONDS OUT
-    local addr
-    addr=$(tls_addr "$1")
+h2load_run() { # h2load_run TARGET SECONDS OUT [h2c]: over TLS, or h2c with prior knowledge
+    local addr scheme=https
+    if [[ ${4:-} == h2c ]]; then
+        addr=$(h2c_addr "$1") scheme=http
+    else
+        addr=$(tls_addr "$1")
+    fi
     pinned "$CLIENT_CPU" h2load -t1 -c"$H2_CONNS" -m"$H2_STREAMS" -D"$2" \
-        --connect-to="$addr" "https://$SNI:${addr##*:}/" >"$3" 2>&1 || true
+        --connect-to="$addr" "$scheme://$SNI:${addr##*:}/" >"$3" 2>&1 || true
 }
 
-run_h2() {
-    local target=$1 out=$2 done
-    h2load_run "$target" "$WARMUP_S" "$WORK/warmup"
+run_h2() { # run_h2 TARGET OUT [h2c]
+    local target=$1 out=$2 proto=${3:-h2} done
+    h2load_run "$target" "$WARMUP_S" "$WORK/warmup" "$proto"
     sample_begin "$(target_pid "$target")" "$BACKEND_PID"
-    h2load_run "$target" "$DUR_S" "$out"
+    h2load_run "$target" "$DUR_S" "$out" "$proto"
     sample_end
-    grep -q '^Application protocol: h2$' "$out" ||
-        { cat "$out" >&2; bench_die "h2load did not negotiate h2 with $target"; }
+    grep -q "^Application protocol: $proto\$" "$out" ||
+        { cat "$out" >&2; bench_die "h2load did not negotiate $proto with $target"; }
     rate=$(awk '/^finished in/ { print $4 }' "$out")
     done=$(awk '/^requests:/ { print $6 }' "$out")
     [[ -n $rate && -n $done ]] || { cat "$out" >&2; bench_die "h2load against $target printed no result"; }
@@ -377,6 +416,10 @@ run_h2() {
     per_req=$(awk -v a="$accepted" -v d="$done" 'BEGIN { printf "%.2f", d ? a / d : 0 }')
     tls=$(awk -F': *' '/^TLS Protocol:/ { v = $2 } /^Cipher:/ { c = $2 } /^Server Temp Key:/ { split($2, k, " "); x = k[1] }
         END { print v "/" c "/" x }' "$out")
+}
+
+run_h2c() {
+    run_h2 "$1" "$2" h2c
 }
 
 iperf3_run() { # iperf3_run TARGET SECONDS OUT: 0 when iperf3 succeeded
@@ -556,6 +599,10 @@ for bench in $BENCHES; do
             ;;
         h2)
             table h2 "HTTP/2 over TLS: h2load -c$H2_CONNS -m$H2_STREAMS -D$DUR_S" \
+                "req/s" "mean (ms)" "max (ms)" "us/req" 1
+            ;;
+        h2c)
+            table h2c "HTTP/2 in clear text (h2c, prior knowledge): h2load -c$H2_CONNS -m$H2_STREAMS -D$DUR_S" \
                 "req/s" "mean (ms)" "max (ms)" "us/req" 1
             ;;
         tcp)
