@@ -89,7 +89,8 @@ async fn join_peers_false_lists_the_store() {
 }
 
 /// Registered routers that cannot give a table (nothing listening; something that answers
-/// garbage; one that has no complete table yet) are skipped: the new router lists the store.
+/// garbage; one that has no complete table yet; one that accepts and says nothing) are
+/// skipped: the new router lists the store.
 #[tokio::test]
 async fn peers_that_give_no_usable_table_are_skipped_and_the_store_is_listed() {
     let (mut h, _web) = with_routes().await;
@@ -129,6 +130,38 @@ async fn peers_that_give_no_usable_table_are_skipped_and_the_store_is_listed() {
     assert!(log.contains("answered 503"), "{log}");
     assert!(log.contains("no table from this router"), "{log}");
     assert_eq!(status_via(&b, "r9.test").await, 200);
+    drop(b);
+
+    // A peer that accepts and never answers is given up on within seconds.
+    let routers = h
+        .store
+        .range(&format!("{}/routers/", h.keys.prefix()))
+        .await
+        .expect("list routers");
+    for kv in routers.kvs {
+        h.store.delete(&kv.key).await.expect("delete registration");
+    }
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let value = serde_json::json!({"id": "silent", "admin": silent.local_addr().expect("addr").to_string()});
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = silent.accept().await {
+            held.push(conn);
+        }
+    });
+    h.put_raw(
+        &format!("{}/routers/router-silent", h.keys.prefix()),
+        value.to_string(),
+    )
+    .await;
+    let c = Router::start(&h.etcd.url(), &[]).await;
+    c.wait_metric("flynn_router_routes", |v| v == ROUTES as f64)
+        .await;
+    let log = c.log();
+    assert!(log.contains("no table from this router"), "{log}");
+    assert!(!log.contains("took the table"), "{log}");
 }
 
 /// A TCP server on loopback that reads a request head and answers `answer` to every

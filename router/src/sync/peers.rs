@@ -11,15 +11,13 @@
 //! events, and a store compacted past them is listed as after any snapshot.
 //! `--join-peers false` turns this off (the router then always lists).
 
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use flynn_store::{Keys, Store};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::time::timeout;
 
 use crate::registration::routers_prefix;
 use crate::table::snapshot::{self, Meta};
@@ -27,7 +25,7 @@ use crate::table::Table;
 
 /// Peers asked at most, one after the other.
 const MAX_PEERS: usize = 3;
-/// How long a peer may take to accept the connection.
+/// How long a peer may take to accept the connection, or to send the next bytes.
 const CONNECT: Duration = Duration::from_secs(1);
 /// How long a peer may take to send its whole table (a million routes: ~46 MB, about a
 /// second to encode).
@@ -86,20 +84,14 @@ pub(super) async fn fetch(store: &dyn Store, keys: &Keys) -> Option<(Table, Meta
     }
     for peer in peers.into_iter().take(MAX_PEERS) {
         let started = Instant::now();
-        let bytes = match get_snapshot(peer).await {
-            Ok(bytes) => bytes,
-            Err(error) => {
-                tracing::info!(%peer, %error, "no table from this router");
-                continue;
-            }
-        };
-        let size = bytes.len();
-        let read = tokio::task::spawn_blocking(move || snapshot::read(&bytes)).await;
-        match read {
-            Ok(Ok((table, meta))) if meta.prefix == keys.prefix() => {
+        let fetched = tokio::task::spawn_blocking(move || fetch_from(peer))
+            .await
+            .unwrap_or_else(|e| Err(PeerError::Io(std::io::Error::other(e))));
+        match fetched {
+            Ok((table, meta, bytes)) if meta.prefix == keys.prefix() => {
                 tracing::info!(
                     %peer,
-                    bytes = size,
+                    bytes,
                     routes = table.route_count(),
                     instances = table.instance_count(),
                     took_ms = started.elapsed().as_millis() as u64,
@@ -107,13 +99,15 @@ pub(super) async fn fetch(store: &dyn Store, keys: &Keys) -> Option<(Table, Meta
                 );
                 return Some((table, meta, peer));
             }
-            Ok(Ok((_, meta))) => tracing::warn!(
+            Ok((_, meta, _)) => tracing::warn!(
                 %peer,
                 peer_prefix = meta.prefix,
                 "that router's table is of another key prefix"
             ),
-            Ok(Err(error)) => tracing::warn!(%peer, %error, "that router's table is unreadable"),
-            Err(error) => tracing::warn!(%peer, %error, "reading that router's table failed"),
+            Err(PeerError::Unreadable(error)) => {
+                tracing::warn!(%peer, %error, "that router's table is unreadable")
+            }
+            Err(error) => tracing::info!(%peer, %error, "no table from this router"),
         }
     }
     None
@@ -128,8 +122,6 @@ fn admin_address(registration: &[u8]) -> Option<SocketAddr> {
 /// Why a peer gave no table.
 #[derive(Debug, thiserror::Error)]
 enum PeerError {
-    #[error("no connection within {CONNECT:?}")]
-    ConnectTimeout,
     #[error("no whole answer within {FETCH:?}")]
     Timeout,
     #[error("{0}")]
@@ -140,40 +132,52 @@ enum PeerError {
     Status(u16),
     #[error("the table is over {MAX_BYTES} bytes")]
     TooLarge,
+    #[error("{0}")]
+    Unreadable(#[from] snapshot::SnapshotError),
 }
 
-/// `GET /snapshot` from the admin listener at `peer`: the body of a 200 answer.
-async fn get_snapshot(peer: SocketAddr) -> Result<Vec<u8>, PeerError> {
-    let mut stream = timeout(CONNECT, TcpStream::connect(peer))
-        .await
-        .map_err(|_| PeerError::ConnectTimeout)??;
-    let exchange = async {
-        stream
-            .write_all(b"GET /snapshot HTTP/1.1\r\nHost: flynn-router\r\nConnection: close\r\n\r\n")
-            .await?;
-        let mut answer = Vec::new();
-        (&mut stream)
-            .take(MAX_BYTES + MAX_HEAD as u64 + 1)
-            .read_to_end(&mut answer)
-            .await?;
-        Ok::<_, PeerError>(answer)
-    };
-    let mut answer = timeout(FETCH, exchange)
-        .await
-        .map_err(|_| PeerError::Timeout)??;
+/// `GET /snapshot` from the admin listener at `peer`, the table decoded as it arrives (never
+/// held whole in memory): the table, where it is from, and its size in bytes. Blocking (a
+/// start-up's one-off, on the blocking pool); the whole exchange within [`FETCH`].
+fn fetch_from(peer: SocketAddr) -> Result<(Table, Meta, u64), PeerError> {
+    let stream = std::net::TcpStream::connect_timeout(&peer, CONNECT)?;
+    stream.set_read_timeout(Some(CONNECT))?;
+    stream.set_write_timeout(Some(CONNECT))?;
+    (&stream)
+        .write_all(b"GET /snapshot HTTP/1.1\r\nHost: flynn-router\r\nConnection: close\r\n\r\n")?;
+    let mut input = BufReader::with_capacity(
+        1 << 20,
+        Deadline {
+            inner: stream,
+            end: Instant::now() + FETCH,
+        },
+    );
+    // The head, line by line up to its empty line.
+    let mut head = Vec::with_capacity(512);
+    loop {
+        let before = head.len();
+        (&mut input)
+            .take((MAX_HEAD - head.len()) as u64)
+            .read_until(b'\n', &mut head)?;
+        if head.len() == before || !head.ends_with(b"\n") {
+            return Err(PeerError::Malformed("incomplete head"));
+        }
+        if head.ends_with(b"\r\n\r\n") || head.ends_with(b"\n\n") {
+            break;
+        }
+    }
     let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut head = httparse::Response::new(&mut headers);
-    let head_len = match head.parse(&answer) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Err(PeerError::Malformed("incomplete head")),
-        Err(_) => return Err(PeerError::Malformed("bad head")),
-    };
-    match head.code {
+    let mut parsed = httparse::Response::new(&mut headers);
+    match parsed.parse(&head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(PeerError::Malformed("bad head")),
+    }
+    match parsed.code {
         Some(200) => {}
         Some(status) => return Err(PeerError::Status(status)),
         None => return Err(PeerError::Malformed("no status")),
     }
-    let length = head
+    let length = parsed
         .headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case("content-length"))
@@ -188,13 +192,28 @@ async fn get_snapshot(peer: SocketAddr) -> Result<Vec<u8>, PeerError> {
     if length > MAX_BYTES {
         return Err(PeerError::TooLarge);
     }
-    if (answer.len() - head_len) as u64 != length {
-        return Err(PeerError::Malformed(
-            "body shorter or longer than its Content-Length",
-        ));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (table, meta) = snapshot::read_from(input.take(length), length, threads)?;
+    Ok((table, meta, length))
+}
+
+/// A reader that fails once its deadline has passed (each read also bounded by the socket's
+/// read timeout), so that a peer trickling its table out cannot hold a start-up.
+struct Deadline {
+    inner: std::net::TcpStream,
+    end: Instant,
+}
+
+impl Read for Deadline {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if Instant::now() > self.end {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                PeerError::Timeout.to_string(),
+            ));
+        }
+        self.inner.read(buf)
     }
-    answer.drain(..head_len);
-    Ok(answer)
 }
 
 #[cfg(test)]
