@@ -106,11 +106,11 @@ pub struct RouterArgs {
     #[arg(long, env = "FLYNN_H2C")]
     pub h2c: bool,
 
-    /// Proxy plain HTTP/1.1 requests (no body, or a Content-Length one up to 64 KiB) with the
-    /// router's own request loop (1.7 times as many per second as pingora's proxy, at 0.6 of its
-    /// CPU per request, in benches/load.sh); anything else (HTTP/2, upgrades, chunked or larger
-    /// uploads, HTTP/2 backends, HTTP/1.0) goes to pingora's proxy either way. `false` sends
-    /// everything there.
+    /// Proxy plain HTTP/1.1 requests and plain HTTP/2 streams (no body, or a Content-Length one
+    /// up to 64 KiB, to HTTP/1 backends) with the router's own request path (for HTTP/1.1, 1.7
+    /// times as many per second as pingora's proxy, at 0.6 of its CPU per request, in
+    /// benches/load.sh); anything else (upgrades, CONNECT, chunked or larger uploads, HTTP/2
+    /// backends, HTTP/1.0) goes to pingora's proxy either way. `false` sends everything there.
     #[arg(long, env = "FLYNN_H1_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
     pub h1_fast_path: bool,
 

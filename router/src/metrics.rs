@@ -34,6 +34,8 @@ pub struct Metrics {
     pub tcp_connections: IntCounter,
     pub proxy_header_refused: IntCounter,
     pub h1_handed_over: IntCounter,
+    pub h2_fast_streams: IntCounter,
+    pub h2_handed_over: IntCounter,
     /// `flynn_router_h1_relay_errors_total{side}`, indexed by [`Side`].
     h1_relay_errors: [IntCounter; Side::ALL.len()],
     /// Read off the connection limit at each scrape.
@@ -139,6 +141,16 @@ impl Metrics {
                 "Client connections the HTTP/1.1 fast path handed to pingora's proxy \
                  (upgrades, chunked or large uploads, HTTP/2 backends, HTTP/1.0, unusual requests)",
             ),
+            h2_fast_streams: int_counter(
+                "flynn_router_h2_fast_streams_total",
+                "HTTP/2 streams served by the router's own request path (plain requests to \
+                 HTTP/1 backends)",
+            ),
+            h2_handed_over: int_counter(
+                "flynn_router_h2_handed_over_total",
+                "HTTP/2 streams the fast path gave to pingora's proxy (CONNECT, bodies of no \
+                 declared or a large length, HTTP/2 backends, unusual requests)",
+            ),
             client_connections: int_gauge(
                 "flynn_router_client_connections",
                 "Client connections open (HTTP, HTTPS and TCP route listeners)",
@@ -157,7 +169,7 @@ impl Metrics {
             last_contact_ms: AtomicU64::new(now_ms()),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(relay_errors),
             Box::new(metrics.client_connections.clone()),
             Box::new(metrics.client_connections_max.clone()),
@@ -178,6 +190,8 @@ impl Metrics {
             Box::new(metrics.tcp_connections.clone()),
             Box::new(metrics.proxy_header_refused.clone()),
             Box::new(metrics.h1_handed_over.clone()),
+            Box::new(metrics.h2_fast_streams.clone()),
+            Box::new(metrics.h2_handed_over.clone()),
         ];
         for c in collectors {
             metrics

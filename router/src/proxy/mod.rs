@@ -1,7 +1,7 @@
 //! Where a request is routed: pingora's `ProxyHttp` phases, in the order they run. Plain
-//! HTTP/1.1 requests take the router's own loop in [`h1`] instead, with the same behaviour;
-//! this path serves the rest (HTTP/2, upgrades, chunked and large uploads, HTTP/2 backends,
-//! HTTP/1.0).
+//! HTTP/1.1 requests take the router's own loop in [`h1`] instead, and plain HTTP/2 streams the
+//! same path by way of `h2`, with the same behaviour; this path serves the rest (upgrades,
+//! CONNECT, chunked and large uploads, HTTP/2 backends, HTTP/1.0).
 //!
 //! 1. `request_filter`: the request's [`plan`] by the current table snapshot (no lock), the
 //!    same as the fast path's: 404 or 503 answered right here, else the service to forward to.
@@ -14,6 +14,7 @@
 
 pub mod framing;
 pub mod h1;
+mod h2;
 pub mod headers;
 pub mod plan;
 pub mod responses;
@@ -256,6 +257,13 @@ impl ProxyHttp for Proxy {
         };
         headers::add_forwarding(upstream_request, &origin)?;
         single_content_length(upstream_request)?;
+        let h1_backend = ctx
+            .route
+            .as_ref()
+            .is_some_and(|r| r.backend_protocol == BackendProtocol::Http1);
+        if h1_backend && session.req_header().version == http::Version::HTTP_2 {
+            join_cookies(upstream_request)?;
+        }
         if ctx.route.as_ref().is_some_and(|r| r.sticky) {
             sticky::strip_cookie(upstream_request)?;
         }
@@ -391,6 +399,23 @@ fn single_content_length(req: &mut RequestHeader) -> Result<()> {
             "conflicting Content-Length values",
         )),
     }
+}
+
+/// An HTTP/2 request's cookie fields reach an HTTP/1 backend as one field, joined with `; `
+/// (RFC 9113 §8.2.3), as on the fast path (`h2::head`).
+fn join_cookies(req: &mut RequestHeader) -> Result<()> {
+    use http::header::COOKIE;
+    if req.headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return Ok(());
+    }
+    let mut joined = Vec::new();
+    for (i, value) in req.headers.get_all(COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    req.insert_header(COOKIE, joined)
 }
 
 /// Writes one of the router's own answers, keeping the client connection open.

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use pingora::protocols::Stream;
+use pingora::protocols::http::v2::server::HttpSession;
+use pingora::protocols::{SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::error::Elapsed;
@@ -14,28 +15,63 @@ use super::super::headers::Origin;
 use super::super::responses;
 use super::{request, Conn, End, FastH1, HEAD_READ, IDLE_RELEASE, MAX_HEAD, MIN_ROOM};
 
+/// Who a request came from: an HTTP/1 client connection, or one stream of an HTTP/2 one
+/// (`proxy::h2`), whose request head the stream's handler wrote into `Conn::buf` as HTTP/1.1.
+pub(in crate::proxy) enum Client {
+    H1(Stream),
+    /// Boxed: an HTTP/1 connection's state stays small.
+    H2(Box<HttpSession>),
+}
+
+impl Client {
+    /// Reads from the client. An HTTP/2 stream has nothing more to read here (its request body,
+    /// if any, was read whole before): this waits until the client resets the stream or its
+    /// connection fails, as the end of an HTTP/1 connection would.
+    pub(super) async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Client::H1(stream) => stream.read_buf(buf).await,
+            Client::H2(session) => gone(session).await,
+        }
+    }
+
+    /// [`Self::read_buf`] into a slice.
+    async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Client::H1(stream) => stream.read(buf).await,
+            Client::H2(session) => gone(session).await,
+        }
+    }
+}
+
+/// Waits until the client of an HTTP/2 stream resets it (`Ok(0)`) or its connection fails.
+async fn gone(session: &mut HttpSession) -> std::io::Result<usize> {
+    match session.idle().await {
+        Ok(_) => Ok(0),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
+}
+
+/// Where a client's request came from and arrived: what the forwarding headers say.
+pub(in crate::proxy) fn origin(socket: Option<&SocketDigest>, tls: bool) -> Origin {
+    Origin {
+        client_ip: socket
+            .and_then(|d| d.peer_addr())
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        proto: if tls { "https" } else { "http" },
+        port: socket
+            .and_then(|d| d.local_addr())
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port()),
+    }
+}
+
 impl Conn {
     pub(super) fn new(client: Stream, shutdown: ShutdownWatch) -> Conn {
         let socket = client.get_socket_digest();
-        let origin = Origin {
-            client_ip: socket
-                .as_ref()
-                .and_then(|d| d.peer_addr())
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            proto: if client.get_ssl_digest().is_some() {
-                "https"
-            } else {
-                "http"
-            },
-            port: socket
-                .as_ref()
-                .and_then(|d| d.local_addr())
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port()),
-        };
+        let origin = origin(socket.as_deref(), client.get_ssl_digest().is_some());
         let mut conn = Conn {
-            client,
+            client: Client::H1(client),
             buf: BytesMut::new(),
             upstream: Vec::new(),
             out: Vec::new(),
@@ -56,10 +92,41 @@ impl Conn {
         self.out.reserve(1024);
     }
 
+    /// One HTTP/2 stream's request: its head as HTTP/1.1 (and its whole body, if any) in `buf`.
+    pub(in crate::proxy) fn for_stream(
+        session: Box<HttpSession>,
+        buf: BytesMut,
+        origin: Origin,
+        shutdown: ShutdownWatch,
+    ) -> Conn {
+        Conn {
+            client: Client::H2(session),
+            upstream: Vec::with_capacity(buf.len() + 256),
+            buf,
+            out: Vec::new(),
+            from_backend: BytesMut::with_capacity(HEAD_READ),
+            origin,
+            shutdown,
+            head_started: None,
+        }
+    }
+
     /// The client, what was read of it and when its current head started; the rest of the
-    /// connection's buffers are freed here, not kept for the connection's life.
-    pub(super) fn into_parts(self) -> (Stream, BytesMut, Option<Instant>) {
-        (self.client, self.buf, self.head_started)
+    /// connection's buffers are freed here, not kept for the connection's life. None for an
+    /// HTTP/2 stream (never handed over this way).
+    pub(super) fn into_parts(self) -> Option<(Stream, BytesMut, Option<Instant>)> {
+        match self.client {
+            Client::H1(client) => Some((client, self.buf, self.head_started)),
+            Client::H2(_) => None,
+        }
+    }
+
+    /// The HTTP/2 stream this request came on, if it did.
+    pub(in crate::proxy) fn h2_session(&mut self) -> Option<&mut HttpSession> {
+        match &mut self.client {
+            Client::H1(_) => None,
+            Client::H2(session) => Some(session),
+        }
     }
 
     /// Gives the buffers back while the connection is idle.
@@ -70,10 +137,17 @@ impl Conn {
         self.out = Vec::new();
     }
 
-    /// Writes `out` to the client.
+    /// Writes `out` to the client. On an HTTP/2 stream only interim (1xx) heads get here, and
+    /// they are not passed on (pingora's HTTP/2 session drops them too): its final response goes
+    /// through the stream's own relay.
     pub(super) async fn send_out(&mut self) -> std::io::Result<()> {
-        self.client.write_all(&self.out).await?;
-        self.client.flush().await
+        match &mut self.client {
+            Client::H1(client) => {
+                client.write_all(&self.out).await?;
+                client.flush().await
+            }
+            Client::H2(_) => Ok(()),
+        }
     }
 }
 
@@ -171,11 +245,31 @@ impl FastH1 {
 
     /// Answers with an error status of the router's own and closes: `(status, false)`.
     pub(super) async fn fail(&self, conn: &mut Conn, status: u16) -> (u16, bool) {
+        if let Some(session) = conn.h2_session() {
+            return (answer_h2(session, status).await, false);
+        }
         let date = pingora::protocols::http::date::get_cached_date();
         responses::write_http1(&mut conn.out, status, false, date.as_bytes());
         if conn.send_out().await.is_err() {
             return (0, false);
         }
         (status, false)
+    }
+}
+
+/// Answers an HTTP/2 stream with one of the router's own statuses (the headers and body every
+/// engine sends): the status, or 0 when the client is gone.
+pub(in crate::proxy) async fn answer_h2(session: &mut HttpSession, status: u16) -> u16 {
+    let canned = responses::canned(status);
+    let sent = match session.write_response_header_ref(&canned.header, false) {
+        Ok(()) => session.write_body(canned.body.clone(), true).await,
+        Err(e) => Err(e),
+    };
+    match sent {
+        Ok(()) => status,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not answer an HTTP/2 stream");
+            0
+        }
     }
 }

@@ -1,5 +1,7 @@
 //! The HTTP/1.1 fast path: plain keep-alive requests are proxied by this loop; every other
-//! request, and every HTTP/2 connection, goes to pingora's proxy with the bytes already read.
+//! request goes to pingora's proxy with the bytes already read. HTTP/2 connections go to
+//! `proxy::h2`, whose plain streams take the same path as plain HTTP/1.1 requests here
+//! ([`FastH1::forward`], with the stream as the [`Conn`]'s client).
 //!
 //! Why: pingora's general request path spends three to four times nginx's user CPU per proxied
 //! request (boxed futures, two header maps per message, tasks and channels between the two
@@ -26,6 +28,8 @@ pub mod request;
 pub mod response;
 mod upstream;
 
+pub(super) use client::{answer_h2, origin, Client};
+pub(super) use relay::read_more;
 pub use relay::{RelayError, Side};
 
 use std::sync::Arc;
@@ -48,13 +52,13 @@ use super::{ClientTimeouts, Proxy};
 
 /// The longest request or response head (pingora's limit too, vendored): a longer request gets
 /// 431, a longer response 502.
-const MAX_HEAD: usize = 64 * 1024;
+pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// What a read asks room for while a head (or a small body) is awaited: a busy kept-alive
 /// connection holds this much per direction.
 const HEAD_READ: usize = 4 * 1024;
 /// What a read of a response body asks room for: a connection that has passed a large body on
 /// keeps this much.
-const BODY_READ: usize = 16 * 1024;
+pub(super) const BODY_READ: usize = 16 * 1024;
 /// An idle client connection gives its buffers back after this long.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 /// The least room a read gets: a buffer grows only when less than this is left in it.
@@ -62,16 +66,17 @@ const MIN_ROOM: usize = 1024;
 
 /// The HTTP app of the client listeners: the fast path in front of pingora's proxy.
 pub struct FastH1 {
-    proxy: Arc<HttpProxy<Proxy>>,
-    router: Proxy,
-    /// Backend connections of the fast path (pingora's proxy keeps its own).
+    pub(super) proxy: Arc<HttpProxy<Proxy>>,
+    pub(super) router: Proxy,
+    /// Backend connections of the fast path, HTTP/1 and HTTP/2 clients alike (pingora's proxy
+    /// keeps its own).
     connector: TransportConnector,
     /// pingora's proxy accepts HTTP/2 with prior knowledge: connections starting with its
-    /// preface are its.
+    /// preface are HTTP/2 ones.
     h2c: bool,
     /// `false`: every connection is handed to pingora's proxy as it comes.
-    enabled: bool,
-    timeouts: ClientTimeouts,
+    pub(super) enabled: bool,
+    pub(super) timeouts: ClientTimeouts,
 }
 
 impl FastH1 {
@@ -105,22 +110,23 @@ enum End {
     Refuse(u16),
 }
 
-/// A client connection and the buffers its requests reuse.
-struct Conn {
-    client: Stream,
+/// A client connection and the buffers its requests reuse (or one HTTP/2 stream and the buffers
+/// of its one request).
+pub(super) struct Conn {
+    pub(super) client: client::Client,
     /// Read from the client, not used yet (the start of the next request, at most).
-    buf: BytesMut,
+    pub(super) buf: BytesMut,
     /// The head (and body, when it came with it) of the request sent upstream.
-    upstream: Vec<u8>,
+    pub(super) upstream: Vec<u8>,
     /// What is written to the client next.
-    out: Vec<u8>,
+    pub(super) out: Vec<u8>,
     /// Read from the backend, not passed on yet.
-    from_backend: BytesMut,
-    origin: Origin,
-    shutdown: ShutdownWatch,
+    pub(super) from_backend: BytesMut,
+    pub(super) origin: Origin,
+    pub(super) shutdown: ShutdownWatch,
     /// When the request head being read started: the connection's start for the first
     /// request, else the head's first byte; None between requests.
-    head_started: Option<Instant>,
+    pub(super) head_started: Option<Instant>,
 }
 
 #[async_trait]
@@ -132,6 +138,15 @@ impl ServerApp for FastH1 {
     ) -> Option<Stream> {
         match self.takes(&mut client).await {
             Some(true) => {}
+            // HTTP/2 (a custom ALPN protocol stays pingora's). Boxed: the HTTP/2 connection's
+            // state would otherwise size every HTTP/1 connection's task too.
+            Some(false)
+                if self.enabled
+                    && !matches!(client.selected_alpn_proto(), Some(ALPN::Custom(_))) =>
+            {
+                Box::pin(self.serve_h2(client, shutdown)).await;
+                return None;
+            }
             Some(false) => return ServerApp::process_new(&self.proxy, client, shutdown).await,
             None => return None,
         }
@@ -143,9 +158,10 @@ impl ServerApp for FastH1 {
         }
         let mut conn = Conn::new(client, shutdown.clone());
         if let End::HandOver = self.serve(&mut conn).await {
-            self.router.metrics.h1_handed_over.inc();
-            let (client, read, started) = conn.into_parts();
-            self.hand_over(client, read, started, shutdown).await;
+            if let Some((client, read, started)) = conn.into_parts() {
+                self.router.metrics.h1_handed_over.inc();
+                self.hand_over(client, read, started, shutdown).await;
+            }
         }
         None
     }
@@ -156,7 +172,7 @@ impl ServerApp for FastH1 {
 }
 
 impl FastH1 {
-    /// Whether the fast path takes this connection at all: not HTTP/2 (by ALPN or, with h2c,
+    /// Whether the fast path takes this connection as HTTP/1: not HTTP/2 (by ALPN or, with h2c,
     /// by its preface). None: the client sent nothing within the header timeout.
     async fn takes(&self, client: &mut Stream) -> Option<bool> {
         match client.selected_alpn_proto() {

@@ -133,7 +133,7 @@ impl FastH1 {
 }
 
 /// Reads more of a response body; the end of the connection or a timeout is an error here.
-async fn read_more(
+pub(in crate::proxy) async fn read_more(
     upstream: &mut Stream,
     buf: &mut BytesMut,
     wait: Duration,

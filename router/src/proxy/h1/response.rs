@@ -231,51 +231,58 @@ impl Chunks {
     /// within `buf` or a line is cut off at its end); `Err` for a malformed body.
     pub fn advance(&mut self, buf: &[u8]) -> Result<usize, &'static str> {
         let mut at = 0;
-        loop {
-            let rest = &buf[at..];
-            match *self {
-                Chunks::Done => return Ok(at),
-                Chunks::Size => match httparse::parse_chunk_size(rest) {
-                    Ok(Status::Complete((used, size))) => {
-                        at += used;
-                        *self = if size == 0 {
-                            Chunks::Trailers
-                        } else {
-                            Chunks::Data(size)
-                        };
-                    }
-                    Ok(Status::Partial) if rest.len() < MAX_LINE => return Ok(at),
-                    _ => return Err("malformed chunk size"),
-                },
-                Chunks::Data(left) => {
-                    if rest.is_empty() {
-                        return Ok(at);
-                    }
-                    let take = left.min(rest.len() as u64);
-                    at += take as usize;
-                    *self = match left - take {
-                        0 => Chunks::DataEnd,
-                        left => Chunks::Data(left),
+        while let Some(used) = self.step(&buf[at..])? {
+            at += used;
+        }
+        Ok(at)
+    }
+
+    /// One step through the body at the start of `rest`: how many bytes it took, None when it
+    /// needs more bytes (or the body is done). When the state before the step was
+    /// [`Chunks::Data`], those bytes are chunk data (what an HTTP/2 client gets of the body).
+    pub fn step(&mut self, rest: &[u8]) -> Result<Option<usize>, &'static str> {
+        match *self {
+            Chunks::Done => Ok(None),
+            Chunks::Size => match httparse::parse_chunk_size(rest) {
+                Ok(Status::Complete((used, size))) => {
+                    *self = if size == 0 {
+                        Chunks::Trailers
+                    } else {
+                        Chunks::Data(size)
                     };
+                    Ok(Some(used))
                 }
-                Chunks::DataEnd => match rest {
-                    [b'\r', b'\n', ..] => {
-                        at += 2;
-                        *self = Chunks::Size;
-                    }
-                    [] | [b'\r'] => return Ok(at),
-                    _ => return Err("no CRLF after chunk data"),
-                },
-                Chunks::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
-                    Some(0) => {
-                        at += 2;
-                        *self = Chunks::Done;
-                    }
-                    Some(line) => at += line + 2,
-                    None if rest.len() < MAX_LINE => return Ok(at),
-                    None => return Err("trailer line too long"),
-                },
+                Ok(Status::Partial) if rest.len() < MAX_LINE => Ok(None),
+                _ => Err("malformed chunk size"),
+            },
+            Chunks::Data(left) => {
+                if rest.is_empty() {
+                    return Ok(None);
+                }
+                let take = left.min(rest.len() as u64);
+                *self = match left - take {
+                    0 => Chunks::DataEnd,
+                    left => Chunks::Data(left),
+                };
+                Ok(Some(take as usize))
             }
+            Chunks::DataEnd => match rest {
+                [b'\r', b'\n', ..] => {
+                    *self = Chunks::Size;
+                    Ok(Some(2))
+                }
+                [] | [b'\r'] => Ok(None),
+                _ => Err("no CRLF after chunk data"),
+            },
+            Chunks::Trailers => match rest.windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    *self = Chunks::Done;
+                    Ok(Some(2))
+                }
+                Some(line) => Ok(Some(line + 2)),
+                None if rest.len() < MAX_LINE => Ok(None),
+                None => Err("trailer line too long"),
+            },
         }
     }
 
@@ -438,6 +445,36 @@ mod tests {
             let second = chunks.advance(&rest).expect("valid");
             assert!(chunks.done(), "split at {split}");
             assert_eq!(first + second, body.len(), "split at {split}");
+        }
+    }
+
+    #[test]
+    fn chunk_data_is_told_apart_from_framing_across_any_split() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nX-Trailer: t\r\n\r\n";
+        for split in 0..body.len() {
+            let mut chunks = Chunks::default();
+            let mut data = Vec::new();
+            let mut buf = body[..split].to_vec();
+            let mut fed = split;
+            loop {
+                let was_data = matches!(chunks, Chunks::Data(_));
+                match chunks.step(&buf).expect("valid") {
+                    Some(n) => {
+                        if was_data {
+                            data.extend_from_slice(&buf[..n]);
+                        }
+                        buf.drain(..n);
+                    }
+                    None if chunks.done() => break,
+                    None => {
+                        assert!(fed < body.len(), "split at {split}");
+                        buf.extend_from_slice(&body[fed..]);
+                        fed = body.len();
+                    }
+                }
+            }
+            assert_eq!(data, b"hello0123456789abcdef", "split at {split}");
+            assert!(buf.is_empty(), "split at {split}");
         }
     }
 

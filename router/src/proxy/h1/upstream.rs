@@ -35,8 +35,10 @@ pub(super) enum Failed {
 
 impl FastH1 {
     /// Proxies one request (its head at the start of `conn.buf`) to an instance of `service`:
-    /// the status the client got (0: none) and whether its connection stays open.
-    pub(super) async fn forward(
+    /// the status the client got (0: none) and whether its connection stays open. An HTTP/2
+    /// stream's request takes this path too (`proxy::h2`): only the response's way to the
+    /// client differs ([`Self::relay_h2`]).
+    pub(in crate::proxy) async fn forward(
         &self,
         conn: &mut Conn,
         head: &request::Head,
@@ -118,7 +120,13 @@ impl FastH1 {
                 response::add_header(&mut conn.out, b"Set-Cookie", cookie.as_bytes());
             }
         }
-        match self.relay(conn, &mut upstream.stream, resp.framing).await {
+        let relayed = if conn.h2_session().is_some() {
+            self.relay_h2(conn, &mut upstream.stream, resp.framing)
+                .await
+        } else {
+            self.relay(conn, &mut upstream.stream, resp.framing).await
+        };
+        match relayed {
             Ok(clean) => {
                 if clean && resp.reusable && !route.disable_keep_alives {
                     self.connector.release_stream(
@@ -138,10 +146,14 @@ impl FastH1 {
                 conn.out.clear();
                 self.fail(conn, 502).await
             }
-            // Cut off mid-body: the client's connection cannot carry another response.
+            // Cut off mid-body: the client's connection cannot carry another response (an
+            // HTTP/2 stream is reset: the client must not take it for a whole response).
             Err(e) => {
                 tracing::debug!(error = %e, side = e.side().label(), "response body cut off");
                 self.router.metrics.relay_failed(e.side());
+                if let Some(session) = conn.h2_session() {
+                    session.shutdown();
+                }
                 (resp.status, false)
             }
         }

@@ -1,0 +1,188 @@
+//! Heads across the two versions: an HTTP/2 request written as the HTTP/1.1 head the fast path
+//! reads (and sends upstream), and a backend's response head as the HTTP/2 one its client gets.
+
+use bytes::BytesMut;
+use http::header::{COOKIE, HOST};
+use http::{HeaderName, HeaderValue};
+use httparse::Status;
+use pingora::http::{RequestHeader, ResponseHeader};
+
+use super::super::h1::{request, MAX_HEAD};
+
+/// Writes the HTTP/1.1 head of an HTTP/2 request into `buf` and parses it the way the HTTP/1.1
+/// fast path parses its own ([`request::parse`]): the request line with `:path` as sent; `Host`
+/// from `:authority`, else the Host header (pingora's proxy does the same, and has already
+/// refused a Host that differs from `:authority`); the other headers as they came; the cookie
+/// fields joined into one with `; ` (RFC 9113 §8.2.3). None: the stream is pingora's (CONNECT,
+/// extended CONNECT included, no authority at all, or a head `request::parse` leaves to pingora).
+pub(super) fn write_h1(req: &RequestHeader, buf: &mut BytesMut) -> Option<request::Head> {
+    if req.method == http::Method::CONNECT {
+        return None;
+    }
+    let host = match req.uri.authority() {
+        Some(authority) => authority.as_str().as_bytes(),
+        None => req.headers.get(HOST)?.as_bytes(),
+    };
+    buf.extend_from_slice(req.method.as_str().as_bytes());
+    buf.extend_from_slice(b" ");
+    buf.extend_from_slice(req.raw_path());
+    buf.extend_from_slice(b" HTTP/1.1\r\n");
+    put(buf, b"host", host);
+    let mut cookies = false;
+    for (name, value) in req.headers.iter() {
+        if name == HOST {
+            continue;
+        }
+        if name == COOKIE {
+            cookies = true;
+            continue;
+        }
+        put(buf, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if cookies {
+        buf.extend_from_slice(b"cookie: ");
+        for (i, value) in req.headers.get_all(COOKIE).iter().enumerate() {
+            if i > 0 {
+                buf.extend_from_slice(b"; ");
+            }
+            buf.extend_from_slice(value.as_bytes());
+        }
+        buf.extend_from_slice(b"\r\n");
+    }
+    buf.extend_from_slice(b"\r\n");
+    match request::parse(buf) {
+        request::Parse::Head(head) if head.len == buf.len() && head.len <= MAX_HEAD => Some(head),
+        _ => None,
+    }
+}
+
+fn put(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value);
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Response headers HTTP/2 has no place for (RFC 9113 §8.2.2), and the Date pingora's HTTP/2
+/// session sets itself.
+const NOT_IN_H2: [&[u8]; 7] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-connection",
+    b"transfer-encoding",
+    b"upgrade",
+    b"te",
+    b"date",
+];
+
+/// More than the response heads `response::parse` writes can hold (its limit, plus the headers it
+/// and the sticky cookie add).
+const MAX_HEADERS: usize = 160;
+
+/// The HTTP/2 response head for the HTTP/1.1 one `response::parse` wrote into `out` (the
+/// backend's, already checked and rewritten): its status and its headers less the hop-by-hop
+/// ones. None when a header cannot be carried by HTTP/2.
+pub(super) fn response_head(out: &[u8]) -> Option<Box<ResponseHeader>> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    let Ok(Status::Complete(_)) = resp.parse(out) else {
+        return None;
+    };
+    let mut head = ResponseHeader::build_no_case(resp.code?, Some(resp.headers.len())).ok()?;
+    for header in resp.headers.iter() {
+        let name = header.name.as_bytes();
+        if NOT_IN_H2.iter().any(|n| name.eq_ignore_ascii_case(n)) {
+            continue;
+        }
+        let name = HeaderName::from_bytes(name).ok()?;
+        let value = HeaderValue::from_bytes(header.value).ok()?;
+        head.append_header(name, value).ok()?;
+    }
+    Some(Box::new(head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h2_request(method: &str, uri: &str, headers: &[(&str, &str)]) -> RequestHeader {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .version(http::Version::HTTP_2);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let (parts, ()) = req.body(()).expect("a request").into_parts();
+        RequestHeader::from(parts)
+    }
+
+    fn h1(req: &RequestHeader) -> Option<(request::Head, String)> {
+        let mut buf = BytesMut::new();
+        let head = write_h1(req, &mut buf)?;
+        Some((head, String::from_utf8(buf.to_vec()).expect("text")))
+    }
+
+    #[test]
+    fn requests_are_written_as_http_1_1() {
+        let req = h2_request(
+            "GET",
+            "https://shop.test:8443/a//b?q=%20",
+            &[
+                ("accept", "*/*"),
+                ("cookie", "a=1"),
+                ("x-many", "1"),
+                ("cookie", "b=2"),
+                ("x-many", "2"),
+            ],
+        );
+        let (head, text) = h1(&req).expect("taken");
+        assert_eq!(
+            text,
+            "GET /a//b?q=%20 HTTP/1.1\r\nhost: shop.test:8443\r\naccept: */*\r\n\
+             x-many: 1\r\nx-many: 2\r\ncookie: a=1; b=2\r\n\r\n"
+        );
+        assert_eq!(&text.as_bytes()[head.host.clone()], b"shop.test:8443");
+        assert_eq!(&text.as_bytes()[head.path.clone()], b"/a//b?q=%20");
+        assert_eq!(
+            (head.content_length, head.close, head.is_head),
+            (0, false, false)
+        );
+
+        // No :authority: the Host header.
+        let req = h2_request("HEAD", "/x", &[("host", "h.test")]);
+        let (head, text) = h1(&req).expect("taken");
+        assert!(
+            text.starts_with("HEAD /x HTTP/1.1\r\nhost: h.test\r\n\r\n"),
+            "{text}"
+        );
+        assert!(head.is_head);
+
+        let req = h2_request("POST", "https://a.test/", &[("content-length", "5")]);
+        assert_eq!(h1(&req).expect("taken").0.content_length, 5);
+    }
+
+    #[test]
+    fn unusual_requests_stay_pingoras() {
+        for req in [
+            h2_request("CONNECT", "a.test:443", &[]),
+            h2_request("GET", "/", &[]),
+            h2_request("POST", "https://a.test/", &[("content-length", "65537")]),
+            h2_request("POST", "https://a.test/", &[("expect", "100-continue")]),
+        ] {
+            assert!(h1(&req).is_none(), "{req:?}");
+        }
+    }
+
+    #[test]
+    fn response_heads_lose_what_http_2_has_no_place_for() {
+        let out = b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-App: 1\r\nSet-Cookie: a=1\r\n\
+            Set-Cookie: b=2\r\nDate: now\r\nConnection: keep-alive\r\n\
+            Transfer-Encoding: chunked\r\n\r\n";
+        let head = response_head(out).expect("a head");
+        assert_eq!(head.status.as_u16(), 201);
+        let names: Vec<_> = head.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-app", "set-cookie"]);
+        assert_eq!(head.headers.get_all("set-cookie").iter().count(), 2);
+    }
+}

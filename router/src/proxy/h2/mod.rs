@@ -1,0 +1,153 @@
+//! HTTP/2 clients, stream by stream: a plain request to HTTP/1 backends takes the HTTP/1.1 fast
+//! path's way (`proxy::h1`); every other stream goes to pingora's proxy as before.
+//!
+//! Why: pingora serves each HTTP/2 stream with its general proxy path (a large boxed future per
+//! stream, two header maps, an HTTP/1 upstream session with its own tasks and channels), which
+//! made HTTP/2 over TLS cost the router 1.57 times nginx's CPU per request (benches/README.md).
+//! Here a stream's request is written once as the HTTP/1.1 head the fast path reads and from then
+//! on follows that path: the same plan (`proxy::plan`), attempts, pooled backend connections
+//! (shared with HTTP/1 clients), forwarding headers, framing rule, canned answers and metrics.
+//! Only the response's way back differs ([`relay`]): an HTTP/2 head, the body in DATA frames as
+//! the stream's flow control allows.
+//!
+//! The connection itself is pingora's: its handshake (within the header timeout) and accept loop
+//! (graceful shutdown, idle timeout, malformed-stream budget; made public by vendor patch 0008).
+//! What is taken is decided per stream, before anything of it is consumed: not CONNECT, no body
+//! or a Content-Length one of at most `request::MAX_BODY` (read whole first, as an HTTP/1 body
+//! that came with its head), a head `request::parse` takes, on a route to HTTP/1 backends
+//! (`Plan::hands_over`, the HTTP/1.1 fast path's test).
+//!
+//! - [`head`]: the request head as HTTP/1.1, the response head as HTTP/2;
+//! - [`relay`]: the response body passed on.
+
+mod head;
+mod relay;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use pingora::apps::HttpServerApp;
+use pingora::protocols::http::v2::server::{self, HttpSession};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{Digest, Stream};
+use pingora::server::ShutdownWatch;
+use tokio::time::timeout;
+
+use super::h1::{answer_h2, origin, request, Conn, FastH1};
+use super::plan::{plan, Plan};
+
+impl FastH1 {
+    /// Serves an HTTP/2 connection (ALPN h2, or h2c with prior knowledge) until it closes: each
+    /// stream in a task of its own, as pingora does.
+    pub(super) async fn serve_h2(self: &Arc<Self>, stream: Stream, shutdown: &ShutdownWatch) {
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+        let handshake = server::handshake(stream, self.proxy.h2_options.clone());
+        // A client that never completes the preface is not waited for forever.
+        let conn = match timeout(self.timeouts.header, handshake).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "HTTP/2 handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("HTTP/2 preface not received within the header timeout");
+                return;
+            }
+        };
+        let idle = self
+            .proxy
+            .server_options
+            .as_ref()
+            .and_then(|o| o.h2_idle_timeout);
+        server::accept_downstream_sessions(
+            conn,
+            digest,
+            shutdown.clone(),
+            idle,
+            |session, guard| {
+                let app = self.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    // Held while the stream is served: the connection is busy, not idle.
+                    let _guard = guard;
+                    app.serve_stream(session, &shutdown).await;
+                });
+            },
+        )
+        .await;
+    }
+
+    /// Serves one stream: on the fast path when it takes it, else by pingora's proxy.
+    async fn serve_stream(&self, mut session: HttpSession, shutdown: &ShutdownWatch) {
+        let start = Instant::now();
+        let mut buf = BytesMut::with_capacity(1024);
+        let Some(head) = head::write_h1(session.req_header(), &mut buf) else {
+            return self.hand_over_stream(session, shutdown).await;
+        };
+        let body = !session.is_body_empty();
+        if body && head.content_length == 0 {
+            // A body of no declared length (allowed in HTTP/2): pingora streams it.
+            return self.hand_over_stream(session, shutdown).await;
+        }
+        let planned = plan(
+            &self.router.table.load(),
+            &buf[head.host.clone()],
+            &buf[head.path.clone()],
+        );
+        if planned.hands_over(body) {
+            return self.hand_over_stream(session, shutdown).await;
+        }
+        let _in_flight = self.router.in_flight.enter();
+        self.router.metrics.h2_fast_streams.inc();
+        let status = match planned {
+            Plan::Answer(status) => answer_h2(&mut session, status).await,
+            Plan::Forward { route, service } => {
+                if body && !self.read_body(&mut session, &mut buf, &head).await {
+                    // The client did not send the body it announced, in time: no answer.
+                    session.shutdown();
+                    self.router.metrics.record_request(0, start);
+                    return;
+                }
+                let from = session.digest().map_or_else(
+                    || origin(None, false),
+                    |d| origin(d.socket_digest.as_deref(), d.ssl_digest.is_some()),
+                );
+                let mut conn = Conn::for_stream(Box::new(session), buf, from, shutdown.clone());
+                self.forward(&mut conn, &head, &route, &service).await.0
+            }
+        };
+        self.router.metrics.record_request(status, start);
+    }
+
+    /// Reads the stream's whole request body (its Content-Length, at most `request::MAX_BODY`)
+    /// into `buf` after the head, each part within the keep-alive timeout as for an HTTP/1
+    /// body. false: the client sent less, more, or not in time.
+    async fn read_body(
+        &self,
+        session: &mut HttpSession,
+        buf: &mut BytesMut,
+        head: &request::Head,
+    ) -> bool {
+        let end = head.len + head.content_length as usize;
+        loop {
+            match timeout(self.timeouts.keepalive, session.read_body_bytes()).await {
+                Ok(Ok(Some(data))) if buf.len() + data.len() <= end => buf.extend_from_slice(&data),
+                Ok(Ok(None)) => return buf.len() == end,
+                _ => return false,
+            }
+        }
+    }
+
+    /// Gives the stream to pingora's proxy, as every stream went before.
+    async fn hand_over_stream(&self, session: HttpSession, shutdown: &ShutdownWatch) {
+        self.router.metrics.h2_handed_over.inc();
+        let session = ServerSession::new_http2(session);
+        HttpServerApp::process_new_http(&self.proxy, session, shutdown).await;
+    }
+}

@@ -1,0 +1,120 @@
+//! Passing a backend's response on to an HTTP/2 stream: the head as an HTTP/2 one, the body in
+//! DATA frames, each sent once the stream's flow control has room for it (so a client that reads
+//! slowly holds the backend back instead of the router buffering the body), chunked bodies
+//! decoded, a body that ends when the backend closes ended with the stream.
+
+use bytes::Buf;
+use pingora::protocols::Stream;
+use tokio::io::AsyncReadExt;
+use tokio::time::timeout;
+
+use super::super::h1::response::{Chunks, Framing};
+use super::super::h1::{read_more, Client, Conn, FastH1, RelayError, BODY_READ};
+use super::head;
+
+/// A failed write to the client's stream (reset, or its connection gone).
+fn client_gone(e: Box<pingora::Error>) -> RelayError {
+    RelayError::Client(std::io::Error::other(e.to_string()))
+}
+
+impl FastH1 {
+    /// Passes the response on to the HTTP/2 stream `conn` is for: the head `response::parse`
+    /// wrote into `conn.out`, then the body by `framing`. `Ok(true)`: the body ended exactly
+    /// where the backend's bytes did, so its connection can be reused. `conn.out` keeps the head
+    /// until it is sent: a chunked body broken before its first byte then gets the router's 502,
+    /// as on HTTP/1.
+    pub(in crate::proxy) async fn relay_h2(
+        &self,
+        conn: &mut Conn,
+        upstream: &mut Stream,
+        framing: Framing,
+    ) -> Result<bool, RelayError> {
+        let read_timeout = self.router.timeouts.read;
+        let Client::H2(session) = &mut conn.client else {
+            return Ok(false);
+        };
+        let Some(head) = head::response_head(&conn.out) else {
+            return Err(RelayError::Malformed(
+                "a response header HTTP/2 cannot carry",
+            ));
+        };
+        let from_backend = &mut conn.from_backend;
+        match framing {
+            Framing::Empty => {
+                session
+                    .write_response_header(head, true)
+                    .map_err(client_gone)?;
+                conn.out.clear();
+            }
+            Framing::Length(mut left) => {
+                session
+                    .write_response_header(head, left == 0)
+                    .map_err(client_gone)?;
+                conn.out.clear();
+                while left > 0 {
+                    if from_backend.is_empty() {
+                        read_more(upstream, from_backend, read_timeout).await?;
+                    }
+                    let take = left.min(from_backend.len() as u64);
+                    left -= take;
+                    let data = from_backend.split_to(take as usize).freeze();
+                    session
+                        .write_body(data, left == 0)
+                        .await
+                        .map_err(client_gone)?;
+                }
+            }
+            Framing::Chunked => {
+                let mut head = Some(head);
+                let mut chunks = Chunks::default();
+                loop {
+                    let data = matches!(chunks, Chunks::Data(_));
+                    match chunks.step(from_backend).map_err(RelayError::Malformed)? {
+                        Some(used) if data => {
+                            if let Some(head) = head.take() {
+                                session
+                                    .write_response_header(head, false)
+                                    .map_err(client_gone)?;
+                                conn.out.clear();
+                            }
+                            let data = from_backend.split_to(used).freeze();
+                            session.write_body(data, false).await.map_err(client_gone)?;
+                        }
+                        Some(used) => from_backend.advance(used),
+                        None if chunks.done() => break,
+                        None => read_more(upstream, from_backend, read_timeout).await?,
+                    }
+                }
+                // Trailers, if any, are dropped.
+                match head {
+                    Some(head) => session.write_response_header(head, true),
+                    None => session.finish(),
+                }
+                .map_err(client_gone)?;
+                conn.out.clear();
+            }
+            Framing::UntilClose => {
+                session
+                    .write_response_header(head, false)
+                    .map_err(client_gone)?;
+                conn.out.clear();
+                loop {
+                    if !from_backend.is_empty() {
+                        let data = from_backend.split().freeze();
+                        session.write_body(data, false).await.map_err(client_gone)?;
+                    }
+                    from_backend.reserve(BODY_READ);
+                    match timeout(read_timeout, upstream.read_buf(&mut *from_backend)).await {
+                        Ok(Ok(0)) => break,
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => return Err(RelayError::Backend(e)),
+                        Err(_) => return Err(RelayError::Timeout),
+                    }
+                }
+                session.finish().map_err(client_gone)?;
+                return Ok(false);
+            }
+        }
+        Ok(conn.from_backend.is_empty())
+    }
+}
