@@ -99,14 +99,7 @@ async fn peers_that_give_no_usable_table_are_skipped_and_the_store_is_listed() {
     h.router
         .exited_within(std::time::Duration::from_secs(10))
         .await;
-    let routers = h
-        .store
-        .range(&format!("{}/routers/", h.keys.prefix()))
-        .await
-        .expect("list routers");
-    for kv in routers.kvs {
-        h.store.delete(&kv.key).await.expect("delete registration");
-    }
+    forget_routers(&h).await;
     let closed = SocketAddr::from(([127, 0, 0, 1], flynn_testkit::free_port()));
     let garbage = serve_once_each(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello").await;
     let not_ready =
@@ -133,14 +126,7 @@ async fn peers_that_give_no_usable_table_are_skipped_and_the_store_is_listed() {
     drop(b);
 
     // A peer that accepts and never answers is given up on within seconds.
-    let routers = h
-        .store
-        .range(&format!("{}/routers/", h.keys.prefix()))
-        .await
-        .expect("list routers");
-    for kv in routers.kvs {
-        h.store.delete(&kv.key).await.expect("delete registration");
-    }
+    forget_routers(&h).await;
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -162,6 +148,18 @@ async fn peers_that_give_no_usable_table_are_skipped_and_the_store_is_listed() {
     let log = c.log();
     assert!(log.contains("no table from this router"), "{log}");
     assert!(!log.contains("took the table"), "{log}");
+}
+
+/// Deletes every router's registration.
+async fn forget_routers(h: &Harness) {
+    let routers = h
+        .store
+        .range(&format!("{}/routers/", h.keys.prefix()))
+        .await
+        .expect("list routers");
+    for kv in routers.kvs {
+        h.store.delete(&kv.key).await.expect("delete registration");
+    }
 }
 
 /// A TCP server on loopback that reads a request head and answers `answer` to every
