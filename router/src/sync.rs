@@ -160,7 +160,7 @@ impl TableWriter {
 
     /// Keeps the table in a snapshot file at `path` (none: no snapshot).
     pub fn with_snapshot(mut self, path: Option<PathBuf>) -> TableWriter {
-        self.snapshots = path.map(Snapshots::new);
+        self.snapshots = path.map(|path| Snapshots::new(path, self.latest.clone()));
         self
     }
 
@@ -244,9 +244,6 @@ impl TableWriter {
         self.shared.store(table.clone());
         self.published.send_modify(|generation| *generation += 1);
         if let Some(meta) = self.snapshot_meta() {
-            if let Some(snapshots) = &self.snapshots {
-                snapshots.offer(table.clone(), meta.clone());
-            }
             self.latest.set(table, meta);
         }
     }

@@ -16,8 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
 use flynn_store::{Keys, Store};
+use tokio::sync::watch;
 
 use crate::registration::routers_prefix;
 use crate::table::snapshot::{self, Meta};
@@ -41,18 +41,35 @@ pub struct Published {
     pub meta: Meta,
 }
 
-/// The newest complete table this router has published (what `GET /snapshot` serves).
-#[derive(Default)]
-pub struct Latest(ArcSwapOption<Published>);
+/// The newest complete table this router has published (routes and instances from one store,
+/// no listing under way): what `GET /snapshot` serves and the `--snapshot` file saves
+/// (`super::snapshot`, which waits on its changes).
+pub struct Latest(watch::Sender<Option<Arc<Published>>>);
+
+impl Default for Latest {
+    fn default() -> Self {
+        Latest(watch::Sender::new(None))
+    }
+}
 
 impl Latest {
     pub(super) fn set(&self, table: Arc<Table>, meta: Meta) {
-        self.0.store(Some(Arc::new(Published { table, meta })));
+        self.0
+            .send_replace(Some(Arc::new(Published { table, meta })));
+    }
+
+    pub(super) fn get(&self) -> Option<Arc<Published>> {
+        self.0.borrow().clone()
+    }
+
+    /// Changes each time a new complete table is published.
+    pub(super) fn subscribe(&self) -> watch::Receiver<Option<Arc<Published>>> {
+        self.0.subscribe()
     }
 
     /// The table encoded as a snapshot; None while there is no complete table yet.
     pub async fn encode(&self) -> Option<std::io::Result<Vec<u8>>> {
-        let published = self.0.load_full()?;
+        let published = self.get()?;
         let encoded = tokio::task::spawn_blocking(move || {
             let mut out = Vec::with_capacity(64 * published.table.route_count() + 4096);
             snapshot::write(&published.table, &published.meta, &mut out).map(|_| out)

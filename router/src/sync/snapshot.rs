@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
+use super::peers::{Latest, Published};
 use crate::table::snapshot::{self, Meta};
 use crate::table::Table;
 
@@ -19,34 +18,23 @@ pub const SAVE_EVERY: Duration = Duration::from_secs(10);
 /// The snapshot file of one router.
 pub struct Snapshots {
     path: PathBuf,
-    /// The latest table that may be saved (complete: no listing under way), and where it is from.
-    latest: watch::Sender<Option<Arc<Pending>>>,
+    /// The newest complete table, the one to save.
+    latest: Arc<Latest>,
     /// What the file holds now; held while a save runs, so that two saves never interleave.
     saved: Arc<Mutex<Option<Meta>>>,
 }
 
-struct Pending {
-    table: Arc<Table>,
-    meta: Meta,
-}
-
 impl Snapshots {
-    pub fn new(path: PathBuf) -> Arc<Snapshots> {
+    pub fn new(path: PathBuf, latest: Arc<Latest>) -> Arc<Snapshots> {
         Arc::new(Snapshots {
             path,
-            latest: watch::Sender::new(None),
+            latest,
             saved: Arc::default(),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// A newly published table, to be saved soon.
-    pub(super) fn offer(&self, table: Arc<Table>, meta: Meta) {
-        self.latest
-            .send_replace(Some(Arc::new(Pending { table, meta })));
     }
 
     /// The table saved at the path, when there is a usable one for `prefix`: anything else
@@ -127,7 +115,7 @@ impl Snapshots {
     }
 
     async fn save_with(&self, at_exit: bool) -> bool {
-        let Some(pending) = self.latest.borrow().clone() else {
+        let Some(pending) = self.latest.get() else {
             return false;
         };
         let path = self.path.clone();
@@ -149,7 +137,7 @@ impl Snapshots {
 fn save_blocking(
     path: &Path,
     saved: &Mutex<Option<Meta>>,
-    pending: &Pending,
+    pending: &Published,
     at_exit: bool,
 ) -> bool {
     let mut saved = saved.lock().unwrap_or_else(PoisonError::into_inner);
