@@ -16,7 +16,7 @@ pub fn self_signed(names: &[&str]) -> (String, String) {
 pub fn h2_server_config(cert_pem: &str, key_pem: &str) -> Arc<rustls::ServerConfig> {
     let chain = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("cert PEM")];
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key PEM");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
