@@ -23,22 +23,6 @@ const GROUP: usize = 2 + SITE_PATHS.len();
 /// Hosts rotated through per lookup benchmark, so that a big table is not read from one hot line.
 const PROBES: usize = 1024;
 
-fn route(id: &str, domain: &str, path: &str, service: &str) -> HttpRoute {
-    HttpRoute {
-        id: id.to_owned(),
-        domain: domain.to_owned(),
-        path: path.to_owned(),
-        service: service.to_owned(),
-        certificate_id: None,
-        sticky: false,
-        leader: false,
-        drain_backends: true,
-        disable_keep_alives: false,
-        backend_protocol: Default::default(),
-        app_id: None,
-    }
-}
-
 /// Route number `i` of a table: group `i / GROUP` holds `app-G.example.com`,
 /// `*.zone-G.example.com` and `site-G.example.com` with each of `SITE_PATHS`.
 fn nth_route(i: usize) -> HttpRoute {
@@ -46,9 +30,9 @@ fn nth_route(i: usize) -> HttpRoute {
     let id = format!("http-{i}");
     let service = format!("svc-{}", g % 1000);
     match k {
-        0 => route(&id, &format!("app-{g}.example.com"), "/", &service),
-        1 => route(&id, &format!("*.zone-{g}.example.com"), "/", &service),
-        _ => route(
+        0 => HttpRoute::new(&id, &format!("app-{g}.example.com"), "/", &service),
+        1 => HttpRoute::new(&id, &format!("*.zone-{g}.example.com"), "/", &service),
+        _ => HttpRoute::new(
             &id,
             &format!("site-{g}.example.com"),
             SITE_PATHS[k - 2],

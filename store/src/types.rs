@@ -65,6 +65,26 @@ pub struct HttpRoute {
     pub app_id: Option<String>,
 }
 
+impl HttpRoute {
+    /// A route to `service` for `domain` and `path`, every other field as a stored route that
+    /// leaves it out reads (what `flynn route add` writes with no options).
+    pub fn new(id: &str, domain: &str, path: &str, service: &str) -> HttpRoute {
+        HttpRoute {
+            id: id.to_owned(),
+            domain: domain.to_owned(),
+            path: path.to_owned(),
+            service: service.to_owned(),
+            certificate_id: None,
+            sticky: false,
+            leader: false,
+            drain_backends: default_true(),
+            disable_keep_alives: false,
+            backend_protocol: BackendProtocol::default(),
+            app_id: None,
+        }
+    }
+}
+
 /// An HTTP route read without copying its strings where the JSON has no escapes: the fields,
 /// defaults and errors of [`HttpRoute`], for the router's listing of many routes.
 /// [`HttpRouteRef::parse`] takes a value only when it is an HTTP route that [`Route`] reads
@@ -204,6 +224,8 @@ mod tests {
         assert_eq!(r.path, "/");
         assert!(r.drain_backends);
         assert!(!r.sticky && !r.leader && !r.disable_keep_alives);
+        // HttpRoute::new gives the fields it is not told what a stored route leaves out gets.
+        assert_eq!(r, HttpRoute::new("http-1", "example.com", "/", "web"));
     }
 
     #[test]

@@ -2,25 +2,8 @@ use std::net::SocketAddr;
 
 use super::*;
 
-/// A stored HTTP route with the defaults a route written by `flynn route add` has.
-pub(super) fn http_route(id: &str, domain: &str, path: &str, service: &str) -> HttpRoute {
-    HttpRoute {
-        id: id.into(),
-        domain: domain.into(),
-        path: path.into(),
-        service: service.into(),
-        certificate_id: None,
-        sticky: false,
-        leader: false,
-        drain_backends: true,
-        disable_keep_alives: false,
-        backend_protocol: Default::default(),
-        app_id: None,
-    }
-}
-
 fn route(id: &str, domain: &str, path: &str, service: &str) -> RouteEntry {
-    RouteEntry::from_stored(id, http_route(id, domain, path, service)).unwrap()
+    RouteEntry::from_stored(id, HttpRoute::new(id, domain, path, service)).unwrap()
 }
 
 fn table(routes: &[(&str, &str, &str)]) -> Table {
@@ -118,22 +101,7 @@ fn updates_and_removals_are_incremental_and_leave_old_snapshots_alone() {
 #[test]
 fn invalid_routes_are_refused() {
     let stored = |domain: &str, path: &str, service: &str| {
-        RouteEntry::from_stored(
-            "x",
-            HttpRoute {
-                id: "x".into(),
-                domain: domain.into(),
-                path: path.into(),
-                service: service.into(),
-                certificate_id: None,
-                sticky: false,
-                leader: false,
-                drain_backends: true,
-                disable_keep_alives: false,
-                backend_protocol: Default::default(),
-                app_id: None,
-            },
-        )
+        RouteEntry::from_stored("x", HttpRoute::new("x", domain, path, service))
     };
     assert_eq!(stored("", "/", "s"), Err(InvalidRoute::EmptyDomain));
     assert!(matches!(

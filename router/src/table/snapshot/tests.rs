@@ -7,7 +7,6 @@ use flynn_store::types::{BackendProtocol, HttpRoute, Instance, ProxyProtocol, Tc
 use super::write::{put_group, put_i64, put_str, put_varint, Body, Names};
 use super::*;
 use crate::table::shards::{shard_of, SHARDS};
-use crate::table::tests::http_route as http;
 use crate::table::RouteEntry;
 
 fn uuid_id(i: usize) -> String {
@@ -22,14 +21,19 @@ fn sample(extra: usize) -> Table {
         let entry = RouteEntry::from_stored(&route.id.clone(), route).expect("valid");
         t.upsert_route(entry);
     };
-    add(http(&uuid_id(1), "a.example.com", "/", "web"));
-    add(http(&uuid_id(2), "a.example.com", "/api", "api"));
-    add(http("r-text", "b.example.com", "/", "web"));
-    add(http("http-UPPER", "*.example.com", "/", "wild"));
-    add(http(&uuid_id(3), "*.b.example.com", "/x/", "deeper"));
-    add(http(&uuid_id(4), "*", "/", "any"));
-    add(http(&uuid_id(5), "*", "/static", "files"));
-    let mut special = http(&uuid_id(6), "tls.example.com", "/", "secure");
+    add(HttpRoute::new(&uuid_id(1), "a.example.com", "/", "web"));
+    add(HttpRoute::new(&uuid_id(2), "a.example.com", "/api", "api"));
+    add(HttpRoute::new("r-text", "b.example.com", "/", "web"));
+    add(HttpRoute::new("http-UPPER", "*.example.com", "/", "wild"));
+    add(HttpRoute::new(
+        &uuid_id(3),
+        "*.b.example.com",
+        "/x/",
+        "deeper",
+    ));
+    add(HttpRoute::new(&uuid_id(4), "*", "/", "any"));
+    add(HttpRoute::new(&uuid_id(5), "*", "/static", "files"));
+    let mut special = HttpRoute::new(&uuid_id(6), "tls.example.com", "/", "secure");
     special.certificate_id = Some("cert-1".into());
     special.sticky = true;
     special.leader = true;
@@ -37,11 +41,11 @@ fn sample(extra: usize) -> Table {
     special.disable_keep_alives = true;
     special.backend_protocol = BackendProtocol::H2;
     add(special);
-    let mut grpc = http(&uuid_id(7), "grpc.example.com", "/", "grpc");
+    let mut grpc = HttpRoute::new(&uuid_id(7), "grpc.example.com", "/", "grpc");
     grpc.backend_protocol = BackendProtocol::H2c;
     add(grpc);
     for i in 0..extra {
-        add(http(
+        add(HttpRoute::new(
             &uuid_id(100 + i),
             &format!("r-{i}.bulk.test"),
             "/",
@@ -175,7 +179,9 @@ fn a_loaded_table_takes_edits() {
         hit(&t, "a.example.com", "/api/"),
         Some(format!("{} api", uuid_id(2)))
     );
-    t.upsert_route(RouteEntry::from_stored("n", http("n", "new.test", "/", "web")).expect("ok"));
+    t.upsert_route(
+        RouteEntry::from_stored("n", HttpRoute::new("n", "new.test", "/", "web")).expect("ok"),
+    );
     assert_eq!(hit(&t, "new.test", "/"), Some("n web".into()));
     assert!(t.remove_route("tcp-1"));
     assert!(t.remove_instance("web", "i2"));
@@ -246,7 +252,7 @@ fn one_route_in_shard(shard: usize) -> Vec<u8> {
     b.push(EXACT);
     put_varint(&mut b, shard as u64);
     put_varint(&mut b, 1);
-    let route = RouteEntry::from_stored("x", http("x", "x.test", "/", "s")).expect("ok");
+    let route = RouteEntry::from_stored("x", HttpRoute::new("x", "x.test", "/", "s")).expect("ok");
     put_group(&mut b, &[Arc::new(route)], &mut Names::default());
     out.block(SECTION, &b).expect("write");
     for tag in [TCP, SERVICES] {
