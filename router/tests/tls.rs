@@ -1,10 +1,10 @@
 //! HTTPS: certificates by SNI from the store, rotation, bad certificates, the default keypair,
-//! TLS versions, HTTP/2 by ALPN and h2c — checked with real curl, openssl and h2load clients.
+//! TLS versions, HTTP/2 by ALPN and h2c — checked with real curl and openssl clients (many
+//! concurrent HTTP/2 streams, with h2load: tests/h2.rs, on both engines).
 //! (They run as blocking subprocesses, so the backends need a second runtime thread.)
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -312,46 +312,4 @@ async fn h2c_with_prior_knowledge_behind_a_flag() {
         h.router.metric("flynn_router_h1_handed_over_total").await,
         0.0
     );
-}
-
-/// Runs h2load: 2000 requests on 4 connections with 25 streams in flight each, to `uri` at
-/// `connect_to`; panics unless every one succeeded over HTTP/2.
-fn h2load(uri: &str, connect_to: SocketAddr) {
-    let out = Command::new("h2load")
-        .args(["-n2000", "-c4", "-m25"])
-        .arg(format!("--connect-to={connect_to}"))
-        .arg(uri)
-        .output()
-        .expect("h2load is installed (nghttp2-client)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "h2load {uri}:\n{stdout}");
-    assert!(
-        stdout.contains("Application protocol: h2"),
-        "h2 not negotiated:\n{stdout}"
-    );
-    assert!(
-        stdout.contains("requests: 2000 total, 2000 started, 2000 done, 2000 succeeded, 0 failed"),
-        "h2load {uri}:\n{stdout}"
-    );
-    assert!(stdout.contains("status codes: 2000 2xx"), "{stdout}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_concurrent_http2_streams_over_tls_and_h2c() {
-    let h = Harness::start(&["--h2c"]).await;
-    let b1 = Backend::start("a").await;
-    let b2 = Backend::start("b").await;
-    h.instance("web", "i1", b1.addr).await;
-    h.instance("web", "i2", b2.addr).await;
-    h.route("http-1", "streams.test", "/", "web").await;
-    h.wait_status("streams.test", "/", 200).await;
-
-    // Over TLS (h2 by ALPN, SNI streams.test) …
-    let https = h.router.https;
-    h2load(&format!("https://streams.test:{}/", https.port()), https);
-    // … and in clear text with prior knowledge (h2c).
-    let http = h.router.http;
-    h2load(&format!("http://streams.test:{}/", http.port()), http);
-    // Both instances took a share: the streams were balanced, not pinned to one backend.
-    assert!(b1.requests() > 0 && b2.requests() > 0);
 }
