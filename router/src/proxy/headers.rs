@@ -3,6 +3,7 @@
 //! Requests: `X-Forwarded-For`, `-Proto` and `-Port` are appended to what came in;
 //! `X-Request-Start` is set (Unix ms); `X-Request-Id` is kept when it looks like one, else a fresh
 //! UUID. Hop-by-hop request headers are stripped by pingora's upstream request policy.
+//! An HTTP/2 request's cookie fields reach an HTTP/1 backend as one field ([`join_cookies`]).
 //! Responses: hop-by-hop headers (and those the `Connection` header names) are stripped, except
 //! on a `101 Switching Protocols`.
 
@@ -10,7 +11,8 @@ use std::io::Write;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::header::{HeaderName, CONNECTION};
+use bytes::BufMut;
+use http::header::{HeaderName, CONNECTION, COOKIE};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
@@ -146,6 +148,17 @@ fn append(req: &mut RequestHeader, header: &Added, value: &[u8]) -> Result<()> {
 /// Runs on every response, and most carry `Connection: keep-alive` and nothing else to strip: the
 /// headers present are looked at once and only those to go are removed (each removal touches two
 /// maps), with no allocation.
+/// Writes the cookie fields of `headers` as the one field value an HTTP/1 backend gets, joined
+/// with `; ` (RFC 9113 §8.2.3: HTTP/2 may split a cookie into several fields).
+pub fn join_cookies(headers: &http::HeaderMap, out: &mut impl BufMut) {
+    for (i, value) in headers.get_all(COOKIE).iter().enumerate() {
+        if i > 0 {
+            out.put_slice(b"; ");
+        }
+        out.put_slice(value.as_bytes());
+    }
+}
+
 pub fn strip_response_hop_by_hop(resp: &mut ResponseHeader) {
     if resp.status.as_u16() == 101 || !resp.headers.keys().any(is_hop_by_hop) {
         return;

@@ -401,21 +401,21 @@ fn single_content_length(req: &mut RequestHeader) -> Result<()> {
     }
 }
 
-/// An HTTP/2 request's cookie fields reach an HTTP/1 backend as one field, joined with `; `
-/// (RFC 9113 §8.2.3), as on the fast path (`h2::head`).
+/// An HTTP/2 request's cookie fields reach an HTTP/1 backend as one field, as on the fast path
+/// (`h2::head`).
 fn join_cookies(req: &mut RequestHeader) -> Result<()> {
-    use http::header::COOKIE;
-    if req.headers.get_all(COOKIE).iter().nth(1).is_none() {
+    if req
+        .headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .nth(1)
+        .is_none()
+    {
         return Ok(());
     }
     let mut joined = Vec::new();
-    for (i, value) in req.headers.get_all(COOKIE).iter().enumerate() {
-        if i > 0 {
-            joined.extend_from_slice(b"; ");
-        }
-        joined.extend_from_slice(value.as_bytes());
-    }
-    req.insert_header(COOKIE, joined)
+    headers::join_cookies(&req.headers, &mut joined);
+    req.insert_header(http::header::COOKIE, joined)
 }
 
 /// Writes one of the router's own answers, keeping the client connection open.

@@ -8,6 +8,7 @@ use httparse::Status;
 use pingora::http::{RequestHeader, ResponseHeader};
 
 use super::super::h1::{request, MAX_HEAD};
+use super::super::headers;
 
 /// Writes the HTTP/1.1 head of an HTTP/2 request into `buf` and parses it the way the HTTP/1.1
 /// fast path parses its own ([`request::parse`]): the request line with `:path` as sent; `Host`
@@ -41,12 +42,7 @@ pub(super) fn write_h1(req: &RequestHeader, buf: &mut BytesMut) -> Option<reques
     }
     if cookies {
         buf.extend_from_slice(b"cookie: ");
-        for (i, value) in req.headers.get_all(COOKIE).iter().enumerate() {
-            if i > 0 {
-                buf.extend_from_slice(b"; ");
-            }
-            buf.extend_from_slice(value.as_bytes());
-        }
+        headers::join_cookies(&req.headers, buf);
         buf.extend_from_slice(b"\r\n");
     }
     buf.extend_from_slice(b"\r\n");
