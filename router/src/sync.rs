@@ -621,25 +621,32 @@ pub async fn open(source: &StoreSource, writer: &mut TableWriter) -> Arc<dyn Sto
         Some(store) => store,
         None => open.await,
     };
-    if writer.join_peers && writer.resume.iter().all(Option::is_none) {
-        if let Some((table, meta, peer)) = peers::fetch(store.as_ref(), &writer.keys).await {
-            let deadline = tokio::time::Instant::now() + CHECK_WAIT;
-            let peer = peer.to_string();
-            match status_within(store.as_ref(), deadline).await {
-                Ok(status) => {
-                    if usable(&meta, &status, "the live router's table", &peer) {
-                        writer.restore(table, meta, false);
-                    }
-                }
-                Err(error) => tracing::warn!(
-                    %peer,
-                    %error,
-                    "the store cannot say who it is: not using the live router's table, listing"
-                ),
-            }
-        }
+    let restored = writer.resume.iter().any(Option::is_some);
+    if writer.join_peers && !restored {
+        join_a_peer(store.as_ref(), writer).await;
     }
     store
+}
+
+/// Serves a live router's table ([`peers`]) when one gives a table the store says is of it;
+/// else nothing changes (the mirrors will list).
+async fn join_a_peer(store: &dyn Store, writer: &mut TableWriter) {
+    let Some((table, meta, peer)) = peers::fetch(store, &writer.keys).await else {
+        return;
+    };
+    let peer = peer.to_string();
+    match status_within(store, tokio::time::Instant::now() + CHECK_WAIT).await {
+        Ok(status) => {
+            if usable(&meta, &status, "the live router's table", &peer) {
+                writer.restore(table, meta, false);
+            }
+        }
+        Err(error) => tracing::warn!(
+            %peer,
+            %error,
+            "the store cannot say who it is: not using the live router's table, listing"
+        ),
+    }
 }
 
 /// The store's id and revision, or why it did not say by `deadline`.
