@@ -4,7 +4,11 @@ use flynn_router::server::{self, StoreSource};
 use flynn_store::Keys;
 
 /// mimalloc: the request path allocates and frees many small buffers; glibc's malloc cost
-/// about a tenth of the router's CPU under load (benches/README.md).
+/// about a tenth of the router's CPU under load (benches/README.md). Built with
+/// `--cfg flynn_system_alloc` (`cargo rustc --release --bin flynn-router -- --cfg
+/// flynn_system_alloc`), the router keeps the system allocator, so that a heap profiler
+/// (heaptrack, valgrind's massif) sees every allocation.
+#[cfg(not(flynn_system_alloc))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
