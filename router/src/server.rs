@@ -309,10 +309,11 @@ impl Listeners<'_> {
         for addr in self.http {
             // Reads straight into the HTTP layer's own buffer: pingora's default puts a 64 KiB
             // read buffer under every client connection (most of an idle connection's memory)
-            // and copies out of it.
+            // and copies out of it. Writes go straight out too: the fast path writes each
+            // message whole, and gives pingora's HTTP/1 session its buffer back when it hands a
+            // connection over (`proxy::h1`'s `with_write_buffer`).
             service.endpoints().add_listener(
-                ListenerConfig::tcp(addr.to_string())
-                    .l4_buffer(L4BufferSettings::default().read(0)),
+                ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::unbuffered()),
             );
         }
         for addr in self.https {

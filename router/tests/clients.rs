@@ -22,6 +22,8 @@ common::on_both_engines!(
     a_hanging_instance_is_avoided_after_a_timeout,
     response_heads_up_to_64_kib_pass,
     a_body_with_a_request_pipelined_behind_it_reaches_the_backend,
+    connections_idle_past_the_buffer_release_are_served_in_full,
+    a_first_head_keeps_its_deadline_from_the_connections_start,
 );
 
 /// A router with `engine` and `extra` flags, one backend routed at `clients.test`.
@@ -150,6 +152,66 @@ async fn a_head_that_trickles_in_gets_408(engine: &[&str]) {
         before + 2,
         "the slow heads never reached the backend"
     );
+}
+
+/// How long a connection idles before the fast path frees its request state and buffers
+/// (`proxy::h1`'s IDLE_RELEASE, 1 s), with a margin.
+const PAST_IDLE_RELEASE: Duration = Duration::from_millis(1400);
+
+async fn connections_idle_past_the_buffer_release_are_served_in_full(engine: &[&str]) {
+    let (h, b) = start(engine, &[]).await;
+    let addr = h.router.http.to_string();
+    let before = b.requests();
+    let mut conn = served_connection(&addr).await;
+
+    // Idle (parked, on the fast path), then a plain request on the same connection.
+    tokio::time::sleep(PAST_IDLE_RELEASE).await;
+    let response = conn.get("/", "clients.test", &[]).await.expect("GET");
+    assert_eq!(response.status, 200);
+    assert_eq!(echoed(&response)["uri"], "/");
+
+    // Idle again, then a chunked upload that the fast path hands to pingora, answered with a
+    // streamed (chunked) body, which pingora writes piece by piece.
+    tokio::time::sleep(PAST_IDLE_RELEASE).await;
+    let response = conn
+        .request(
+            b"POST /stream HTTP/1.1\r\nHost: clients.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5\r\nhello\r\n0\r\n\r\n",
+        )
+        .await
+        .expect("POST");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.text(), "first\nlast\n");
+
+    // And the connection goes on (on pingora's path now).
+    tokio::time::sleep(PAST_IDLE_RELEASE).await;
+    let response = conn.get("/after", "clients.test", &[]).await.expect("GET");
+    assert_eq!(response.status, 200);
+    assert_eq!(echoed(&response)["uri"], "/after");
+    assert_eq!(b.requests(), before + 4, "the first GET and three more");
+}
+
+async fn a_first_head_keeps_its_deadline_from_the_connections_start(engine: &[&str]) {
+    let (h, b) = start(engine, &["--header-timeout", "2s"]).await;
+    let addr = h.router.http.to_string();
+    let before = b.requests();
+
+    // Silent past the idle release (the fast path parks the connection), then trickling: the
+    // deadline still runs from the connection's start, not from the first byte.
+    let mut slow = TcpStream::connect(&addr).await.expect("connect");
+    let started = Instant::now();
+    tokio::time::sleep(PAST_IDLE_RELEASE).await;
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: clients.test\r\n")
+        .await
+        .expect("write");
+    let answer = trickle_until_answered(&mut slow, b"X-Slow: 1\r\n").await;
+    let elapsed = started.elapsed();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        elapsed >= Duration::from_millis(1800) && elapsed < Duration::from_millis(3000),
+        "{elapsed:?}"
+    );
+    assert_eq!(b.requests(), before);
 }
 
 /// Sends `drip` a byte every 300 ms until the router answers; returns the answer.

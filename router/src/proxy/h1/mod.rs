@@ -39,7 +39,9 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::connectors::{ConnectorOptions, TransportConnector};
+use pingora::listeners::L4BufferSettings;
 use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::{Stream as L4Stream, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::protocols::{Stream, ALPN};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
@@ -106,6 +108,9 @@ impl FastH1 {
 enum End {
     Close,
     HandOver,
+    /// Idle since the last request for [`IDLE_RELEASE`]: wait for the next one parked
+    /// ([`FastH1::park`]), for at most this long.
+    Park(Duration),
     /// Answer with this status (the router's own), then close.
     Refuse(u16),
 }
@@ -152,18 +157,26 @@ impl ServerApp for FastH1 {
         }
         if !self.enabled {
             let started = Some(Instant::now());
-            self.hand_over(client, BytesMut::new(), started, shutdown)
-                .await;
+            Box::pin(self.hand_over(client, BytesMut::new(), started, shutdown)).await;
             return None;
         }
+        // What this future holds while the connection idles is what an idle client costs: the
+        // connection, and the wait. The state of requests under way (`serve`) and pingora's
+        // (`hand_over`) are boxed, so that they are freed meanwhile.
         let mut conn = Conn::new(client, shutdown.clone());
-        if let End::HandOver = self.serve(&mut conn).await {
-            if let Some((client, read, started)) = conn.into_parts() {
-                self.router.metrics.h1_handed_over.inc();
-                self.hand_over(client, read, started, shutdown).await;
+        loop {
+            match Box::pin(self.serve(&mut conn)).await {
+                End::Park(left) if self.park(&mut conn, left).await => {}
+                End::HandOver => {
+                    if let Some((client, read, started)) = conn.into_parts() {
+                        self.router.metrics.h1_handed_over.inc();
+                        Box::pin(self.hand_over(client, read, started, shutdown)).await;
+                    }
+                    return None;
+                }
+                _ => return None,
             }
         }
-        None
     }
 
     async fn cleanup(&self) {
@@ -237,7 +250,7 @@ impl FastH1 {
         started: Option<Instant>,
         shutdown: &ShutdownWatch,
     ) {
-        let mut session = ServerSession::new_http1(client);
+        let mut session = ServerSession::new_http1(with_write_buffer(client));
         let keepalive = self.timeouts.keepalive.as_secs().max(1);
         session.set_keepalive(if *shutdown.borrow() {
             None
@@ -260,5 +273,22 @@ impl FastH1 {
             }
             result = self.proxy.process_new_http(session, shutdown).await;
         }
+    }
+}
+
+/// A plain client connection comes without pingora's write buffer (`server::Listeners`: the fast
+/// path writes each message whole from its own buffer). pingora's HTTP/1 session writes a
+/// chunked body piece by piece, so a connection handed to it gets the buffer back (vendor patch
+/// 0009). TLS connections keep theirs (under rustls) all along.
+fn with_write_buffer(client: Stream) -> Stream {
+    if !client.as_any().is::<L4Stream>() {
+        return client;
+    }
+    match client.into_any().downcast::<L4Stream>() {
+        Ok(mut l4) => {
+            l4.set_buffer(L4BufferSettings::new(0, DEFAULT_L4_WRITE_BUFFER_SIZE));
+            l4
+        }
+        Err(_) => unreachable!("the stream was checked to be an L4 one"),
     }
 }

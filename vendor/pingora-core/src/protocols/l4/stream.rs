@@ -625,7 +625,12 @@ impl Stream {
 
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
-    pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
+    ///
+    /// flynn patch: public, so that an app that writes whole messages itself can take a
+    /// connection without pingora's write buffer (and give it back when pingora's HTTP/1 session
+    /// takes the connection over). Whatever is buffered and not flushed is dropped: call it
+    /// only between messages, after a flush.
+    pub fn set_buffer(&mut self, buffer: L4BufferSettings) {
         use std::mem;
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want
