@@ -311,13 +311,22 @@ impl<A: ServerApp + Send + Sync + 'static> Service<A> {
                 Ok(io) => {
                     let app = app_logic.clone();
                     let shutdown = shutdown.clone();
+                    // flynn patch: the accepted stream boxed. Captured by the task, it would
+                    // keep its room in the task's state (about 400 bytes) for the connection's
+                    // whole life after the handshake has consumed it.
+                    let io = Box::new(io);
                     current_handle().spawn(async move {
                         let _permit = permit;
-                        let peer_addr = io.peer_addr();
                         // flynn patch: the handshake future (TLS state included) boxed, so
                         // that it is freed once done instead of sizing every connection's task
-                        // for the whole life of the connection.
-                        match timeout(handshake_timeout, Box::pin(io.handshake())).await {
+                        // for the whole life of the connection. The stream is unboxed in a
+                        // block of its own: a local would keep its room until its scope ends.
+                        let (peer_addr, handshake) = {
+                            let boxed = io;
+                            let io = *boxed;
+                            (io.peer_addr(), Box::pin(io.handshake()))
+                        };
+                        match timeout(handshake_timeout, handshake).await {
                             Ok(handshake) => {
                                 match handshake {
                                     Ok(io) => Self::handle_event(io, app, shutdown).await,
