@@ -191,6 +191,8 @@ async fn a_session_from_one_router_resumes_on_another_and_on_every_thread() {
     // the first one also is new.
     let b = Router::start(&h.etcd.url(), &[]).await;
     let _web = web(&h).await;
+    // B applies the route on its own time: A answering says nothing about B.
+    b.wait_status("localhost", "/", 200).await;
     let dir = tempfile::tempdir().expect("dir");
     let a = &h.router;
 
@@ -246,6 +248,7 @@ async fn a_ticket_resumes_for_one_rotation_more_and_not_after_two() {
     let h = Harness::start(&rotate).await;
     let b = Router::start(&h.etcd.url(), &rotate).await;
     let _web = web(&h).await;
+    b.wait_status("localhost", "/", 200).await;
     let dir = tempfile::tempdir().expect("dir");
     let a = &h.router;
 

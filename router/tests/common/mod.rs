@@ -124,21 +124,9 @@ impl Harness {
             .expect("store put");
     }
 
-    /// Waits until `host` answers `status` at `/`.
+    /// Waits until `host` answers `status` at `path` ([`Router::wait_status`]).
     pub async fn wait_status(&self, host: &str, path: &str, status: u16) {
-        let addr = self.router.http.to_string();
-        let waited = eventually(APPLY, &format!("{host}{path} to answer {status}"), || {
-            let addr = addr.clone();
-            async move {
-                client::get(&addr, path, host)
-                    .await
-                    .is_ok_and(|r| r.status == status)
-            }
-        })
-        .await;
-        if let Err(e) = waited {
-            panic!("{e}\nrouter log:\n{}", self.router.log());
-        }
+        self.router.wait_status(host, path, status).await
     }
 
     /// A GET through the router on a fresh connection.
@@ -279,6 +267,23 @@ impl Router {
     pub async fn metric(&self, sample: &str) -> f64 {
         let text = self.metrics().await;
         metric_value(&text, sample).unwrap_or_else(|| panic!("no sample {sample} in\n{text}"))
+    }
+
+    /// Waits (up to [`APPLY`]) until `host` answers `status` at `path`; panics with the log.
+    pub async fn wait_status(&self, host: &str, path: &str, status: u16) {
+        let addr = self.http.to_string();
+        let waited = eventually(APPLY, &format!("{host}{path} to answer {status}"), || {
+            let addr = addr.clone();
+            async move {
+                client::get(&addr, path, host)
+                    .await
+                    .is_ok_and(|r| r.status == status)
+            }
+        })
+        .await;
+        if let Err(e) = waited {
+            panic!("{e}\nrouter log:\n{}", self.log());
+        }
     }
 
     /// Waits (up to [`APPLY`]) until `sample`'s value satisfies `want`; panics with the metrics.
