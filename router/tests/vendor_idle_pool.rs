@@ -167,20 +167,31 @@ async fn a_connection_idle_past_its_timeout_is_not_reused() {
     assert!(discards.try_recv().is_err(), "one connection discarded");
 }
 
-#[tokio::test]
-async fn a_connection_the_backend_closed_or_wrote_on_is_not_reused() {
-    let (connector, mut discards) = connector(16);
-    let a = Backend::start().await;
-    let (good, _good_server) = a.connect(&connector).await;
+/// Puts three connections to `a` in the pool, oldest first: a good one, one the backend then
+/// writes on, one the backend then closes. The good one's address and server end, and the
+/// server end of the one written on.
+async fn good_wrote_on_closed(
+    connector: &TransportConnector,
+    a: &Backend,
+) -> (SocketAddr, TcpStream, TcpStream) {
+    let (good, good_server) = a.connect(connector).await;
     let good_addr = local_addr(&good);
     connector.release_stream(good, a.key(), None);
-    let (wrote_on, mut wrote_on_server) = a.connect(&connector).await;
+    let (wrote_on, mut wrote_on_server) = a.connect(connector).await;
     connector.release_stream(wrote_on, a.key(), None);
-    let (closed_by_backend, closed_server) = a.connect(&connector).await;
+    let (closed_by_backend, closed_server) = a.connect(connector).await;
     connector.release_stream(closed_by_backend, a.key(), None);
 
     drop(closed_server);
     wrote_on_server.write_all(b"x").await.expect("write");
+    (good_addr, good_server, wrote_on_server)
+}
+
+#[tokio::test]
+async fn a_connection_the_backend_closed_or_wrote_on_is_not_reused() {
+    let (connector, mut discards) = connector(16);
+    let a = Backend::start().await;
+    let (good_addr, _good_server, mut wrote_on_server) = good_wrote_on_closed(&connector, &a).await;
     let_the_reactor_see_it().await;
 
     assert_eq!(connector.unexpected_data_connection_count(), 0);
@@ -250,16 +261,7 @@ async fn the_sweeper_closes_expired_connections() {
 async fn the_sweeper_closes_connections_the_backend_closed_or_wrote_on() {
     let (connector, mut discards) = connector(16);
     let a = Backend::start().await;
-    let (good, _good_server) = a.connect(&connector).await;
-    let good_addr = local_addr(&good);
-    connector.release_stream(good, a.key(), None);
-    let (wrote_on, mut wrote_on_server) = a.connect(&connector).await;
-    connector.release_stream(wrote_on, a.key(), None);
-    let (closed_by_backend, closed_server) = a.connect(&connector).await;
-    connector.release_stream(closed_by_backend, a.key(), None);
-
-    drop(closed_server);
-    wrote_on_server.write_all(b"x").await.expect("write");
+    let (good_addr, _good_server, mut wrote_on_server) = good_wrote_on_closed(&connector, &a).await;
 
     // nothing takes from the pool: the sweeper drops both
     discard(&mut discards).await;
