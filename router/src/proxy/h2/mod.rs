@@ -73,10 +73,14 @@ impl FastH1 {
             |session, guard| {
                 let app = self.clone();
                 let shutdown = shutdown.clone();
+                // The stream's session and its serving state (a few KiB) boxed: the spawned
+                // future stays small, and tokio moves a spawned future several times before it
+                // runs.
+                let session = Box::new(session);
                 tokio::spawn(async move {
                     // Held while the stream is served: the connection is busy, not idle.
                     let _guard = guard;
-                    app.serve_stream(session, &shutdown).await;
+                    Box::pin(app.serve_stream(session, &shutdown)).await;
                 });
             },
         )
@@ -84,7 +88,7 @@ impl FastH1 {
     }
 
     /// Serves one stream: on the fast path when it takes it, else by pingora's proxy.
-    async fn serve_stream(&self, mut session: HttpSession, shutdown: &ShutdownWatch) {
+    async fn serve_stream(&self, mut session: Box<HttpSession>, shutdown: &ShutdownWatch) {
         let start = Instant::now();
         let mut buf = BytesMut::with_capacity(1024);
         let Some(head) = head::write_h1(session.req_header(), &mut buf) else {
@@ -118,7 +122,7 @@ impl FastH1 {
                     || origin(None, false),
                     |d| origin(d.socket_digest.as_deref(), d.ssl_digest.is_some()),
                 );
-                let mut conn = Conn::for_stream(Box::new(session), buf, from, shutdown.clone());
+                let mut conn = Conn::for_stream(session, buf, from, shutdown.clone());
                 self.forward(&mut conn, &head, &route, &service).await.0
             }
         };
@@ -145,9 +149,9 @@ impl FastH1 {
     }
 
     /// Gives the stream to pingora's proxy, as every stream went before.
-    async fn hand_over_stream(&self, session: HttpSession, shutdown: &ShutdownWatch) {
+    async fn hand_over_stream(&self, session: Box<HttpSession>, shutdown: &ShutdownWatch) {
         self.router.metrics.h2_handed_over.inc();
-        let session = ServerSession::new_http2(session);
+        let session = ServerSession::new_http2(*session);
         HttpServerApp::process_new_http(&self.proxy, session, shutdown).await;
     }
 }
