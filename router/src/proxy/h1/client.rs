@@ -8,7 +8,6 @@ use pingora::protocols::http::v2::server::HttpSession;
 use pingora::protocols::{SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::time::error::Elapsed;
 use tokio::time::timeout;
 
 use super::super::headers::Origin;
@@ -175,7 +174,7 @@ impl FastH1 {
             let head_time_left = conn
                 .head_started
                 .map(|started| self.timeouts.header.saturating_sub(started.elapsed()));
-            let read = match head_time_left {
+            match head_time_left {
                 // Between requests: as long as keep-alive allows.
                 None => self.wait_for_request(conn, self.timeouts.keepalive).await?,
                 // A connection's first request: its first byte within the header timeout.
@@ -184,13 +183,10 @@ impl FastH1 {
                     conn.buf.reserve(MIN_ROOM);
                     match timeout(left, conn.client.read_buf(&mut conn.buf)).await {
                         Err(_) => return Err(End::Refuse(408)),
-                        Ok(read) => Ok(read),
+                        Ok(Ok(n)) if n > 0 => {}
+                        Ok(_) => return Err(End::Close),
                     }
                 }
-            };
-            match read {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Err(End::Close),
             }
             if conn.head_started.is_none() {
                 conn.head_started = Some(Instant::now());
@@ -199,14 +195,15 @@ impl FastH1 {
     }
 
     /// Between requests: reads the start of the next one into the empty `conn.buf`, waiting
-    /// at most `limit`. A shutdown closes the idle connection. A connection still idle after
-    /// [`IDLE_RELEASE`] is parked ([`End::Park`], with the time it may still wait): its request
-    /// state and buffers are freed meanwhile ([`Self::park`]).
+    /// at most `limit`. The client closing, the time running out or a shutdown close the idle
+    /// connection ([`End::Close`]). A connection still idle after [`IDLE_RELEASE`] is parked
+    /// ([`End::Park`], with the time it may still wait): its request state and buffers are
+    /// freed meanwhile ([`Self::park`]).
     pub(super) async fn wait_for_request(
         &self,
         conn: &mut Conn,
         limit: Duration,
-    ) -> Result<Result<std::io::Result<usize>, Elapsed>, End> {
+    ) -> Result<(), End> {
         if *conn.shutdown.borrow() {
             return Err(End::Close);
         }
@@ -214,9 +211,9 @@ impl FastH1 {
         tokio::select! {
             read = timeout(IDLE_RELEASE.min(limit), conn.client.read_buf(&mut conn.buf)) => {
                 match read {
-                    Ok(read) => Ok(Ok(read)),
-                    Err(elapsed) if limit <= IDLE_RELEASE => Ok(Err(elapsed)),
-                    Err(_) => Err(End::Park(limit - IDLE_RELEASE)),
+                    Ok(Ok(n)) if n > 0 => Ok(()),
+                    Err(_) if limit > IDLE_RELEASE => Err(End::Park(limit - IDLE_RELEASE)),
+                    _ => Err(End::Close),
                 }
             }
             _ = conn.shutdown.changed() => Err(End::Close),
@@ -227,8 +224,9 @@ impl FastH1 {
     /// caller has dropped it), for at most `left`: true when the first bytes of its next
     /// request came (in `conn.buf`; the head's deadline runs from them, or from the
     /// connection's start for its first request), false when it is to
-    /// close (the client went, the time ran out, the router is shutting down). An idle client
-    /// then costs about 2.5 KiB instead of 10 (benches/idle.sh).
+    /// close (the client went, the time ran out, the router is shutting down). An idle
+    /// connection then holds about 2.2 KB of heap instead of 6.2 (heap profile in
+    /// benches/README.md, "Idle connections, parked").
     pub(super) async fn park(&self, conn: &mut Conn, left: Duration) -> bool {
         conn.release_buffers();
         let mut first = [0u8; 64];
