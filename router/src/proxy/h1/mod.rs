@@ -292,3 +292,49 @@ fn with_write_buffer(client: Stream) -> Stream {
         Err(_) => unreachable!("the stream was checked to be an L4 one"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::*;
+
+    /// A connected pair: the router's side as the plain listener makes it (no buffers), and the
+    /// client's.
+    async fn unbuffered_pair() -> (Stream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let mut l4 = L4Stream::from(accepted);
+        l4.set_buffer(L4BufferSettings::unbuffered());
+        (Box::new(l4), client)
+    }
+
+    /// Whether a byte written (not flushed) to `router_side` reaches `client` soon.
+    async fn unflushed_write_arrives(router_side: &mut Stream, client: &mut TcpStream) -> bool {
+        router_side.write_all(b"a").await.expect("write");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(200), client.read(&mut byte)).await;
+        matches!(read, Ok(Ok(1)))
+    }
+
+    #[tokio::test]
+    async fn a_connection_handed_to_pingora_gets_its_write_buffer_back() {
+        // As the fast path keeps it: each write goes out at once.
+        let (mut router_side, mut client) = unbuffered_pair().await;
+        assert!(unflushed_write_arrives(&mut router_side, &mut client).await);
+
+        // As pingora's HTTP/1 session gets it: writes wait in the buffer for a flush.
+        let (router_side, mut client) = unbuffered_pair().await;
+        let mut router_side = with_write_buffer(router_side);
+        assert!(!unflushed_write_arrives(&mut router_side, &mut client).await);
+        router_side.flush().await.expect("flush");
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).await.expect("read");
+        assert_eq!(&byte, b"a");
+    }
+}
