@@ -12,7 +12,9 @@ use tokio::time::timeout;
 
 use super::super::headers::Origin;
 use super::super::responses;
-use super::{request, Conn, End, FastH1, HEAD_READ, IDLE_RELEASE, MAX_HEAD, MIN_ROOM};
+use super::{
+    request, Conn, End, FastH1, HEAD_READ, IDLE_RELEASE, MAX_HEAD, MIN_ROOM, RESPONSE_HEAD,
+};
 
 /// Who a request came from: an HTTP/1 client connection, or one stream of an HTTP/2 one
 /// (`proxy::h2`), whose request head the stream's handler wrote into `Conn::buf` as HTTP/1.1.
@@ -102,7 +104,9 @@ impl Conn {
             client: Client::H2(session),
             upstream: Vec::with_capacity(buf.len() + 256),
             buf,
-            out: Vec::new(),
+            // Room for a usual response head: grown a step at a time, it was copied 3 or 4 times
+            // per stream (an HTTP/1 connection keeps its buffer from one response to the next).
+            out: Vec::with_capacity(RESPONSE_HEAD),
             from_backend: BytesMut::with_capacity(HEAD_READ),
             origin,
             shutdown,

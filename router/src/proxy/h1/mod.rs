@@ -58,6 +58,8 @@ pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// What a read asks room for while a head (or a small body) is awaited: a busy kept-alive
 /// connection holds this much per direction.
 const HEAD_READ: usize = 4 * 1024;
+/// What an HTTP/2 stream's buffer for its response head starts with.
+const RESPONSE_HEAD: usize = 512;
 /// What a read of a response body asks room for: a connection that has passed a large body on
 /// keeps this much.
 pub(super) const BODY_READ: usize = 16 * 1024;

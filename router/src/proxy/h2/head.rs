@@ -3,9 +3,9 @@
 
 use bytes::BytesMut;
 use http::header::{COOKIE, HOST};
-use http::{HeaderName, HeaderValue};
+use http::{HeaderName, HeaderValue, StatusCode, Version};
 use httparse::Status;
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 
 use super::super::h1::{request, MAX_HEAD};
 use super::super::headers;
@@ -59,16 +59,15 @@ fn put(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
     buf.extend_from_slice(b"\r\n");
 }
 
-/// Response headers HTTP/2 has no place for (RFC 9113 §8.2.2), and the Date pingora's HTTP/2
-/// session sets itself.
-const NOT_IN_H2: [&[u8]; 7] = [
+/// Response headers HTTP/2 has no place for (RFC 9113 §8.2.2). `response::parse` has already
+/// removed them from what it wrote, but for the `Connection` header it adds.
+const NOT_IN_H2: [&[u8]; 6] = [
     b"connection",
     b"keep-alive",
     b"proxy-connection",
     b"transfer-encoding",
     b"upgrade",
     b"te",
-    b"date",
 ];
 
 /// More than the response heads `response::parse` writes can hold (its limit, plus the headers it
@@ -76,15 +75,22 @@ const NOT_IN_H2: [&[u8]; 7] = [
 const MAX_HEADERS: usize = 160;
 
 /// The HTTP/2 response head for the HTTP/1.1 one `response::parse` wrote into `out` (the
-/// backend's, already checked and rewritten): its status and its headers less the hop-by-hop
-/// ones. None when a header cannot be carried by HTTP/2.
-pub(super) fn response_head(out: &[u8]) -> Option<Box<ResponseHeader>> {
+/// backend's, already checked and rewritten, with the router's Date): its status and its headers
+/// less the hop-by-hop ones, ready for `HttpSession::write_response_parts`. None when a header
+/// cannot be carried by HTTP/2, or `out` is not a whole head.
+pub(super) fn response_head(out: &[u8]) -> Option<http::response::Parts> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
-    let Ok(Status::Complete(_)) = resp.parse(out) else {
+    let Ok(Status::Complete(len)) = resp.parse(out) else {
         return None;
     };
-    let mut head = ResponseHeader::build_no_case(resp.code?, Some(resp.headers.len())).ok()?;
+    if len != out.len() {
+        return None;
+    }
+    let (mut head, ()) = http::Response::new(()).into_parts();
+    head.status = StatusCode::from_u16(resp.code?).ok()?;
+    head.version = Version::HTTP_2;
+    head.headers.reserve(resp.headers.len());
     for header in resp.headers.iter() {
         let name = header.name.as_bytes();
         if NOT_IN_H2.iter().any(|n| name.eq_ignore_ascii_case(n)) {
@@ -92,9 +98,9 @@ pub(super) fn response_head(out: &[u8]) -> Option<Box<ResponseHeader>> {
         }
         let name = HeaderName::from_bytes(name).ok()?;
         let value = HeaderValue::from_bytes(header.value).ok()?;
-        head.append_header(name, value).ok()?;
+        head.headers.append(name, value);
     }
-    Some(Box::new(head))
+    Some(head)
 }
 
 #[cfg(test)]
@@ -178,7 +184,27 @@ mod tests {
         let head = response_head(out).expect("a head");
         assert_eq!(head.status.as_u16(), 201);
         let names: Vec<_> = head.headers.keys().map(|n| n.as_str()).collect();
-        assert_eq!(names, ["content-length", "x-app", "set-cookie"]);
+        assert_eq!(names, ["content-length", "x-app", "set-cookie", "date"]);
+        assert_eq!(head.headers["date"], "now");
         assert_eq!(head.headers.get_all("set-cookie").iter().count(), 2);
+
+        // Not a whole head, or not one HTTP/2 can carry: none.
+        for out in [
+            &b"HTTP/1.1 200 OK\r\nX-App: 1\r\n"[..],
+            b"HTTP/1.1 2x0 OK\r\n\r\n",
+            b"HTTP/1.1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX App: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-App 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX-App: a\x01b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\nX-App: 1\r\n\r\n",
+        ] {
+            assert!(
+                response_head(out).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(out)
+            );
+        }
+        let head = response_head(b"HTTP/1.1 404 Not Found\r\n\r\n").expect("a head");
+        assert_eq!((head.status.as_u16(), head.headers.len()), (404, 0));
     }
 }

@@ -42,13 +42,13 @@ impl FastH1 {
         match framing {
             Framing::Empty => {
                 session
-                    .write_response_header(head, true)
+                    .write_response_parts(head, true)
                     .map_err(client_gone)?;
                 conn.out.clear();
             }
             Framing::Length(mut left) => {
                 session
-                    .write_response_header(head, left == 0)
+                    .write_response_parts(head, left == 0)
                     .map_err(client_gone)?;
                 conn.out.clear();
                 while left > 0 {
@@ -73,7 +73,7 @@ impl FastH1 {
                         Some(used) if data => {
                             if let Some(head) = head.take() {
                                 session
-                                    .write_response_header(head, false)
+                                    .write_response_parts(head, false)
                                     .map_err(client_gone)?;
                                 conn.out.clear();
                             }
@@ -87,7 +87,7 @@ impl FastH1 {
                 }
                 // Trailers, if any, are dropped.
                 match head {
-                    Some(head) => session.write_response_header(head, true),
+                    Some(head) => session.write_response_parts(head, true),
                     None => session.finish(),
                 }
                 .map_err(client_gone)?;
@@ -95,7 +95,7 @@ impl FastH1 {
             }
             Framing::UntilClose => {
                 session
-                    .write_response_header(head, false)
+                    .write_response_parts(head, false)
                     .map_err(client_gone)?;
                 conn.out.clear();
                 loop {

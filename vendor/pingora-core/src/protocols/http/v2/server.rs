@@ -664,6 +664,38 @@ impl HttpSession {
         Ok(())
     }
 
+    /// flynn patch: writes a response head the caller built for HTTP/2 as it is: no `Date` added,
+    /// no hop-by-hop header removed, and no copy of its headers kept ([Self::response_written]
+    /// then holds only its status). For an app that builds the head for HTTP/2 itself, from a
+    /// backend's HTTP/1 head, and would otherwise build it twice. See
+    /// [Self::write_response_header] for how to use `end`.
+    pub fn write_response_parts(&mut self, parts: http::response::Parts, end: bool) -> Result<()> {
+        if self.ended {
+            return Ok(());
+        }
+        if parts.status.is_informational() {
+            // send_response() can only be called once, as in write_response_header
+            debug!("ignoring informational headers");
+            return Ok(());
+        }
+        if self.response_written.as_ref().is_some() {
+            warn!("Response header is already sent, cannot send again");
+            return Ok(());
+        }
+        let status = parts.status;
+        let body_writer = self
+            .send_response
+            .send_response(Response::from_parts(parts, ()), end)
+            .or_err(
+                ErrorType::WriteError,
+                "while writing h2 response to downstream",
+            )?;
+        self.response_written = Some(Box::new(ResponseHeader::build_no_case(status, Some(0))?));
+        self.send_response_body = Some(body_writer);
+        self.ended = self.ended || end;
+        Ok(())
+    }
+
     /// Write response body to the client. See [Self::write_response_header] for how to use `end`.
     pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         match self.write_timeout {
