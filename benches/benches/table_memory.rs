@@ -1,7 +1,8 @@
 //! Resident bytes per route of the router's table (same allocator as the router): `N` routes
-//! (`TABLE_ROUTES`, default 1,000,000) as a store listing would bring them (JSON values through
-//! the router's `TableWriter`, in pages), ids `http-<uuid>`, 1000 services with one instance
-//! each. Prints the resident memory added by the load, per route, and the time the load took.
+//! (`TABLE_ROUTES`, default 1,000,000) as a store listing brings them (JSON values through the
+//! router's `TableWriter`, in the pages of one listing, as the routes mirror hands them over),
+//! ids `http-<uuid>`, 1000 services with one instance each. Prints the resident memory added
+//! by the load, per route, and the time the load took.
 //!
 //! `cargo bench -p flynn-benches --bench table_memory`
 
@@ -13,6 +14,7 @@ use flynn_benches::route_id;
 use flynn_router::metrics::Metrics;
 use flynn_router::sync::TableWriter;
 use flynn_router::table::Table;
+use flynn_store::mirror::ListPage;
 use flynn_store::{KeyValue, Keys, Listing};
 
 /// The router's allocator.
@@ -83,9 +85,13 @@ fn main() -> anyhow::Result<()> {
                 }
             })
             .collect();
-        for kv in &kvs {
-            writer.put_route(kv);
-        }
+        writer.routes_page(ListPage {
+            kvs,
+            revision: 2,
+            first: start == 0,
+            last: start + PAGE >= n,
+            store: String::new(),
+        });
         let every = *PUBLISH_EVERY;
         if every > 0 && (start / PAGE) % every == every - 1 {
             writer.publish();

@@ -258,6 +258,11 @@ impl TableWriter {
         self.apply_whole(Feed::Services, listing);
     }
 
+    /// Applies a page of a listing of the routes, as the routes mirror brings it.
+    pub fn routes_page(&mut self, page: ListPage) {
+        self.apply(Feed::Routes, MirrorEvent::Page(page));
+    }
+
     /// Applies a route put; returns the route id when the key is a route key.
     pub fn put_route(&mut self, kv: &KeyValue) -> Option<RouteId> {
         self.revision = self.revision.max(kv.mod_revision);

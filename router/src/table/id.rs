@@ -42,21 +42,18 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Where each byte's two hex digits start in a hyphenated uuid.
+const DIGIT_PAIRS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+
 /// The 16 bytes of `http-<uuid>` (lower-case, hyphenated), None for any other text.
 fn parse_uuid_id(id: &str) -> Option<[u8; 16]> {
-    let uuid = id.strip_prefix(PREFIX)?.as_bytes();
-    if uuid.len() != 36 || HYPHENS.iter().any(|&i| uuid[i] != b'-') {
+    let uuid: &[u8; 36] = id.strip_prefix(PREFIX)?.as_bytes().try_into().ok()?;
+    if HYPHENS.iter().any(|&i| uuid[i] != b'-') {
         return None;
     }
     let mut out = [0u8; 16];
-    let mut digits = uuid
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !HYPHENS.contains(i));
-    for byte in &mut out {
-        let (_, hi) = digits.next()?;
-        let (_, lo) = digits.next()?;
-        *byte = (hex(*hi)? << 4) | hex(*lo)?;
+    for (byte, &at) in out.iter_mut().zip(&DIGIT_PAIRS) {
+        *byte = (hex(uuid[at])? << 4) | hex(uuid[at + 1])?;
     }
     Some(out)
 }
