@@ -158,8 +158,8 @@ async fn a_head_that_trickles_in_gets_408(engine: &[&str]) {
 }
 
 /// How long a connection idles before the fast path frees its request state and buffers
-/// (`proxy::h1`'s IDLE_RELEASE, 1 s), with a margin.
-const PAST_IDLE_RELEASE: Duration = Duration::from_millis(1400);
+/// (`proxy::h1`'s IDLE_RELEASE, 100 ms), with a margin.
+const PAST_IDLE_RELEASE: Duration = Duration::from_millis(400);
 
 async fn connections_idle_past_the_buffer_release_are_served_in_full(engine: &[&str]) {
     let (h, b) = start(engine, &[]).await;

@@ -63,8 +63,11 @@ const RESPONSE_HEAD: usize = 512;
 /// What a read of a response body asks room for: a connection that has passed a large body on
 /// keeps this much.
 pub(super) const BODY_READ: usize = 16 * 1024;
-/// An idle client connection gives its buffers back after this long.
-const IDLE_RELEASE: Duration = Duration::from_secs(1);
+/// An idle client connection gives its buffers back after this long: long enough that a busy
+/// kept-alive connection keeps them from one request to the next, short enough that a flood of
+/// connections that each make a request and then idle (browsers, mobile clients) does not hold
+/// the buffers of all of them at once (benches/idle.sh).
+const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// The least room a read gets: a buffer grows only when less than this is left in it.
 const MIN_ROOM: usize = 1024;
 
