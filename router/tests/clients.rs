@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{echoed, Harness};
+use flynn_router::proxy::h1::IDLE_RELEASE;
 use flynn_testkit::backend::{echoed_header, Backend};
 use flynn_testkit::client::{self, Conn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -157,9 +158,9 @@ async fn a_head_that_trickles_in_gets_408(engine: &[&str]) {
     );
 }
 
-/// How long a connection idles before the fast path frees its request state and buffers
-/// (`proxy::h1`'s IDLE_RELEASE, 100 ms), with a margin.
-const PAST_IDLE_RELEASE: Duration = Duration::from_millis(400);
+/// Longer than a connection idles before the fast path frees its request state and buffers
+/// ([`IDLE_RELEASE`]), with a margin.
+const PAST_IDLE_RELEASE: Duration = IDLE_RELEASE.saturating_add(Duration::from_millis(300));
 
 async fn connections_idle_past_the_buffer_release_are_served_in_full(engine: &[&str]) {
     let (h, b) = start(engine, &[]).await;

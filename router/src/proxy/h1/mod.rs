@@ -67,7 +67,7 @@ pub(super) const BODY_READ: usize = 16 * 1024;
 /// kept-alive connection keeps them from one request to the next, short enough that a flood of
 /// connections that each make a request and then idle (browsers, mobile clients) does not hold
 /// the buffers of all of them at once (benches/idle.sh).
-const IDLE_RELEASE: Duration = Duration::from_millis(100);
+pub const IDLE_RELEASE: Duration = Duration::from_millis(100);
 /// The least room a read gets: a buffer grows only when less than this is left in it.
 const MIN_ROOM: usize = 1024;
 

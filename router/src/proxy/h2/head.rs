@@ -59,8 +59,10 @@ fn put(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
     buf.extend_from_slice(b"\r\n");
 }
 
-/// Response headers HTTP/2 has no place for (RFC 9113 §8.2.2). `response::parse` has already
-/// removed them from what it wrote, but for the `Connection` header it adds.
+/// Response headers HTTP/2 has no place for (RFC 9113 §8.2.2). Of these, what `response::parse`
+/// wrote can still hold the `Connection` header it adds, and a `Transfer-Encoding` (the
+/// backend's, passed on for HTTP/1 clients, or the one it adds to a body that ends when the
+/// backend closes); the rest it has already dropped as hop-by-hop.
 const NOT_IN_H2: [&[u8]; 6] = [
     b"connection",
     b"keep-alive",
