@@ -8,9 +8,11 @@
 //! - [`backend`]: a service's instances and the choice of one (P2C, leader).
 //! - [`admin`], [`metrics`]: `/metrics`, `/health` and `/backends`; [`registration`]: the
 //!   router's key under `<prefix>/routers/`, for deploys.
+//! - [`alloc`]: how the allocator gives memory back;
 //! - [`server`]: assembles it all; [`config`]: the binary's flags.
 
 pub mod admin;
+pub mod alloc;
 pub mod backend;
 pub mod config;
 pub mod drain;

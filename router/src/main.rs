@@ -13,6 +13,7 @@ use flynn_store::Keys;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    flynn_router::alloc::tune();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
