@@ -371,6 +371,11 @@ async fn backend_failures_get_the_routers_answers(engine: &[&str]) {
     h.instance("hang", "i1", hanging).await;
     h.route("http-2", "hang.test", "/", "hang").await;
     h.route("http-3", "empty.test", "/", "nobody").await;
+    // A chunked body broken before its first byte: the response head is still the router's to
+    // replace (the fast path's HTTP/2 head waits for the body's first byte).
+    let broken = raw_backend(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n").await;
+    h.instance("broken", "i1", broken).await;
+    h.route("http-4", "broken.test", "/", "broken").await;
     h.wait_status("bad.test", "/", 502).await;
     h.wait_status("empty.test", "/", 503).await;
 
@@ -381,6 +386,10 @@ async fn backend_failures_get_the_routers_answers(engine: &[&str]) {
         assert_own_answer(&reply, 503, "Service Unavailable\n");
         let reply = curl(&h, via, "hang.test", "/", &[]).await;
         assert_own_answer(&reply, 504, "Gateway Timeout\n");
+        if fast(engine) {
+            let reply = curl(&h, via, "broken.test", "/", &[]).await;
+            assert_own_answer(&reply, 502, "Bad Gateway\n");
+        }
     }
 }
 

@@ -10,18 +10,18 @@ use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
+use super::super::h2::H2Stream;
 use super::super::headers::Origin;
 use super::super::responses;
-use super::{
-    request, Conn, End, FastH1, HEAD_READ, IDLE_RELEASE, MAX_HEAD, MIN_ROOM, RESPONSE_HEAD,
-};
+use super::response::{self, HeadOut};
+use super::{request, Conn, End, FastH1, HEAD_READ, IDLE_RELEASE, MAX_HEAD, MIN_ROOM};
 
 /// Who a request came from: an HTTP/1 client connection, or one stream of an HTTP/2 one
 /// (`proxy::h2`), whose request head the stream's handler wrote into `Conn::buf` as HTTP/1.1.
 pub(in crate::proxy) enum Client {
     H1(Stream),
     /// Boxed: an HTTP/1 connection's state stays small.
-    H2(Box<HttpSession>),
+    H2(Box<H2Stream>),
 }
 
 impl Client {
@@ -31,7 +31,7 @@ impl Client {
     pub(super) async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
         match self {
             Client::H1(stream) => stream.read_buf(buf).await,
-            Client::H2(session) => gone(session).await,
+            Client::H2(stream) => gone(&mut stream.session).await,
         }
     }
 
@@ -39,7 +39,7 @@ impl Client {
     async fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             Client::H1(stream) => stream.read(buf).await,
-            Client::H2(session) => gone(session).await,
+            Client::H2(stream) => gone(&mut stream.session).await,
         }
     }
 }
@@ -95,18 +95,17 @@ impl Conn {
 
     /// One HTTP/2 stream's request: its head as HTTP/1.1 (and its whole body, if any) in `buf`.
     pub(in crate::proxy) fn for_stream(
-        session: Box<HttpSession>,
+        stream: Box<H2Stream>,
         buf: BytesMut,
         origin: Origin,
         shutdown: ShutdownWatch,
     ) -> Conn {
         Conn {
-            client: Client::H2(session),
+            client: Client::H2(stream),
             upstream: Vec::with_capacity(buf.len() + 256),
             buf,
-            // Room for a usual response head: grown a step at a time, it was copied 3 or 4 times
-            // per stream (an HTTP/1 connection keeps its buffer from one response to the next).
-            out: Vec::with_capacity(RESPONSE_HEAD),
+            // Unused: the response head is written as an HTTP/2 one (`H2Stream::head`).
+            out: Vec::new(),
             from_backend: BytesMut::with_capacity(HEAD_READ),
             origin,
             shutdown,
@@ -128,7 +127,31 @@ impl Conn {
     pub(in crate::proxy) fn h2_session(&mut self) -> Option<&mut HttpSession> {
         match &mut self.client {
             Client::H1(_) => None,
-            Client::H2(session) => Some(session),
+            Client::H2(stream) => Some(&mut stream.session),
+        }
+    }
+
+    /// Adds a header to the response head written for the client and not sent yet.
+    pub(super) fn add_response_header(&mut self, name: &[u8], value: &[u8]) {
+        match &mut self.client {
+            Client::H1(_) => response::add_header(&mut self.out, name, value),
+            Client::H2(stream) => stream.head.header(name, value),
+        }
+    }
+
+    /// Whether a response head is written for the client and not sent yet.
+    pub(super) fn head_pending(&self) -> bool {
+        match &self.client {
+            Client::H1(_) => !self.out.is_empty(),
+            Client::H2(stream) => stream.head.pending(),
+        }
+    }
+
+    /// Drops the response head written for the client and not sent.
+    pub(super) fn drop_pending_head(&mut self) {
+        self.out.clear();
+        if let Client::H2(stream) = &mut self.client {
+            stream.head.clear();
         }
     }
 

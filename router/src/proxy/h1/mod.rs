@@ -58,8 +58,6 @@ pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// What a read asks room for while a head (or a small body) is awaited: a busy kept-alive
 /// connection holds this much per direction.
 const HEAD_READ: usize = 4 * 1024;
-/// What an HTTP/2 stream's buffer for its response head starts with.
-const RESPONSE_HEAD: usize = 512;
 /// What a read of a response body asks room for: a connection that has passed a large body on
 /// keeps this much.
 pub(super) const BODY_READ: usize = 16 * 1024;
@@ -128,7 +126,8 @@ pub(super) struct Conn {
     pub(super) buf: BytesMut,
     /// The head (and body, when it came with it) of the request sent upstream.
     pub(super) upstream: Vec<u8>,
-    /// What is written to the client next.
+    /// What is written to an HTTP/1 client next (an HTTP/2 stream's response head is
+    /// `H2Stream::head`).
     pub(super) out: Vec<u8>,
     /// Read from the backend, not passed on yet.
     pub(super) from_backend: BytesMut,

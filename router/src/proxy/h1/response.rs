@@ -54,8 +54,37 @@ pub enum Parse {
     Bad(&'static str),
 }
 
+/// Where [`parse`] writes the head the client gets: the HTTP/1.1 text (`Vec<u8>`), or an
+/// HTTP/2 head (`proxy::h2::head::ResponseHead`), from the same decisions.
+pub trait HeadOut {
+    /// Starts a new head (what was there before is dropped).
+    fn start(&mut self, status: u16, reason: &str);
+    fn header(&mut self, name: &[u8], value: &[u8]);
+    /// The head is whole.
+    fn end(&mut self);
+}
+
+impl HeadOut for Vec<u8> {
+    fn start(&mut self, status: u16, reason: &str) {
+        self.clear();
+        self.extend_from_slice(b"HTTP/1.1 ");
+        self.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+        self.push(b' ');
+        self.extend_from_slice(reason.as_bytes());
+        self.extend_from_slice(b"\r\n");
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        put_header(self, name, value);
+    }
+
+    fn end(&mut self) {
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Parses the response head at the start of `buf` and writes the head the client gets into `out`
-/// (cleared first): the status line as HTTP/1.1, the backend's headers minus hop-by-hop ones and
+/// (started anew): the status line as HTTP/1.1, the backend's headers minus hop-by-hop ones and
 /// those its `Connection` header names, then `Date`, `Connection` and, for a body that ends when
 /// the backend closes, `Transfer-Encoding: chunked`.
 pub fn parse(
@@ -63,7 +92,7 @@ pub fn parse(
     head_request: bool,
     keep_client: bool,
     date: &[u8],
-    out: &mut Vec<u8>,
+    out: &mut impl HeadOut,
 ) -> Parse {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
@@ -148,12 +177,7 @@ pub fn parse(
         }
     };
 
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.start(status, resp.reason.unwrap_or(""));
     for header in resp.headers.iter() {
         let name = header.name.as_bytes();
         let dropped = dropped(name)
@@ -162,7 +186,7 @@ pub fn parse(
                 .any(|n| name.eq_ignore_ascii_case(n))
             || (drop_length && name.eq_ignore_ascii_case(b"content-length"));
         if !dropped {
-            put_header(out, name, header.value);
+            out.header(name, header.value);
         }
     }
     if let BodyLength::Length {
@@ -170,27 +194,25 @@ pub fn parse(
         rewrite: true,
     } = body
     {
-        put_header(
-            out,
+        out.header(
             b"Content-Length",
             itoa::Buffer::new().format(length).as_bytes(),
         );
     }
     if interim {
-        out.extend_from_slice(b"\r\n");
+        out.end();
         return Parse::Interim(len);
     }
-    put_header(out, b"Date", date);
+    out.header(b"Date", date);
     // A body that ends when the backend closes goes out chunked: the client's connection stays.
-    put_header(
-        out,
+    out.header(
         b"Connection",
         if keep_client { b"keep-alive" } else { b"close" },
     );
     if framing == Framing::UntilClose {
-        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+        out.header(b"Transfer-Encoding", b"chunked");
     }
-    out.extend_from_slice(b"\r\n");
+    out.end();
     Parse::Final(Head {
         len,
         status,

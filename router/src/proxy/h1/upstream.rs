@@ -10,6 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
 use super::super::sticky;
+use super::client::Client;
 use super::{request, response, Conn, FastH1, RelayError, MAX_HEAD, MIN_ROOM};
 use crate::backend::{Attempts, Backend, InFlight, Service};
 use crate::table::RouteEntry;
@@ -117,7 +118,7 @@ impl FastH1 {
             // The client is pinned to the instance that answered, from now on.
             if let Some(sealed) = self.router.sticky.seal(chosen) {
                 let cookie = sticky::set_cookie(&sealed, conn.origin.proto == "https");
-                response::add_header(&mut conn.out, b"Set-Cookie", cookie.as_bytes());
+                conn.add_response_header(b"Set-Cookie", cookie.as_bytes());
             }
         }
         let relayed = if conn.h2_session().is_some() {
@@ -140,10 +141,10 @@ impl FastH1 {
             // A chunked body broken before its first byte went out: the head still waits in
             // `conn.out`, so the client gets the router's 502 (as for a broken head), not a
             // connection closed with no answer.
-            Err(e @ RelayError::Malformed(_)) if !conn.out.is_empty() => {
+            Err(e @ RelayError::Malformed(_)) if conn.head_pending() => {
                 tracing::debug!(error = %e, "response body malformed before anything was sent");
                 self.router.metrics.relay_failed(e.side());
-                conn.out.clear();
+                conn.drop_pending_head();
                 self.fail(conn, 502).await
             }
             // Cut off mid-body: the client's connection cannot carry another response (an
@@ -246,13 +247,17 @@ impl FastH1 {
         loop {
             if !conn.from_backend.is_empty() {
                 received = true;
-                match response::parse(
-                    &conn.from_backend,
-                    head.is_head,
-                    keep_client,
-                    date.as_bytes(),
-                    &mut conn.out,
-                ) {
+                let (buf, date) = (&conn.from_backend, date.as_bytes());
+                let parsed = match &mut conn.client {
+                    // Written as the HTTP/2 head its client gets, not as HTTP/1.1 text.
+                    Client::H2(stream) => {
+                        response::parse(buf, head.is_head, keep_client, date, &mut stream.head)
+                    }
+                    Client::H1(_) => {
+                        response::parse(buf, head.is_head, keep_client, date, &mut conn.out)
+                    }
+                };
+                match parsed {
                     response::Parse::Final(resp) if resp.len > MAX_HEAD => {
                         tracing::info!("response head from a backend too long");
                         return Err(Failed::Status(502));

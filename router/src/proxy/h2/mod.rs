@@ -20,7 +20,7 @@
 //! - [`head`]: the request head as HTTP/1.1, the response head as HTTP/2;
 //! - [`relay`]: the response body passed on.
 
-mod head;
+pub(super) mod head;
 mod relay;
 
 use std::sync::Arc;
@@ -36,6 +36,13 @@ use tokio::time::timeout;
 
 use super::h1::{answer_h2, origin, request, Conn, FastH1};
 use super::plan::{plan, Plan};
+
+/// An HTTP/2 stream the fast path serves: pingora's session for it, and the response head
+/// written for it and not sent yet.
+pub(in crate::proxy) struct H2Stream {
+    pub(in crate::proxy) session: HttpSession,
+    pub(in crate::proxy) head: head::ResponseHead,
+}
 
 impl FastH1 {
     /// Serves an HTTP/2 connection (ALPN h2, or h2c with prior knowledge) until it closes: each
@@ -76,11 +83,14 @@ impl FastH1 {
                 // The stream's session and its serving state (a few KiB) boxed: the spawned
                 // future stays small, and tokio moves a spawned future several times before it
                 // runs.
-                let session = Box::new(session);
+                let stream = Box::new(H2Stream {
+                    session,
+                    head: head::ResponseHead::default(),
+                });
                 tokio::spawn(async move {
                     // Held while the stream is served: the connection is busy, not idle.
                     let _guard = guard;
-                    Box::pin(app.serve_stream(session, &shutdown)).await;
+                    Box::pin(app.serve_stream(stream, &shutdown)).await;
                 });
             },
         )
@@ -88,16 +98,16 @@ impl FastH1 {
     }
 
     /// Serves one stream: on the fast path when it takes it, else by pingora's proxy.
-    async fn serve_stream(&self, mut session: Box<HttpSession>, shutdown: &ShutdownWatch) {
+    async fn serve_stream(&self, mut stream: Box<H2Stream>, shutdown: &ShutdownWatch) {
         let start = Instant::now();
         let mut buf = BytesMut::with_capacity(1024);
-        let Some(head) = head::write_h1(session.req_header(), &mut buf) else {
-            return self.hand_over_stream(session, shutdown).await;
+        let Some(head) = head::write_h1(stream.session.req_header(), &mut buf) else {
+            return self.hand_over_stream(stream, shutdown).await;
         };
-        let body = !session.is_body_empty();
+        let body = !stream.session.is_body_empty();
         if body && head.content_length == 0 {
             // A body of no declared length (allowed in HTTP/2): pingora streams it.
-            return self.hand_over_stream(session, shutdown).await;
+            return self.hand_over_stream(stream, shutdown).await;
         }
         let planned = plan(
             &self.router.table.load(),
@@ -105,24 +115,24 @@ impl FastH1 {
             &buf[head.path.clone()],
         );
         if planned.hands_over(body) {
-            return self.hand_over_stream(session, shutdown).await;
+            return self.hand_over_stream(stream, shutdown).await;
         }
         let _in_flight = self.router.in_flight.enter();
         self.router.metrics.h2_fast_streams.inc();
         let status = match planned {
-            Plan::Answer(status) => answer_h2(&mut session, status).await,
+            Plan::Answer(status) => answer_h2(&mut stream.session, status).await,
             Plan::Forward { route, service } => {
-                if body && !self.read_body(&mut session, &mut buf, &head).await {
+                if body && !self.read_body(&mut stream.session, &mut buf, &head).await {
                     // The client did not send the body it announced, in time: no answer.
-                    session.shutdown();
+                    stream.session.shutdown();
                     self.router.metrics.record_request(0, start);
                     return;
                 }
-                let from = session.digest().map_or_else(
+                let from = stream.session.digest().map_or_else(
                     || origin(None, false),
                     |d| origin(d.socket_digest.as_deref(), d.ssl_digest.is_some()),
                 );
-                let mut conn = Conn::for_stream(session, buf, from, shutdown.clone());
+                let mut conn = Conn::for_stream(stream, buf, from, shutdown.clone());
                 self.forward(&mut conn, &head, &route, &service).await.0
             }
         };
@@ -149,9 +159,9 @@ impl FastH1 {
     }
 
     /// Gives the stream to pingora's proxy, as every stream went before.
-    async fn hand_over_stream(&self, session: Box<HttpSession>, shutdown: &ShutdownWatch) {
+    async fn hand_over_stream(&self, stream: Box<H2Stream>, shutdown: &ShutdownWatch) {
         self.router.metrics.h2_handed_over.inc();
-        let session = ServerSession::new_http2(*session);
+        let session = ServerSession::new_http2(stream.session);
         HttpServerApp::process_new_http(&self.proxy, session, shutdown).await;
     }
 }

@@ -10,7 +10,9 @@ use tokio::time::timeout;
 
 use super::super::h1::response::{Chunks, Framing};
 use super::super::h1::{read_more, Client, Conn, FastH1, RelayError, BODY_READ};
-use super::head;
+use super::head::ResponseHead;
+use super::H2Stream;
+use pingora::protocols::http::v2::server::HttpSession;
 
 /// A failed write to the client's stream (reset, or its connection gone).
 fn client_gone(e: Box<pingora::Error>) -> RelayError {
@@ -19,10 +21,10 @@ fn client_gone(e: Box<pingora::Error>) -> RelayError {
 
 impl FastH1 {
     /// Passes the response on to the HTTP/2 stream `conn` is for: the head `response::parse`
-    /// wrote into `conn.out`, then the body by `framing`. `Ok(true)`: the body ended exactly
-    /// where the backend's bytes did, so its connection can be reused. `conn.out` keeps the head
-    /// until it is sent: a chunked body broken before its first byte then gets the router's 502,
-    /// as on HTTP/1.
+    /// wrote for it, then the body by `framing`. `Ok(true)`: the body ended exactly where the
+    /// backend's bytes did, so its connection can be reused. The head stays pending until it is
+    /// sent: a head HTTP/2 cannot carry, or a chunked body broken before its first byte, then
+    /// gets the router's 502, as on HTTP/1.
     pub(in crate::proxy) async fn relay_h2(
         &self,
         conn: &mut Conn,
@@ -30,27 +32,20 @@ impl FastH1 {
         framing: Framing,
     ) -> Result<bool, RelayError> {
         let read_timeout = self.router.timeouts.read;
-        let Client::H2(session) = &mut conn.client else {
+        let Client::H2(stream) = &mut conn.client else {
             return Ok(false);
         };
-        let Some(head) = head::response_head(&conn.out) else {
+        let H2Stream { session, head } = &mut **stream;
+        if !head.carried() {
             return Err(RelayError::Malformed(
                 "a response header HTTP/2 cannot carry",
             ));
-        };
+        }
         let from_backend = &mut conn.from_backend;
         match framing {
-            Framing::Empty => {
-                session
-                    .write_response_parts(head, true)
-                    .map_err(client_gone)?;
-                conn.out.clear();
-            }
+            Framing::Empty => send_head(session, head, true)?,
             Framing::Length(mut left) => {
-                session
-                    .write_response_parts(head, left == 0)
-                    .map_err(client_gone)?;
-                conn.out.clear();
+                send_head(session, head, left == 0)?;
                 while left > 0 {
                     if from_backend.is_empty() {
                         read_more(upstream, from_backend, read_timeout).await?;
@@ -65,18 +60,12 @@ impl FastH1 {
                 }
             }
             Framing::Chunked => {
-                let mut head = Some(head);
                 let mut chunks = Chunks::default();
                 loop {
                     let data = matches!(chunks, Chunks::Data(_));
                     match chunks.step(from_backend).map_err(RelayError::Malformed)? {
                         Some(used) if data => {
-                            if let Some(head) = head.take() {
-                                session
-                                    .write_response_parts(head, false)
-                                    .map_err(client_gone)?;
-                                conn.out.clear();
-                            }
+                            send_head(session, head, false)?;
                             let data = from_backend.split_to(used).freeze();
                             session.write_body(data, false).await.map_err(client_gone)?;
                         }
@@ -86,18 +75,14 @@ impl FastH1 {
                     }
                 }
                 // Trailers, if any, are dropped.
-                match head {
-                    Some(head) => session.write_response_parts(head, true),
-                    None => session.finish(),
+                if head.pending() {
+                    send_head(session, head, true)?;
+                } else {
+                    session.finish().map_err(client_gone)?;
                 }
-                .map_err(client_gone)?;
-                conn.out.clear();
             }
             Framing::UntilClose => {
-                session
-                    .write_response_parts(head, false)
-                    .map_err(client_gone)?;
-                conn.out.clear();
+                send_head(session, head, false)?;
                 loop {
                     if !from_backend.is_empty() {
                         let data = from_backend.split().freeze();
@@ -116,5 +101,19 @@ impl FastH1 {
             }
         }
         Ok(conn.from_backend.is_empty())
+    }
+}
+
+/// Sends the pending response head (if it is not sent yet), ending the stream with it when `end`.
+fn send_head(
+    session: &mut HttpSession,
+    head: &mut ResponseHead,
+    end: bool,
+) -> Result<(), RelayError> {
+    match head.take() {
+        Some(parts) => session
+            .write_response_parts(parts, end)
+            .map_err(client_gone),
+        None => Ok(()),
     }
 }
