@@ -77,6 +77,26 @@ async fn a_new_router_takes_the_table_of_a_live_one_then_follows_the_store() {
     assert!(answer.body.starts_with(b"FLYNNTBL"), "not a table snapshot");
 }
 
+/// Registrations of routers that are gone (nothing listens at their address any more; their
+/// leases not expired yet) do not hide the live router, however many there are.
+#[tokio::test]
+async fn registrations_of_routers_gone_do_not_hide_the_live_one() {
+    let (h, _web) = with_routes().await;
+    for id in 0..8 {
+        let gone = SocketAddr::from(([127, 0, 0, 1], flynn_testkit::free_port()));
+        let value = serde_json::json!({"id": format!("gone-{id}"), "admin": gone.to_string()});
+        h.put_raw(
+            &format!("{}/routers/router-gone-{id}", h.keys.prefix()),
+            value.to_string(),
+        )
+        .await;
+    }
+    let b = Router::start(&h.etcd.url(), &[]).await;
+    let log = b.log();
+    assert!(log.contains("took the table of a live router"), "{log}");
+    assert_eq!(b.metric("flynn_router_routes").await, ROUTES as f64);
+}
+
 #[tokio::test]
 async fn join_peers_false_lists_the_store() {
     let (h, _web) = with_routes().await;

@@ -23,7 +23,9 @@ use crate::registration::routers_prefix;
 use crate::table::snapshot::{self, Meta};
 use crate::table::Table;
 
-/// Peers asked at most, one after the other.
+/// Peers asked at most, one after the other. A peer that refuses the connection at once (a
+/// router gone whose registration has not expired yet) is not counted: it costs nothing, and
+/// registrations of stopped routers must not hide the live one.
 const MAX_PEERS: usize = 3;
 /// How long a peer may take to accept the connection, or to send the next bytes.
 const CONNECT: Duration = Duration::from_secs(1);
@@ -99,7 +101,11 @@ pub(super) async fn fetch(store: &dyn Store, keys: &Keys) -> Option<(Table, Meta
         tracing::info!("no live router to take the table from: listing the store");
         return None;
     }
-    for peer in peers.into_iter().take(MAX_PEERS) {
+    let mut asked = 0;
+    for peer in peers {
+        if asked == MAX_PEERS {
+            break;
+        }
         let started = Instant::now();
         let fetched = tokio::task::spawn_blocking(move || fetch_from(peer))
             .await
@@ -124,8 +130,13 @@ pub(super) async fn fetch(store: &dyn Store, keys: &Keys) -> Option<(Table, Meta
             Err(PeerError::Unreadable(error)) => {
                 tracing::warn!(%peer, %error, "that router's table is unreadable")
             }
+            Err(PeerError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tracing::info!(%peer, %error, "no table from this router");
+                continue;
+            }
             Err(error) => tracing::info!(%peer, %error, "no table from this router"),
         }
+        asked += 1;
     }
     None
 }

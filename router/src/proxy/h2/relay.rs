@@ -4,6 +4,7 @@
 //! decoded, a body that ends when the backend closes ended with the stream.
 
 use bytes::Buf;
+use pingora::protocols::http::v2::server::HttpSession;
 use pingora::protocols::Stream;
 use tokio::io::AsyncReadExt;
 use tokio::time::timeout;
@@ -12,7 +13,6 @@ use super::super::h1::response::{Chunks, Framing};
 use super::super::h1::{read_more, Client, Conn, FastH1, RelayError, BODY_READ};
 use super::head::ResponseHead;
 use super::H2Stream;
-use pingora::protocols::http::v2::server::HttpSession;
 
 /// A failed write to the client's stream (reset, or its connection gone).
 fn client_gone(e: Box<pingora::Error>) -> RelayError {
