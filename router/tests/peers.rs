@@ -78,11 +78,13 @@ async fn a_new_router_takes_the_table_of_a_live_one_then_follows_the_store() {
 }
 
 /// Registrations of routers that are gone (nothing listens at their address any more; their
-/// leases not expired yet) do not hide the live router, however many there are.
+/// leases not expired yet) do not hide the live router, however many there are. (Counting them
+/// among the 3 peers asked, the new router found the live one only when the shuffle put it
+/// first 3 of 41: this fails then 38 times in 41.)
 #[tokio::test]
 async fn registrations_of_routers_gone_do_not_hide_the_live_one() {
     let (h, _web) = with_routes().await;
-    for id in 0..8 {
+    for id in 0..40 {
         let gone = SocketAddr::from(([127, 0, 0, 1], flynn_testkit::free_port()));
         let value = serde_json::json!({"id": format!("gone-{id}"), "admin": gone.to_string()});
         h.put_raw(

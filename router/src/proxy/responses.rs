@@ -4,6 +4,8 @@ use bytes::Bytes;
 use once_cell::sync::Lazy;
 use pingora::http::ResponseHeader;
 
+use super::h1::response::HeadOut;
+
 /// A status with its plain-text body, headers prebuilt.
 pub struct Canned {
     pub header: ResponseHeader,
@@ -76,12 +78,7 @@ pub fn write_http1(out: &mut Vec<u8>, status: u16, keep_alive: bool, date: &[u8]
         .and_then(|s| s.canonical_reason())
         .unwrap_or("");
     let mut length = itoa::Buffer::new();
-    out.clear();
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(reason.as_bytes());
-    out.extend_from_slice(b"\r\n");
+    out.start(status, reason);
     for (name, value) in [
         ("content-type", CONTENT_TYPE.as_bytes()),
         ("content-length", length.format(body.len()).as_bytes()),
@@ -96,12 +93,10 @@ pub fn write_http1(out: &mut Vec<u8>, status: u16, keep_alive: bool, date: &[u8]
             },
         ),
     ] {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        out.header(name.as_bytes(), value);
     }
-    out.extend_from_slice(b"\r\n");
+    // Text is always whole.
+    let _ = out.end();
     out.extend_from_slice(body.as_bytes());
 }
 

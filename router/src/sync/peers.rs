@@ -130,11 +130,12 @@ pub(super) async fn fetch(store: &dyn Store, keys: &Keys) -> Option<(Table, Meta
             Err(PeerError::Unreadable(error)) => {
                 tracing::warn!(%peer, %error, "that router's table is unreadable")
             }
-            Err(PeerError::Io(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+            Err(error) => {
                 tracing::info!(%peer, %error, "no table from this router");
-                continue;
+                if error.refused() {
+                    continue;
+                }
             }
-            Err(error) => tracing::info!(%peer, %error, "no table from this router"),
         }
         asked += 1;
     }
@@ -162,6 +163,13 @@ enum PeerError {
     TooLarge,
     #[error("{0}")]
     Unreadable(#[from] snapshot::SnapshotError),
+}
+
+impl PeerError {
+    /// Nothing listens at the peer's address: a router gone (see [`MAX_PEERS`]).
+    fn refused(&self) -> bool {
+        matches!(self, PeerError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+    }
 }
 
 /// `GET /snapshot` from the admin listener at `peer`, the table decoded as it arrives (never

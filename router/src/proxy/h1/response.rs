@@ -60,8 +60,9 @@ pub trait HeadOut {
     /// Starts a new head (what was there before is dropped).
     fn start(&mut self, status: u16, reason: &str);
     fn header(&mut self, name: &[u8], value: &[u8]);
-    /// The head is whole.
-    fn end(&mut self);
+    /// The head is whole. `Err`: it cannot be sent as written (why), and `parse` answers
+    /// [`Parse::Bad`], as for a head the backend got wrong.
+    fn end(&mut self) -> Result<(), &'static str>;
 }
 
 impl HeadOut for Vec<u8> {
@@ -78,8 +79,9 @@ impl HeadOut for Vec<u8> {
         put_header(self, name, value);
     }
 
-    fn end(&mut self) {
+    fn end(&mut self) -> Result<(), &'static str> {
         self.extend_from_slice(b"\r\n");
+        Ok(())
     }
 }
 
@@ -200,8 +202,10 @@ pub fn parse(
         );
     }
     if interim {
-        out.end();
-        return Parse::Interim(len);
+        return match out.end() {
+            Ok(()) => Parse::Interim(len),
+            Err(why) => Parse::Bad(why),
+        };
     }
     out.header(b"Date", date);
     // A body that ends when the backend closes goes out chunked: the client's connection stays.
@@ -212,7 +216,9 @@ pub fn parse(
     if framing == Framing::UntilClose {
         out.header(b"Transfer-Encoding", b"chunked");
     }
-    out.end();
+    if let Err(why) = out.end() {
+        return Parse::Bad(why);
+    }
     Parse::Final(Head {
         len,
         status,

@@ -81,7 +81,7 @@ const NOT_IN_H2: [&[u8]; 6] = [
 pub(in crate::proxy) struct ResponseHead {
     /// The head written and not sent yet.
     parts: Option<http::response::Parts>,
-    /// A header (or the status) that HTTP/2 cannot carry was written.
+    /// A header (or the status) that HTTP/2 cannot carry was written: `end` refuses the head.
     uncarried: bool,
 }
 
@@ -89,12 +89,6 @@ impl ResponseHead {
     /// The head to send, once (None when none is pending).
     pub(in crate::proxy) fn take(&mut self) -> Option<http::response::Parts> {
         self.parts.take()
-    }
-
-    /// Whether every header of the head written can be carried by HTTP/2 (if not, the stream
-    /// gets the router's 502 instead).
-    pub(in crate::proxy) fn carried(&self) -> bool {
-        !self.uncarried
     }
 
     /// Whether a head is written and not sent.
@@ -134,7 +128,12 @@ impl HeadOut for ResponseHead {
         }
     }
 
-    fn end(&mut self) {}
+    fn end(&mut self) -> Result<(), &'static str> {
+        match self.uncarried {
+            false => Ok(()),
+            true => Err("a response header HTTP/2 cannot carry"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -229,7 +228,7 @@ mod tests {
             b"HTTP/1.1 201 Created\r\nContent-Length: 3\r\nX-App: 1\r\nSet-Cookie: a=1\r\n\
             Set-Cookie: b=2\r\nDate: then\r\nConnection: keep-alive\r\nKeep-Alive: 5\r\n\r\n",
         );
-        assert!(out.pending() && out.carried());
+        assert!(out.pending());
         let head = out.take().expect("a head");
         assert!(!out.pending() && out.take().is_none(), "taken once");
         assert_eq!((head.status.as_u16(), head.version), (201, Version::HTTP_2));
@@ -253,19 +252,19 @@ mod tests {
     }
 
     #[test]
-    fn a_header_http_2_cannot_carry_keeps_the_head_pending() {
+    fn a_header_http_2_cannot_carry_refuses_the_head() {
         let mut out = ResponseHead::default();
         out.start(200, "OK");
         out.header(b"x-app", b"a\x01b");
-        out.end();
-        assert!(!out.carried() && out.pending());
-        out.clear();
-        assert!(!out.pending());
+        assert!(
+            out.end().is_err(),
+            "response::parse then answers Parse::Bad: a 502"
+        );
 
         // Written anew: carried again.
         out.start(200, "OK");
         out.header(b"X-App", b"1");
-        assert!(out.carried());
+        assert!(out.end().is_ok());
         assert_eq!(out.take().expect("a head").headers["x-app"], "1");
     }
 }

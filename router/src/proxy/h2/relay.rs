@@ -23,8 +23,8 @@ impl FastH1 {
     /// Passes the response on to the HTTP/2 stream `conn` is for: the head `response::parse`
     /// wrote for it, then the body by `framing`. `Ok(true)`: the body ended exactly where the
     /// backend's bytes did, so its connection can be reused. The head stays pending until it is
-    /// sent: a head HTTP/2 cannot carry, or a chunked body broken before its first byte, then
-    /// gets the router's 502, as on HTTP/1.
+    /// sent: a chunked body broken before its first byte then gets the router's 502, as on
+    /// HTTP/1.
     pub(in crate::proxy) async fn relay_h2(
         &self,
         conn: &mut Conn,
@@ -36,11 +36,6 @@ impl FastH1 {
             return Ok(false);
         };
         let H2Stream { session, head } = &mut **stream;
-        if !head.carried() {
-            return Err(RelayError::Malformed(
-                "a response header HTTP/2 cannot carry",
-            ));
-        }
         let from_backend = &mut conn.from_backend;
         match framing {
             Framing::Empty => send_head(session, head, true)?,
