@@ -317,12 +317,16 @@ impl Listeners<'_> {
             );
         }
         for addr in self.https {
-            // One TLS record (16 KiB) of read buffer, not pingora's 64 KiB: rustls takes records
-            // from it in pieces, and a larger one only costs idle connections memory.
+            // One TLS record (16 KiB) of read buffer, not pingora's 64 KiB: rustls reads at
+            // most 4 KiB at a time, and the buffer makes that one read of up to a record from
+            // the socket. It is allocated per read and freed once drained (vendor patch 0011),
+            // so an idle connection holds none of it. No write buffer: rustls queues the
+            // records it makes and writes them in one vectored write, so pingora's 1460 bytes
+            // under it would be a copy of every small response, held for the connection's life.
             service.endpoints().add_listener(
                 ListenerConfig::tcp(addr.to_string())
                     .tls(tls_settings(self.resolver.clone(), self.ticketer.clone()))
-                    .l4_buffer(L4BufferSettings::default().read(TLS_READ_BUFFER)),
+                    .l4_buffer(L4BufferSettings::new(TLS_READ_BUFFER, 0)),
             );
         }
         if let Some(trusted) = proxy_header {

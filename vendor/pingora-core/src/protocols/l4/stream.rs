@@ -31,7 +31,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 #[cfg(target_os = "linux")]
 use tokio::io::Interest;
-use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf};
+use tokio::io::{self, AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 use tokio::net::TcpStream;
 #[cfg(unix)]
 use tokio::net::UnixStream;
@@ -421,14 +421,90 @@ impl L4BufferSettings {
 /// The L4 buffers in front of a [`RawStreamWrapper`]: a read buffer over a write
 /// buffer, the same layering as tokio's [`BufStream`](tokio::io::BufStream).
 ///
-/// A zero read capacity leaves the read buffer out, because [`BufReader`] panics on
+/// A zero read capacity leaves the read buffer out, because tokio's `BufReader` panics on
 /// a zero capacity. Reads then go straight to the raw stream, as they did through
 /// an empty `BufReader`. [`BufWriter`] accepts a zero capacity and writes straight
 /// through.
+///
+/// flynn patch: the read buffer is a [`ReadBuffer`] (allocated for a read, freed once
+/// drained), not tokio's [`BufReader`](tokio::io::BufReader).
 #[derive(Debug)]
 enum BufferedStream {
     UnbufferedRead(BufWriter<RawStreamWrapper>),
-    BufferedRead(BufReader<BufWriter<RawStreamWrapper>>),
+    BufferedRead(ReadBuffer<BufWriter<RawStreamWrapper>>),
+}
+
+/// flynn patch: a read buffer that is allocated for a read from the stream under it and freed
+/// as soon as everything read into it has been handed out, in place of tokio's `BufReader`,
+/// whose buffer stays allocated for the connection's whole life. Under TLS it still turns
+/// rustls's reads of at most 4 KiB into reads of up to `capacity` bytes from the socket, but
+/// an idle connection (its last read drained, the next one pending) holds none of it: that
+/// buffer was most of an idle TLS connection's memory.
+#[derive(Debug)]
+struct ReadBuffer<R> {
+    inner: R,
+    capacity: usize,
+    /// Read from `inner` and not handed out yet: `buf[pos..]`. Empty, with no allocation, once
+    /// drained.
+    buf: Vec<u8>,
+    pos: usize,
+}
+
+impl<R> ReadBuffer<R> {
+    fn with_capacity(capacity: usize, inner: R) -> Self {
+        ReadBuffer {
+            inner,
+            capacity,
+            buf: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for ReadBuffer<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.pos == this.buf.len() {
+            // Nothing buffered: a read as large as the buffer goes straight to `out`.
+            if out.remaining() >= this.capacity {
+                return Pin::new(&mut this.inner).poll_read(cx, out);
+            }
+            // Freed again (dropped) when the read is pending: nothing is held while waiting.
+            let mut fresh = Vec::with_capacity(this.capacity);
+            let mut read = ReadBuf::uninit(fresh.spare_capacity_mut());
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            let filled = read.filled().len();
+            // SAFETY: `read` is over `fresh`'s spare capacity, and the reader initialized
+            // (filled) its first `filled` bytes.
+            unsafe { fresh.set_len(filled) };
+            this.buf = fresh;
+            this.pos = 0;
+        }
+        let n = out.remaining().min(this.buf.len() - this.pos);
+        out.put_slice(&this.buf[this.pos..this.pos + n]);
+        this.pos += n;
+        if this.pos == this.buf.len() {
+            this.buf = Vec::new();
+            this.pos = 0;
+        }
+        Poll::Ready(Ok(()))
+    }
 }
 
 impl BufferedStream {
@@ -437,7 +513,7 @@ impl BufferedStream {
         if read == 0 {
             BufferedStream::UnbufferedRead(writer)
         } else {
-            BufferedStream::BufferedRead(BufReader::with_capacity(read, writer))
+            BufferedStream::BufferedRead(ReadBuffer::with_capacity(read, writer))
         }
     }
 
@@ -485,8 +561,7 @@ impl AsyncRead for BufferedStream {
     }
 }
 
-// `BufReader` only forwards writes to the `BufWriter` under it, so write to the `BufWriter`
-// directly.
+// Writes go to the `BufWriter` under the read buffer directly.
 impl AsyncWrite for BufferedStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -1148,5 +1223,41 @@ mod tests {
         let mut buffer = vec![];
         stream.read_to_end(&mut buffer).await.unwrap();
         assert_eq!(buffer, message[2..]);
+    }
+
+    // flynn patch: the read buffer is freed once drained, and not held by a pending read.
+    #[tokio::test]
+    async fn read_buffer_is_freed_once_drained_and_while_pending() {
+        let inner = tokio_test::io::Builder::new()
+            .read(b"hello world")
+            .wait(Duration::from_millis(10))
+            .read(b"again")
+            .build();
+        let mut reader = ReadBuffer::with_capacity(16 * 1024, inner);
+
+        let mut piece = [0u8; 4];
+        reader.read_exact(&mut piece).await.unwrap();
+        assert_eq!(&piece, b"hell");
+        assert!(reader.buf.capacity() >= 16 * 1024, "the rest of the read is buffered");
+        let mut rest = [0u8; 7];
+        reader.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b"o world");
+        assert_eq!(reader.buf.capacity(), 0, "drained: freed");
+
+        let mut next = [0u8; 5];
+        let pending = futures::poll!(Box::pin(reader.read(&mut next)));
+        assert!(pending.is_pending());
+        assert_eq!(reader.buf.capacity(), 0, "a pending read holds no buffer");
+        let n = reader.read(&mut next).await.unwrap();
+        assert_eq!(&next[..n], b"again");
+        assert_eq!(reader.buf.capacity(), 0);
+
+        // A read as large as the buffer goes straight through.
+        let inner = tokio_test::io::Builder::new().read(b"direct").build();
+        let mut reader = ReadBuffer::with_capacity(8, inner);
+        let mut big = [0u8; 8];
+        let n = reader.read(&mut big).await.unwrap();
+        assert_eq!(&big[..n], b"direct");
+        assert_eq!(reader.buf.capacity(), 0);
     }
 }
