@@ -2,7 +2,8 @@
 //! path on, plain streams to HTTP/1 backends take the router's own path (`proxy::h2`); off, every
 //! stream is pingora's. Checked with real curl, nghttp and h2load clients: routing, the router's
 //! own answers, forwarding headers, cookies, sticky sessions, retries, backend failures, bodies
-//! of every framing, uploads, many streams at once, and clients that go away mid-body.
+//! of every framing, uploads, many streams at once, a slow stream beside fast ones on one
+//! connection, and clients that go away mid-body.
 
 mod common;
 
@@ -26,6 +27,7 @@ common::on_both_engines!(
     bodies_of_every_framing_reach_the_client,
     uploads_reach_the_backend,
     many_concurrent_streams,
+    a_slow_stream_does_not_hold_up_its_connection,
     a_client_gone_mid_body_does_not_poison_the_pool,
 );
 
@@ -563,6 +565,80 @@ async fn many_concurrent_streams(engine: &[&str]) {
         .metric("flynn_router_requests_total{class=\"2xx\"}")
         .await;
     assert!(counted >= 4000.0, "{counted}");
+}
+
+/// A stream waiting on a slow backend does not hold up the other streams of its connection
+/// (the fast path serves a connection's streams inside the connection's task).
+async fn a_slow_stream_does_not_hold_up_its_connection(engine: &[&str]) {
+    let h = start(engine, &[]).await;
+    let backend = raw_server(|mut stream| async move {
+        let mut seen = Vec::new();
+        while let Some(len) = read_head(&mut stream, &mut seen).await {
+            let slow = seen.starts_with(b"GET /slow ");
+            seen.drain(..len);
+            if slow {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            let answer: &[u8] = if slow {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfast"
+            };
+            if stream.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    h.instance("web", "i1", backend).await;
+    h.route("http-1", "slow.test", "/", "web").await;
+    h.wait_status("slow.test", "/fast", 200).await;
+
+    for via in BOTH {
+        let (scheme, port) = match via {
+            Via::H2c => ("http", h.router.http.port()),
+            Via::Tls => ("https", h.router.https.port()),
+        };
+        // nghttp sends both requests at once on one connection; -s reports when each
+        // response ended, from the connection's start.
+        let out = Command::new("nghttp")
+            .args(["-s", "-H"])
+            .arg(format!(":authority: slow.test:{port}"))
+            .arg(format!("{scheme}://127.0.0.1:{port}/slow"))
+            .arg(format!("{scheme}://127.0.0.1:{port}/fast"))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("nghttp is installed (nghttp2-client)");
+        let report = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{via:?}: {report}");
+        assert!(
+            report.contains("slowfast") || report.contains("fastslow"),
+            "{report}"
+        );
+        // `id responseEnd requestStart process code size path`, e.g. `13 +3.00s +210us 3.00s 200 4 /slow`.
+        let ended = |path: &str| -> f64 {
+            let line = report
+                .lines()
+                .find(|l| l.trim_end().ends_with(path) && l.contains(" 200 "))
+                .unwrap_or_else(|| panic!("{via:?}: no 200 for {path}: {report}"));
+            let end = line.split_whitespace().nth(1).unwrap_or_default();
+            let end = end.trim_start_matches('+');
+            let (number, scale) = if let Some(n) = end.strip_suffix("ms") {
+                (n, 1e-3)
+            } else if let Some(n) = end.strip_suffix("us") {
+                (n, 1e-6)
+            } else if let Some(n) = end.strip_suffix('s') {
+                (n, 1.0)
+            } else {
+                panic!("{via:?}: {line}")
+            };
+            number.parse::<f64>().expect("a time") * scale
+        };
+        let (slow_s, fast_s) = (ended("/slow"), ended("/fast"));
+        assert!(slow_s >= 2.9, "{via:?}: {report}");
+        assert!(fast_s < 1.5, "{via:?}: /fast waited for /slow: {report}");
+    }
 }
 
 async fn a_client_gone_mid_body_does_not_poison_the_pool(engine: &[&str]) {
