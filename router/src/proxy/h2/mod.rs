@@ -24,6 +24,7 @@ pub(super) mod head;
 mod relay;
 
 use std::future::{poll_fn, Future};
+use std::panic::AssertUnwindSafe;
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -31,6 +32,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use pingora::apps::HttpServerApp;
 use pingora::protocols::http::v2::server::{self, HttpSession};
 use pingora::protocols::http::ServerSession;
@@ -150,7 +152,12 @@ impl FastH1 {
                 streams.push(Box::pin(async move {
                     // Held while the stream is served: the connection is busy, not idle.
                     let _guard = guard;
-                    self.serve_stream(stream, shutdown).await;
+                    // A panic ends this stream only (its session dropped: reset), as when each
+                    // stream was a task of its own, not the connection's other streams.
+                    let served = AssertUnwindSafe(self.serve_stream(stream, shutdown));
+                    if served.catch_unwind().await.is_err() {
+                        tracing::error!("serving an HTTP/2 stream panicked: stream dropped");
+                    }
                 }));
             },
         );
