@@ -438,8 +438,8 @@ enum BufferedStream {
 /// as soon as everything read into it has been handed out, in place of tokio's `BufReader`,
 /// whose buffer stays allocated for the connection's whole life. Under TLS it still turns
 /// rustls's reads of at most 4 KiB into reads of up to `capacity` bytes from the socket, but
-/// an idle connection (its last read drained, the next one pending) holds none of it: that
-/// buffer was most of an idle TLS connection's memory.
+/// an idle connection (its last read drained, the next one pending) holds none of it: the
+/// largest single part of an idle TLS connection's heap.
 #[derive(Debug)]
 struct ReadBuffer<R> {
     inner: R,
