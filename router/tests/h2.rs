@@ -52,6 +52,16 @@ enum Via {
 
 const BOTH: [Via; 2] = [Via::H2c, Via::Tls];
 
+impl Via {
+    /// The URL scheme and the router's port for this way.
+    fn endpoint(self, h: &Harness) -> (&'static str, u16) {
+        match self {
+            Via::H2c => ("http", h.router.http.port()),
+            Via::Tls => ("https", h.router.https.port()),
+        }
+    }
+}
+
 /// A response as curl saw it.
 #[derive(Debug)]
 struct Reply {
@@ -92,9 +102,10 @@ impl Reply {
 
 /// Sends one request with curl over HTTP/2 to `host` (resolved to the router) and `path`.
 async fn curl(h: &Harness, via: Via, host: &str, path: &str, extra: &[&str]) -> Reply {
-    let (scheme, port, how) = match via {
-        Via::H2c => ("http", h.router.http.port(), "--http2-prior-knowledge"),
-        Via::Tls => ("https", h.router.https.port(), "--http2"),
+    let (scheme, port) = via.endpoint(h);
+    let how = match via {
+        Via::H2c => "--http2-prior-knowledge",
+        Via::Tls => "--http2",
     };
     let out = Command::new("curl")
         .args(["-sS", "-k", "-i", "--max-time", "20", how, "--resolve"])
@@ -237,10 +248,7 @@ async fn forwarding_headers_host_and_cookies(engine: &[&str]) {
     h.wait_status("fwd.test", "/", 200).await;
 
     for via in BOTH {
-        let (proto, port) = match via {
-            Via::H2c => ("http", h.router.http.port()),
-            Via::Tls => ("https", h.router.https.port()),
-        };
+        let (proto, port) = via.endpoint(&h);
         let reply = curl(
             &h,
             via,
@@ -595,10 +603,7 @@ async fn a_slow_stream_does_not_hold_up_its_connection(engine: &[&str]) {
     h.wait_status("slow.test", "/fast", 200).await;
 
     for via in BOTH {
-        let (scheme, port) = match via {
-            Via::H2c => ("http", h.router.http.port()),
-            Via::Tls => ("https", h.router.https.port()),
-        };
+        let (scheme, port) = via.endpoint(&h);
         // nghttp sends both requests at once on one connection; -s reports when each
         // response ended, from the connection's start.
         let out = Command::new("nghttp")

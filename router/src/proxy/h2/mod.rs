@@ -80,23 +80,20 @@ impl<'a> Streams<'a> {
         }
     }
 
-    /// Runs `until` (the connection's accept loop, which adds streams) and the streams side by
-    /// side until `until` ends. The streams are polled after it, so a stream it adds is polled
-    /// in the same turn.
-    async fn serve_until<F: Future>(&self, until: F) -> F::Output {
-        let mut until = pin!(until);
+    /// Runs `accept` (the connection's accept loop, which adds streams) and the streams side by
+    /// side until `accept` ends, then the streams left until each has ended (the connection is
+    /// closed: their sends fail, and each is counted as it ends). The streams are polled after
+    /// `accept`, so a stream it adds is polled in the same turn.
+    async fn serve(&self, accept: impl Future<Output = ()>) {
+        let mut accept = pin!(accept);
         poll_fn(|cx| {
-            if let Poll::Ready(out) = until.as_mut().poll(cx) {
-                return Poll::Ready(out);
+            if accept.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(());
             }
             let _ = self.poll_streams(cx);
             Poll::Pending
         })
-        .await
-    }
-
-    /// Serves the streams left until each has ended.
-    async fn finish(&self) {
+        .await;
         poll_fn(|cx| self.poll_streams(cx)).await;
     }
 }
@@ -161,10 +158,7 @@ impl FastH1 {
                 }));
             },
         );
-        streams.serve_until(accept).await;
-        // The connection is closed: what is left of its streams ends (their sends fail) and
-        // is counted as it ends.
-        streams.finish().await;
+        streams.serve(accept).await;
     }
 
     /// Serves one stream: on the fast path when it takes it, else by pingora's proxy.
