@@ -33,7 +33,7 @@ use crate::metrics::Metrics;
 use crate::proxy::sticky;
 use crate::server::StoreSource;
 use crate::table::snapshot::Meta;
-use crate::table::{RouteEntry, RouteId, Table};
+use crate::table::{Bulk, RouteEntry, RouteId, Table};
 use crate::tls;
 use peers::Latest;
 use snapshot::Snapshots;
@@ -73,6 +73,9 @@ pub struct TableWriter {
     published: watch::Sender<u64>,
     /// Per feed, the listing under way: what its pages held so far.
     listings: [Option<Seen>; 3],
+    /// The routes of a listing into a table with none (the first at start-up), added all at
+    /// once when it ends ([`crate::table::Bulk`]) or before anything is published.
+    bulk: Option<Bulk>,
     /// Per feed, where its part of the table is from.
     feeds: [FeedState; 3],
     /// Per feed, the state loaded from a snapshot that its mirror resumes from.
@@ -139,6 +142,7 @@ impl TableWriter {
             revision: 0,
             published: watch::Sender::new(0),
             listings: [None, None, None],
+            bulk: None,
             feeds: Default::default(),
             resume: [None, None, None],
             snapshots: None,
@@ -220,7 +224,8 @@ impl TableWriter {
         &self.keys
     }
 
-    /// The table as edited so far (published or not).
+    /// The table as edited so far (published or not; the routes a listing into an empty table
+    /// staged are in it once the listing ends or something is published).
     pub fn table(&self) -> &Table {
         &self.table
     }
@@ -232,6 +237,7 @@ impl TableWriter {
 
     /// Makes the edits so far visible to requests.
     pub fn publish(&mut self) {
+        self.add_bulk();
         self.metrics.routes.set(self.table.route_count() as i64);
         self.metrics
             .instances
@@ -273,7 +279,11 @@ impl TableWriter {
         let route_id = RouteId::new(id);
         // Most values: an HTTP route read in place, its strings not copied.
         if let Some(route) = HttpRouteRef::parse(&kv.value) {
-            if let Err(e) = self.table.upsert_stored(route_id.clone(), &route) {
+            let added = match self.bulk.as_mut() {
+                Some(bulk) => self.table.stage(bulk, route_id.clone(), &route),
+                None => self.table.upsert_stored(route_id.clone(), &route),
+            };
+            if let Err(e) = added {
                 self.invalid(&kv.key, &e.to_string());
             }
             return Some(route_id);
@@ -354,6 +364,10 @@ impl TableWriter {
     /// Applies a page of a listing; its last page removes what none of the listing's pages held.
     fn list_page(&mut self, feed: Feed, page: ListPage) {
         let i = feed as usize;
+        if feed == Feed::Routes && (page.first || self.listings[i].is_none()) {
+            // What an earlier attempt staged is in the table before this one starts.
+            self.add_bulk();
+        }
         if page.first || self.listings[i].is_none() {
             // A listing into a table that holds nothing of its feed (the first one, at
             // start-up) has nothing to remove at its end: it need not note what it holds. One
@@ -364,7 +378,11 @@ impl TableWriter {
                 Feed::Certs => self.table.certificate_count() == 0,
             };
             let restart = self.listings[i].is_some();
-            self.listings[i] = Some(Seen::new(!empty || restart));
+            let tracked = !empty || restart;
+            self.listings[i] = Some(Seen::new(tracked));
+            if feed == Feed::Routes && !tracked {
+                self.bulk = Some(Bulk::default());
+            }
         }
         for kv in &page.kvs {
             match feed {
@@ -387,6 +405,9 @@ impl TableWriter {
         }
         if !page.last {
             return;
+        }
+        if feed == Feed::Routes {
+            self.add_bulk();
         }
         let Some(seen) = self.listings[i].take() else {
             return;
@@ -434,6 +455,14 @@ impl TableWriter {
             }
         }
         self.revision = self.revision.max(page.revision);
+    }
+
+    /// Adds the routes staged by a listing into an empty table ([`Bulk`]), on every CPU.
+    fn add_bulk(&mut self) {
+        if let Some(bulk) = self.bulk.take() {
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            self.table.add_bulk(bulk, threads);
+        }
     }
 
     /// Notes that the listing under way for feed `i` held `key`.
@@ -493,6 +522,10 @@ impl TableWriter {
                     revision: page.revision,
                 };
             }
+        }
+        if feed == Feed::Routes && !matches!(event, MirrorEvent::Page(_)) {
+            // A change comes after the routes staged before it.
+            self.add_bulk();
         }
         match (feed, event) {
             (_, MirrorEvent::Page(page)) => self.list_page(feed, page),

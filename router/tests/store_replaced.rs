@@ -100,7 +100,9 @@ async fn an_empty_etcd_in_place_of_the_old_one_replaces_the_table() {
 }
 
 /// The router lists its routes in pages (a page size of 7 here): every route of a listing of
-/// many pages is served, and a route written while the router lists comes through too.
+/// many pages is served, and a route written while the router lists comes through too. Among
+/// them, a domain with three paths, a wildcard and the catch-all (a first listing builds the
+/// table's sets at its end: each must come out as if added one by one).
 #[tokio::test]
 async fn routes_are_listed_in_pages() {
     let etcd = Etcd::start().await;
@@ -115,7 +117,7 @@ async fn routes_are_listed_in_pages() {
         )
         .await
         .expect("put");
-    let count = 100;
+    let count: u32 = 100;
     for i in 0..count {
         let id = format!("http-{i:03}");
         store
@@ -127,6 +129,33 @@ async fn routes_are_listed_in_pages() {
             .await
             .expect("put");
     }
+    let mut backends = Vec::new();
+    let special = [
+        ("http-z-root", "multi.paged.test", "/", "root"),
+        ("http-z-api", "MULTI.paged.test", "/api", "api"),
+        ("http-z-v2", "multi.paged.test", "/api/v2/", "v2"),
+        ("http-z-wild", "*.wild.paged.test", "/", "wild"),
+        ("http-z-any", "*", "/", "any"),
+    ];
+    for (id, domain, path, service) in special {
+        let backend = Backend::start(service).await;
+        let value = json!({"id": id, "type": "http", "domain": domain, "path": path,
+            "service": service});
+        store
+            .put(&keys.route(id), value.to_string().into_bytes(), None)
+            .await
+            .expect("put");
+        store
+            .put(
+                &keys.instance(service, "i1"),
+                instance("i1", &backend).into_bytes(),
+                None,
+            )
+            .await
+            .expect("put");
+        backends.push(backend);
+    }
+    let count = count + special.len() as u32;
     // Read by the router's mirrors at start-up (the child inherits the environment).
     std::env::set_var("FLYNN_STORE_PAGE_SIZE", "7");
     let router = Router::spawn(&etcd.url(), &[]);
@@ -144,7 +173,25 @@ async fn routes_are_listed_in_pages() {
         .wait_metric("flynn_router_routes", |v| v == f64::from(count + 1))
         .await;
     let http = router.http.to_string();
-    for i in 0..count {
+    for (host, path, backend) in [
+        ("multi.paged.test", "/", "root"),
+        ("multi.paged.test", "/api/x", "api"),
+        ("multi.paged.test", "/api/v2/x", "v2"),
+        ("a.b.wild.paged.test", "/", "wild"),
+        ("wild.paged.test", "/", "any"),
+        ("elsewhere.test", "/api", "any"),
+    ] {
+        let response = flynn_testkit::client::get(&http, path, host)
+            .await
+            .expect("request");
+        assert_eq!(response.status, 200, "{host}{path}");
+        assert_eq!(
+            response.json().expect("json")["backend"],
+            backend,
+            "{host}{path}"
+        );
+    }
+    for i in 0..count - special.len() as u32 {
         let host = format!("r{i}.paged.test");
         let response = flynn_testkit::client::get(&http, "/", &host)
             .await

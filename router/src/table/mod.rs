@@ -11,6 +11,7 @@
 //! the most specific parent domain up (`*.b.example.com` before `*.example.com`), then the
 //! catch-all `*`. Within a domain the longest path prefix on a `/` boundary wins.
 
+mod bulk;
 pub mod host;
 mod id;
 mod names;
@@ -27,6 +28,7 @@ use imbl::HashMap;
 use rustls::sign::CertifiedKey;
 
 use crate::backend::{Backend, Service};
+pub use bulk::Bulk;
 use host::{parent_domains, HostBuf};
 pub use id::RouteId;
 use names::Interner;
@@ -385,8 +387,7 @@ impl Table {
         let domain = route.domain.clone();
         self.edit_domain(&domain, |routes| {
             routes.push(route);
-            // Longest path first; ties broken by id so the order is stable.
-            routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.id.cmp(&b.id)));
+            sort_routes(routes);
         });
     }
 
@@ -478,6 +479,43 @@ fn path_only(target: &[u8]) -> &[u8] {
         Some(end) => &target[..end],
         None => target,
     }
+}
+
+/// A domain's routes in the order they are matched: longest path first; ties broken by id so
+/// the order is stable.
+fn sort_routes(routes: &mut [Arc<RouteEntry>]) {
+    routes.sort_by(|a, b| b.path.len().cmp(&a.path.len()).then(a.id.cmp(&b.id)));
+}
+
+/// Runs `work` on `items` split into `threads` runs of neighbours, one thread each; the
+/// results in the order of the runs, or the panic of a thread that panicked.
+fn in_parallel<I: Send, O: Send>(
+    items: Vec<I>,
+    threads: usize,
+    work: impl Fn(Vec<I>) -> O + Sync,
+) -> std::thread::Result<Vec<O>> {
+    let threads = threads.clamp(1, items.len().max(1));
+    let per = items.len().div_ceil(threads).max(1);
+    let mut runs = Vec::with_capacity(threads);
+    let mut items = items.into_iter();
+    loop {
+        let run: Vec<I> = items.by_ref().take(per).collect();
+        if run.is_empty() {
+            break;
+        }
+        runs.push(run);
+    }
+    if runs.len() <= 1 {
+        return Ok(runs.into_iter().map(&work).collect());
+    }
+    std::thread::scope(|scope| {
+        let work = &work;
+        let handles: Vec<_> = runs
+            .into_iter()
+            .map(|run| scope.spawn(move || work(run)))
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect()
+    })
 }
 
 fn longest<'t>(routes: &'t [Arc<RouteEntry>], path: &[u8]) -> Option<&'t Arc<RouteEntry>> {

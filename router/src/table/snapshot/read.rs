@@ -14,7 +14,9 @@ use super::{
 use crate::backend::{Backend, Service};
 use crate::table::names::Interner;
 use crate::table::shards::{self, shard_of, HashSet, Shards, SHARDS};
-use crate::table::{kind, ByDomain, ById, DomainKind, Name, RouteEntry, RouteId, Table};
+use crate::table::{
+    in_parallel, kind, ByDomain, ById, DomainKind, Name, RouteEntry, RouteId, Table,
+};
 
 /// Reads a snapshot, its sections decoded on every CPU.
 pub fn read(bytes: &[u8]) -> Result<(Table, Meta), SnapshotError> {
@@ -385,7 +387,8 @@ fn build_routes(decoded: Vec<Decoded>, threads: usize) -> Result<Built, Snapshot
                 set
             })
             .collect::<Vec<_>>()
-    })?;
+    })
+    .map_err(|_| corrupt("a reading thread failed"))?;
     let ids: Vec<HashSet<ById>> = ids.into_iter().flatten().collect();
     let routes = Shards::from_sets(ids).ok_or(corrupt("shards"))?;
     if routes.len() != entries {
@@ -394,40 +397,6 @@ fn build_routes(decoded: Vec<Decoded>, threads: usize) -> Result<Built, Snapshot
     let exact = Shards::from_sets(exact).ok_or(corrupt("shards"))?;
     let wildcard = Shards::from_sets(wildcard).ok_or(corrupt("shards"))?;
     Ok((routes, exact, wildcard, catch_all))
-}
-
-/// Runs `work` on `items` split into `threads` runs of neighbours, one thread each; the
-/// results in the order of the runs. A thread that panicked is an error, not a panic here.
-fn in_parallel<I: Send, O: Send>(
-    items: Vec<I>,
-    threads: usize,
-    work: impl Fn(Vec<I>) -> O + Sync,
-) -> Result<Vec<O>, SnapshotError> {
-    let threads = threads.clamp(1, items.len().max(1));
-    let per = items.len().div_ceil(threads).max(1);
-    let mut runs = Vec::with_capacity(threads);
-    let mut items = items.into_iter();
-    loop {
-        let run: Vec<I> = items.by_ref().take(per).collect();
-        if run.is_empty() {
-            break;
-        }
-        runs.push(run);
-    }
-    if runs.len() <= 1 {
-        return Ok(runs.into_iter().map(&work).collect());
-    }
-    std::thread::scope(|scope| {
-        let work = &work;
-        let handles: Vec<_> = runs
-            .into_iter()
-            .map(|run| scope.spawn(move || work(run)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| corrupt("a reading thread failed")))
-            .collect()
-    })
 }
 
 fn decode_section(
