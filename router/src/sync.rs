@@ -380,8 +380,11 @@ impl TableWriter {
             let restart = self.listings[i].is_some();
             let tracked = !empty || restart;
             self.listings[i] = Some(Seen::new(tracked));
-            if feed == Feed::Routes && !tracked {
-                self.bulk = Some(Bulk::default());
+            if feed == Feed::Routes {
+                crate::alloc::listing(true);
+                if !tracked {
+                    self.bulk = Some(Bulk::default());
+                }
             }
         }
         for kv in &page.kvs {
@@ -408,6 +411,7 @@ impl TableWriter {
         }
         if feed == Feed::Routes {
             self.add_bulk();
+            crate::alloc::listing(false);
         }
         let Some(seen) = self.listings[i].take() else {
             return;
@@ -459,9 +463,12 @@ impl TableWriter {
 
     /// Adds the routes staged by a listing into an empty table ([`Bulk`]), on every CPU.
     fn add_bulk(&mut self) {
-        if let Some(bulk) = self.bulk.take() {
+        if let Some(bulk) = self.bulk.take().filter(|b| !b.is_empty()) {
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let (routes, started) = (bulk.len(), Instant::now());
             self.table.add_bulk(bulk, threads);
+            let ms = started.elapsed().as_millis();
+            tracing::info!(routes, ms, "added the routes listed into the empty table");
         }
     }
 

@@ -456,7 +456,11 @@ impl Store for EtcdStore {
             let window = self.window(&start, &end, limit - kvs.len(), at).await?;
             let revision = *at.get_or_insert(window.revision);
             let held = window.count.max(window.kvs.len());
-            kvs.extend(window.kvs);
+            if kvs.is_empty() {
+                kvs = window.kvs;
+            } else {
+                kvs.extend(window.kvs);
+            }
             if window.more || kvs.len() >= limit || whole {
                 *self
                     .depth_hint
