@@ -368,8 +368,11 @@ async fn list(
             .more
             .then(|| page.kvs.last().map(|kv| kv.key.clone()))
             .flatten();
+        let mut rest = match page.more {
+            true => parts[1..].to_vec(),
+            false => coarser(&parts[1..], page.kvs.len(), options.page_size),
+        };
         out.page(page.kvs, revision).await?;
-        let mut rest: Vec<Part> = parts[1..].to_vec();
         if let Some(after) = next {
             rest.insert(0, (Some(after), until.clone()));
         }
@@ -417,6 +420,24 @@ fn parts(prefix: &str, splits: &[&str]) -> Vec<Part> {
     }
     parts.push((after, None));
     parts
+}
+
+/// `parts` merged, neighbours with neighbours, so that each holds about a page if each holds
+/// as many keys as the first part did (`first`, in one page): the splits are made for a
+/// store of millions of keys, where a part of one page is read in one request that walks no
+/// key it does not return; a small store is read in a few requests instead of one per split.
+/// The last part (no upper bound) stays as it is: merged, the parts before it would lose
+/// theirs.
+fn coarser(parts: &[Part], first: usize, page_size: usize) -> Vec<Part> {
+    let group = (page_size / first.max(1)).max(1);
+    let Some((last, bounded)) = parts.split_last() else {
+        return Vec::new();
+    };
+    bounded
+        .chunks(group)
+        .filter_map(|run| Some((run.first()?.0.clone(), run.last()?.1.clone())))
+        .chain([last.clone()])
+        .collect()
 }
 
 /// Reads one part page by page at `revision` into `out` (keys, or the error that ends it).
@@ -529,6 +550,31 @@ async fn pause(
 mod tests {
     use super::*;
     use crate::EmbeddedStore;
+
+    #[test]
+    fn parts_are_merged_to_about_a_page_each() {
+        let parts = parts("/p/", &["b", "c", "d", "e", "f"]);
+        let bound = |s: &str| Some(format!("/p/{s}"));
+        // (b, c] .. (f, end): a first part of 400 keys, pages of 1000: two parts at a time.
+        assert_eq!(
+            coarser(&parts[1..], 400, 1000),
+            vec![
+                (bound("b"), bound("d")),
+                (bound("d"), bound("f")),
+                (bound("f"), None)
+            ]
+        );
+        // An empty first part: the rest in one, but for the last (no upper bound).
+        assert_eq!(
+            coarser(&parts[1..], 0, 1000),
+            vec![(bound("b"), bound("f")), (bound("f"), None)]
+        );
+        assert_eq!(coarser(&parts[1..2], 0, 1000), parts[1..2].to_vec());
+        assert_eq!(coarser(&[], 0, 1000), Vec::<Part>::new());
+        // A first part of a page or more: as they are.
+        assert_eq!(coarser(&parts[1..], 1000, 1000), parts[1..].to_vec());
+        assert_eq!(coarser(&parts[1..], 5000, 1000), parts[1..].to_vec());
+    }
 
     const PREFIX: &str = "/t/";
     const FAST: Backoff = Backoff {

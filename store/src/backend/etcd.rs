@@ -184,6 +184,24 @@ impl EtcdStore {
         })
     }
 
+    /// Notes the depth of the window that filled a page of `prefix`: the next page starts one
+    /// byte deeper. A window that held many times what the page wanted (`wide`: it spanned all
+    /// the keys of a part, or of one byte value) only ever makes the hint deeper, by one more:
+    /// parts listed side by side each start with such a window, and a hint set back by each
+    /// of them would have the pages after them span their whole part again.
+    fn hint_depth(&self, prefix: &str, depth: usize, wide: bool) {
+        let mut hint = self
+            .depth_hint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let depth = match hint.as_ref() {
+            Some((p, known)) if wide && p == prefix => (*known).max(depth + 1),
+            _ if wide => depth + 1,
+            _ => depth,
+        };
+        *hint = Some((prefix.to_owned(), depth));
+    }
+
     fn lease(&self) -> etcd_client::LeaseClient {
         self.client.lease_client()
     }
@@ -453,7 +471,8 @@ impl Store for EtcdStore {
             } else {
                 end
             };
-            let window = self.window(&start, &end, limit - kvs.len(), at).await?;
+            let wanted = limit - kvs.len();
+            let window = self.window(&start, &end, wanted, at).await?;
             let revision = *at.get_or_insert(window.revision);
             let held = window.count.max(window.kvs.len());
             if kvs.is_empty() {
@@ -462,10 +481,9 @@ impl Store for EtcdStore {
                 kvs.extend(window.kvs);
             }
             if window.more || kvs.len() >= limit || whole {
-                *self
-                    .depth_hint
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some((prefix.to_owned(), depth));
+                if window.more || kvs.len() >= limit {
+                    self.hint_depth(prefix, depth, held / 4 > wanted);
+                }
                 // Full (keys remain in this window or after it), or the prefix is done.
                 let more = window.more || (!whole && kvs.len() >= limit);
                 return Ok(Page {
@@ -481,8 +499,11 @@ impl Store for EtcdStore {
             if held == 0 && kvs.is_empty() {
                 // Past the bytes in which keys rarely differ (the end of a uuid): faster.
                 depth = depth.saturating_sub(2);
-            } else if held == 0 && !last_empty {
-                // A gap (byte values no key uses): the rest of the parent.
+            } else if held == 0 && (until.is_some() || !last_empty) {
+                // A gap (byte values no key uses): the rest of the parent. In a part (keys up
+                // to `until`) after each empty window, its windows never reaching past the
+                // part; over a whole prefix only after the first (a window past a second gap
+                // could span most of it): then the next byte values, one window each.
                 depth = depth.saturating_sub(1);
             } else if held > 0 && held.saturating_mul(16) < left {
                 depth = depth.saturating_sub(1);
