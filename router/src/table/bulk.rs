@@ -137,7 +137,15 @@ impl Table {
 
     /// The routes of `bulk`, each as an upsert (those with one id in the order staged).
     fn add_one_by_one(&mut self, bulk: Bulk) {
-        let Bulk { by_id, .. } = bulk;
+        let Bulk {
+            by_id,
+            exact,
+            wildcard,
+            catch_all,
+            len: _,
+        } = bulk;
+        // Each route is then held once: taken out of its `Arc`, not copied.
+        drop((exact, wildcard, catch_all));
         for route in by_id.into_iter().flatten() {
             let route = Arc::unwrap_or_clone(route);
             if self.route_by_id(&route.id).is_some() {
