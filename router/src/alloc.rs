@@ -28,7 +28,8 @@ pub fn tune() {
 /// each (the gRPC message, the keys decoded from it), freed once the page is applied; given
 /// back 10 ms later, the next page's buffers were fresh pages that the kernel zeroed first: a
 /// sixth of the router's CPU in a start with a million routes, while the store needs both
-/// cores. Meanwhile freed memory is kept a second for reuse instead.
+/// cores. Meanwhile freed memory is kept a second for reuse instead (mimalloc's own default;
+/// a listing that never ends, the store gone midway, keeps it so until the next one ends).
 pub fn listing(under_way: bool) {
     set_purge_delay(if under_way {
         LISTING_PURGE_DELAY_MS

@@ -224,12 +224,6 @@ impl TableWriter {
         &self.keys
     }
 
-    /// The table as edited so far (published or not; the routes a listing into an empty table
-    /// staged are in it once the listing ends or something is published).
-    pub fn table(&self) -> &Table {
-        &self.table
-    }
-
     /// Whether a listing is under way (some of its pages applied, not its last).
     pub fn listing(&self) -> bool {
         self.listings.iter().any(Option::is_some)

@@ -368,9 +368,10 @@ async fn list(
             .more
             .then(|| page.kvs.last().map(|kv| kv.key.clone()))
             .flatten();
-        let mut rest = match page.more {
-            true => parts[1..].to_vec(),
-            false => coarser(&parts[1..], page.kvs.len(), options.page_size),
+        let mut rest = if page.more {
+            parts[1..].to_vec()
+        } else {
+            coarser(&parts[1..], page.kvs.len(), options.page_size)
         };
         out.page(page.kvs, revision).await?;
         if let Some(after) = next {

@@ -12,7 +12,8 @@ use flynn_store::types::HttpRouteRef;
 
 use super::shards::{self, shard_of, HashSet, Shards, SHARDS};
 use super::{
-    kind, sort_routes, ByDomain, ById, DomainKind, InvalidRoute, RouteEntry, RouteId, Table,
+    domain_key, kind, sort_routes, ByDomain, ById, DomainKind, InvalidRoute, RouteEntry, RouteId,
+    Table,
 };
 
 /// Routes checked and waiting to be added by [`Table::add_bulk`].
@@ -24,7 +25,6 @@ pub struct Bulk {
     exact: Vec<Vec<Arc<RouteEntry>>>,
     wildcard: Vec<Vec<Arc<RouteEntry>>>,
     catch_all: Vec<Arc<RouteEntry>>,
-    len: usize,
 }
 
 impl Default for Bulk {
@@ -35,18 +35,17 @@ impl Default for Bulk {
             exact: empty(),
             wildcard: empty(),
             catch_all: Vec::new(),
-            len: 0,
         }
     }
 }
 
 impl Bulk {
     pub fn len(&self) -> usize {
-        self.len
+        self.by_id.iter().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.by_id.iter().all(Vec::is_empty)
     }
 
     fn push(&mut self, route: RouteEntry) {
@@ -62,7 +61,6 @@ impl Bulk {
         }
         let i = shard_of(&route.id);
         self.by_id[i].push(route);
-        self.len += 1;
     }
 }
 
@@ -89,11 +87,8 @@ impl Table {
         if bulk.is_empty() {
             return;
         }
-        let empty = self.routes.len() == 0
-            && self.exact.len() == 0
-            && self.wildcard.len() == 0
-            && self.catch_all.is_empty();
-        if !empty {
+        // Every HTTP route is in `routes`: none there, none by domain either.
+        if self.routes.len() != 0 {
             return self.add_one_by_one(bulk);
         }
         let Bulk {
@@ -101,7 +96,6 @@ impl Table {
             exact,
             wildcard,
             mut catch_all,
-            len: _,
         } = bulk;
         let shards: Vec<_> = by_id.into_iter().zip(exact).zip(wildcard).collect();
         let built = in_parallel(shards, threads, |((ids, exact), wildcard)| {
@@ -123,10 +117,10 @@ impl Table {
         let (Some(routes), Some(exact), Some(wildcard)) = sets else {
             unreachable!("one set per shard");
         };
+        // An HTTP route replaces a TCP route with its id (as `insert_new` does).
         if !self.tcp_routes.is_empty() {
-            for route in routes.iter() {
-                route.0.id.with_str(|id| self.tcp_routes.remove(id));
-            }
+            self.tcp_routes
+                .retain(|id, _| routes.get(&RouteId::new(id)).is_none());
         }
         sort_routes(&mut catch_all);
         self.routes = routes;
@@ -142,17 +136,11 @@ impl Table {
             exact,
             wildcard,
             catch_all,
-            len: _,
         } = bulk;
         // Each route is then held once: taken out of its `Arc`, not copied.
         drop((exact, wildcard, catch_all));
         for route in by_id.into_iter().flatten() {
-            let route = Arc::unwrap_or_clone(route);
-            if self.route_by_id(&route.id).is_some() {
-                self.insert_route(route);
-            } else {
-                self.insert_new(route);
-            }
+            self.upsert_route(Arc::unwrap_or_clone(route));
         }
     }
 }
@@ -165,7 +153,7 @@ fn domain_set(routes: Vec<Arc<RouteEntry>>) -> HashSet<ByDomain> {
         if set.insert(ByDomain::One(route.clone())) {
             continue;
         }
-        let key = route.domain.strip_prefix("*.").unwrap_or(&route.domain);
+        let key = domain_key(&route.domain);
         let mut routes = set.take(key).map_or_else(Vec::new, |d| d.routes().to_vec());
         routes.push(route);
         sort_routes(&mut routes);

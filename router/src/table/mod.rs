@@ -188,9 +188,13 @@ impl ByDomain {
 
 impl Borrow<str> for ByDomain {
     fn borrow(&self) -> &str {
-        let domain = self.routes().first().map_or("", |r| &*r.domain);
-        domain.strip_prefix("*.").unwrap_or(domain)
+        domain_key(self.routes().first().map_or("", |r| &*r.domain))
     }
+}
+
+/// A domain's key in its set: the domain, or the parent domain of a wildcard.
+fn domain_key(domain: &str) -> &str {
+    domain.strip_prefix("*.").unwrap_or(domain)
 }
 
 impl Hash for ByDomain {
