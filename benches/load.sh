@@ -35,8 +35,9 @@
 # Env: DURATION (10s), WARMUP (2s), CONNS (50), WRK_THREADS (1), ROUNDS (2),
 #      TARGETS ("direct nginx haproxy pingora ours_pingora ours"), PROXY_CPU (0), CLIENT_CPU (1), PIN (1),
 #      CARGO_TARGET_DIR (target), NO_BUILD (0), ROUTER_BIN (a router binary or wrapper to run
-#      instead of building one; a wrapper must `exec` the router), BARE_BIN (bare-pingora), PERF (0: 1 records a perf profile of ours during
-#      its last measured run and prints the top symbols; needs `perf`), WAIT_IDLE (0: seconds to
+#      instead of building one; a wrapper must `exec` the router), BARE_BIN (bare-pingora), PERF (0: a target's name, or 1 for ours, records
+#      a perf profile of that target during its last measured run and prints the kernel's share and
+#      the top symbols; needs `perf`), WAIT_IDLE (0: seconds to
 #      wait before each run for both cores to be under IDLE_BUSY (10) % busy with other work),
 #      OTHERS_MAX (15) and RETRIES (2): a run during which processes that are not part of the
 #      benchmark took more than OTHERS_MAX % of a core (the `others %` column) is done again, at
@@ -50,6 +51,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 ROUNDS=${ROUNDS:-2}
 TARGETS=${TARGETS:-"direct nginx haproxy pingora ours_pingora ours"}
 PERF=${PERF:-0}
+[[ $PERF == 1 ]] && PERF=ours
 HOST_HEADER=bench.test
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -166,8 +168,9 @@ measure_once() { # measure_once ROUND TARGET
     local round=$1 target=$2 out="$WORK/wrk-$1-$2.txt" pid perf_pid=""
     run_wrk "$target" "$WARMUP" /dev/null
     pid=$(target_pid "$target")
-    if [[ $PERF == 1 && $target == ours && $round == "$ROUNDS" ]]; then
-        perf record -F 999 -g -p "$OURS_PID" -o "$WORK/perf.data" >"$WORK/perf.log" 2>&1 &
+    if [[ $target == "$PERF" && $round == "$ROUNDS" ]]; then
+        # With its children: nginx's worker is the master's child.
+        perf record -F 999 -g -p "$(echo "$pid" $(pgrep -P "$pid") | tr ' ' ,)" -o "$WORK/perf.data" >"$WORK/perf.log" 2>&1 &
         perf_pid=$!
         sleep 0.5
     fi
@@ -234,9 +237,12 @@ awk -v order="$TARGETS" '
         }
     }' "$RESULTS"
 
-if [[ $PERF == 1 && -s $WORK/perf.data ]]; then
+if [[ $PERF != 0 && -s $WORK/perf.data ]]; then
     echo
-    echo "## perf: flynn-router during its last measured run (top symbols, self time)"
+    echo "## perf: $PERF during its last measured run (by object, then top symbols, self time)"
+    echo
+    perf report -i "$WORK/perf.data" --no-children --sort dso --stdio -g none 2>/dev/null |
+        grep -v '^#' | grep '%' | head -8
     echo
     perf report -i "$WORK/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
         grep -v '^#' | grep '%' | head -40
