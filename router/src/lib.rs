@@ -11,6 +11,7 @@
 //! - [`alloc`]: how the allocator gives memory back;
 //! - [`server`]: assembles it all; [`config`]: the binary's flags.
 
+pub mod access_log;
 pub mod admin;
 pub mod alloc;
 pub mod backend;

@@ -250,6 +250,13 @@ impl Metrics {
         let _ = self.limit.set(limit);
     }
 
+    /// Adds a metric of a part that exists only when configured (the access log's).
+    pub fn register(&self, metric: Box<dyn prometheus::core::Collector>) {
+        if let Err(e) = self.registry.register(metric) {
+            tracing::warn!(error = %e, "a metric could not be registered");
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         if let Some(limit) = self.limit.get() {

@@ -19,6 +19,7 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::listening::{ConnectionLimit, Service};
 use rustls::sign::CertifiedKey;
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::drain::{self, Drain};
 use crate::metrics::Metrics;
@@ -85,6 +86,8 @@ pub struct RouterConfig {
     pub max_connections: usize,
     pub timeouts: UpstreamTimeouts,
     pub drain_timeout: Duration,
+    /// Where every answered request is logged (`--access-log`), if anywhere.
+    pub access_log: Option<Arc<AccessLog>>,
     /// Take the listening sockets over from a running router (graceful binary upgrade).
     pub upgrade: bool,
     /// Where the running router hands its sockets over on SIGQUIT.
@@ -136,12 +139,16 @@ pub fn build(config: RouterConfig) -> Server {
         // Replaced by the store's shared key as soon as the store answers.
         None => StickyKey::random(),
     });
+    if let Some(log) = &config.access_log {
+        metrics.register(Box::new(log.dropped()));
+    }
     let router = Proxy::new(
         table.clone(),
         metrics.clone(),
         config.timeouts,
         sticky.clone(),
         in_flight.clone(),
+        config.access_log.clone(),
     );
     let mut proxy = pingora::proxy::http_proxy(&server.configuration, router.clone());
     let mut options = HttpServerOptions::default();

@@ -20,6 +20,7 @@ pub mod plan;
 pub mod responses;
 pub mod sticky;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +34,7 @@ use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::{H1UpgradePolicy, PeerOptions};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
+use crate::access_log::{AccessLog, Entry, Request};
 use crate::backend::{Attempts, InFlight};
 use crate::drain;
 use crate::metrics::Metrics;
@@ -92,6 +94,7 @@ pub struct Proxy {
     timeouts: UpstreamTimeouts,
     sticky: Arc<StickyKey>,
     in_flight: Arc<drain::InFlight>,
+    access_log: Option<Arc<AccessLog>>,
 }
 
 impl Proxy {
@@ -101,6 +104,7 @@ impl Proxy {
         timeouts: UpstreamTimeouts,
         sticky: Arc<StickyKey>,
         in_flight: Arc<drain::InFlight>,
+        access_log: Option<Arc<AccessLog>>,
     ) -> Proxy {
         Proxy {
             table,
@@ -108,6 +112,34 @@ impl Proxy {
             timeouts,
             sticky,
             in_flight,
+            access_log,
+        }
+    }
+
+    /// What the access log keeps of a request, read (and copied) only when there is a log.
+    pub(crate) fn logged(&self, read: impl FnOnce() -> Request) -> Option<Request> {
+        self.access_log.as_ref().map(|_| read())
+    }
+
+    /// One answered request, on any engine: counted in the metrics, and logged with
+    /// `--access-log` (`logged` from [`Self::logged`]). `status` 0: nothing was sent.
+    pub(crate) fn answered(
+        &self,
+        status: u16,
+        start: Instant,
+        logged: Option<&Request>,
+        client: Option<IpAddr>,
+        proto: &'static str,
+    ) {
+        self.metrics.record_request(status, start);
+        if let (Some(log), Some(request)) = (&self.access_log, logged) {
+            log.record(&Entry {
+                client,
+                request,
+                proto,
+                status,
+                duration: start.elapsed(),
+            });
         }
     }
 }
@@ -151,7 +183,12 @@ impl ProxyHttp for Proxy {
         status: u16,
     ) -> Result<()> {
         let canned = responses::canned(status);
-        self.metrics.record_request(status, Instant::now());
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        let logged = self.logged(Request::default);
+        self.answered(status, Instant::now(), logged.as_ref(), client, "HTTP/1.1");
         session
             .write_error_response(canned.header.clone(), canned.body.clone())
             .await
@@ -333,7 +370,31 @@ impl ProxyHttp for Proxy {
             .response_written()
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
-        self.metrics.record_request(status, ctx.start);
+        let req = session.req_header();
+        let logged = self.logged(|| Request {
+            method: req.method.as_str().to_owned(),
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+                .or_else(|| req.uri.authority().map(|a| a.as_str().to_owned()))
+                .unwrap_or_default(),
+            uri: req
+                .uri
+                .path_and_query()
+                .map_or_else(|| req.uri.to_string(), |p| p.as_str().to_owned()),
+        });
+        let proto = match req.version {
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            http::Version::HTTP_09 => "HTTP/0.9",
+            _ => "HTTP/1.1",
+        };
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        self.answered(status, ctx.start, logged.as_ref(), client, proto);
     }
 }
 

@@ -51,6 +51,7 @@ use tokio::time::timeout;
 use super::headers::Origin;
 use super::plan::{plan, Plan};
 use super::{ClientTimeouts, Proxy};
+use crate::access_log::Request;
 
 /// The longest request or response head (pingora's limit too, vendored): a longer request gets
 /// 431, a longer response 502.
@@ -217,13 +218,20 @@ impl FastH1 {
                 Err(End::Refuse(status)) => {
                     let start = Instant::now();
                     let sent = self.fail(conn, status).await.0;
-                    self.router.metrics.record_request(sent, start);
+                    let logged = self.router.logged(Request::default);
+                    let client = conn.origin.client_ip;
+                    self.router
+                        .answered(sent, start, logged.as_ref(), client, "HTTP/1.1");
                     return End::Close;
                 }
                 Err(end) => return end,
             };
             let start = Instant::now();
             let _in_flight = self.router.in_flight.enter();
+            let logged = self.router.logged(|| {
+                let part = |range: &std::ops::Range<usize>| &conn.buf[range.clone()];
+                Request::from_bytes(part(&head.method), part(&head.host), part(&head.path))
+            });
             let planned = plan(
                 &self.router.table.load(),
                 &conn.buf[head.host.clone()],
@@ -238,7 +246,9 @@ impl FastH1 {
                     self.forward(conn, &head, &route, &service).await
                 }
             };
-            self.router.metrics.record_request(status, start);
+            let client = conn.origin.client_ip;
+            self.router
+                .answered(status, start, logged.as_ref(), client, "HTTP/1.1");
             if !keep {
                 return End::Close;
             }

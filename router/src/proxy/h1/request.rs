@@ -32,7 +32,8 @@ pub struct Head {
     /// An idempotent method (RFC 9110 §9.2.2): safe to send again when a pooled backend
     /// connection turns out closed, as pingora's path does.
     pub idempotent: bool,
-    /// Where the Host value and the request target are in the buffer.
+    /// Where the method, the Host value and the request target are in the buffer.
+    pub method: Range<usize>,
     pub host: Range<usize>,
     pub path: Range<usize>,
 }
@@ -106,6 +107,7 @@ pub fn parse(buf: &[u8]) -> Parse {
             method,
             "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE"
         ),
+        method: offset(buf, method.as_bytes()),
         host,
         path: offset(buf, path.as_bytes()),
     })

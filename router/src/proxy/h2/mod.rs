@@ -42,6 +42,7 @@ use tokio::time::timeout;
 
 use super::h1::{answer_h2, origin, request, Conn, FastH1};
 use super::plan::{plan, Plan};
+use crate::access_log::Request;
 
 /// The streams of one HTTP/2 connection under way, served inside the connection's own task
 /// (as nginx and HAProxy serve a connection's streams), not in a task each as pingora does.
@@ -183,24 +184,31 @@ impl FastH1 {
         }
         let _in_flight = self.router.in_flight.enter();
         self.router.metrics.h2_fast_streams.inc();
+        let logged = self.router.logged(|| {
+            let part = |range: &std::ops::Range<usize>| &buf[range.clone()];
+            Request::from_bytes(part(&head.method), part(&head.host), part(&head.path))
+        });
+        let from = stream.session.digest().map_or_else(
+            || origin(None, false),
+            |d| origin(d.socket_digest.as_deref(), d.ssl_digest.is_some()),
+        );
+        let client = from.client_ip;
         let status = match planned {
             Plan::Answer(status) => answer_h2(&mut stream.session, status).await,
             Plan::Forward { route, service } => {
                 if body && !self.read_body(&mut stream.session, &mut buf, &head).await {
                     // The client did not send the body it announced, in time: no answer.
                     stream.session.shutdown();
-                    self.router.metrics.record_request(0, start);
+                    self.router
+                        .answered(0, start, logged.as_ref(), client, "HTTP/2");
                     return;
                 }
-                let from = stream.session.digest().map_or_else(
-                    || origin(None, false),
-                    |d| origin(d.socket_digest.as_deref(), d.ssl_digest.is_some()),
-                );
                 let mut conn = Conn::for_stream(stream, buf, from, shutdown.clone());
                 self.forward(&mut conn, &head, &route, &service).await.0
             }
         };
-        self.router.metrics.record_request(status, start);
+        self.router
+            .answered(status, start, logged.as_ref(), client, "HTTP/2");
     }
 
     /// Reads the stream's whole request body (its Content-Length, at most `request::MAX_BODY`)

@@ -1,0 +1,134 @@
+//! `--access-log`: every answered request is one JSON line, whichever engine answered it
+//! (the fast path, pingora's proxy for what the fast path hands over, HTTP/2 streams) and
+//! whoever answered (a backend, or the router itself).
+
+mod common;
+
+use std::time::Duration;
+
+use common::Harness;
+use flynn_testkit::backend::Backend;
+use flynn_testkit::client;
+use serde_json::Value;
+
+common::on_both_engines!(every_answered_request_is_a_json_line);
+
+async fn every_answered_request_is_a_json_line(engine: &[&str]) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("access.log");
+    let dest = path.to_str().expect("utf-8 path");
+    let h = Harness::start(&common::flags(engine, &["--h2c", "--access-log", dest])).await;
+    let b = Backend::start("a").await;
+    h.instance("web", "a", b.addr).await;
+    h.route("http-1", "log.test", "/", "web").await;
+    h.wait_status("log.test", "/ready", 200).await;
+    let router = h.router.http.to_string();
+
+    // A backend's answer, a route that does not exist, a request the fast path hands over
+    // (chunked), one the router refuses (a space in the target), an HTTP/2 stream.
+    let ok = h.get("/a/b?c=1&d=%20", "log.test").await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(h.get("/", "nothing.test").await.status, 404);
+    let chunked = b"POST /upload HTTP/1.1\r\nHost: log.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let uploaded = client::send(&router, chunked).await.expect("an answer");
+    assert_eq!(uploaded.status, 200);
+    let bad = client::send(&router, b"GET /a b HTTP/1.1\r\nHost: log.test\r\n\r\n")
+        .await
+        .expect("an answer");
+    assert_eq!(bad.status, 400);
+    let port = h.router.http.port();
+    let h2 = tokio::process::Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(["--http2-prior-knowledge", "--resolve"])
+        .arg(format!("log.test:{port}:127.0.0.1"))
+        .arg(format!("http://log.test:{port}/h2?x=y"))
+        .output()
+        .await
+        .expect("curl is installed");
+    assert_eq!(String::from_utf8_lossy(&h2.stdout), "200 2");
+
+    let mut lines = Vec::new();
+    flynn_testkit::eventually(Duration::from_secs(5), "the log's lines", || {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+            .collect();
+        let done = lines.iter().any(|l| l["uri"] == "/h2?x=y");
+        async move { done }
+    })
+    .await
+    .expect("the HTTP/2 request logged");
+    // One line per request: a request the fast path hands over is logged by pingora's proxy
+    // alone.
+    let find = |uri: &str| {
+        let mut found = lines.iter().filter(|l| l["uri"] == uri);
+        let line = found
+            .next()
+            .unwrap_or_else(|| panic!("no line for {uri} in {lines:#?}"));
+        assert!(found.next().is_none(), "{uri} logged twice: {lines:#?}");
+        line
+    };
+
+    let line = find("/a/b?c=1&d=%20");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["host"], "log.test");
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["proto"], "HTTP/1.1");
+    assert_eq!(line["client"], "127.0.0.1");
+    assert!(line["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
+    assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+
+    let miss = lines
+        .iter()
+        .find(|l| l["host"] == "nothing.test")
+        .expect("the 404 logged");
+    assert_eq!(miss["status"], 404);
+
+    let upload = find("/upload");
+    assert_eq!(
+        (&upload["method"], &upload["status"]),
+        (&"POST".into(), &200.into())
+    );
+
+    let refused = lines
+        .iter()
+        .find(|l| l["status"] == 400)
+        .expect("the router's 400 logged");
+    assert_eq!(refused["client"], "127.0.0.1");
+
+    let stream = find("/h2?x=y");
+    assert_eq!(stream["proto"], "HTTP/2");
+    // The Host as sent (curl's :authority carries the port), as for HTTP/1.1.
+    assert_eq!(stream["host"], format!("log.test:{port}"));
+    assert_eq!(stream["status"], 200);
+
+    assert_eq!(
+        h.router
+            .metric("flynn_router_access_log_dropped_total")
+            .await,
+        0.0
+    );
+}
+
+/// A log that cannot be opened stops the router at start with a message naming it.
+#[tokio::test]
+async fn an_access_log_that_cannot_be_opened_is_a_clear_error() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_flynn-router"))
+        .args(["--access-log", "/nonexistent/dir/access.log"])
+        .output()
+        .await
+        .expect("the router runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--access-log: cannot open /nonexistent/dir/access.log"),
+        "{stderr}"
+    );
+}
