@@ -1,6 +1,7 @@
 //! `--access-log`: every answered request is one JSON line, whichever engine answered it
 //! (the fast path, pingora's proxy for what the fast path hands over, HTTP/2 streams) and
-//! whoever answered (a backend, or the router itself).
+//! whoever answered (a backend, or the router itself); the client is the one a trusted load
+//! balancer's PROXY header names.
 
 mod common;
 
@@ -17,7 +18,14 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("access.log");
     let dest = path.to_str().expect("utf-8 path");
-    let h = Harness::start(&common::flags(engine, &["--h2c", "--access-log", dest])).await;
+    let flags = [
+        "--h2c",
+        "--access-log",
+        dest,
+        "--proxy-protocol-from",
+        "127.0.0.2/32",
+    ];
+    let h = Harness::start(&common::flags(engine, &flags)).await;
     let b = Backend::start("a").await;
     h.instance("web", "a", b.addr).await;
     h.route("http-1", "log.test", "/", "web").await;
@@ -52,6 +60,25 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
         .await
         .expect("curl is installed");
     assert_eq!(String::from_utf8_lossy(&h2.stdout), "200 2");
+    // From a load balancer in front: the client is the one its PROXY header names.
+    let balancer = tokio::net::TcpSocket::new_v4().expect("socket");
+    balancer
+        .bind("127.0.0.2:0".parse().expect("address"))
+        .expect("bind 127.0.0.2");
+    let mut stream = balancer.connect(h.router.http).await.expect("connect");
+    let proxied = b"PROXY TCP4 198.51.100.9 127.0.0.1 4000 80\r\nGET /behind HTTP/1.1\r\nHost: log.test\r\nConnection: close\r\n\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut stream, proxied)
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+        .await
+        .expect("read");
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
 
     let mut lines = Vec::new();
     flynn_testkit::eventually(Duration::from_secs(5), "the log's lines", || {
@@ -60,11 +87,11 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
             .collect();
-        let done = lines.iter().any(|l| l["uri"] == "/h2?x=y");
+        let done = lines.iter().any(|l| l["uri"] == "/behind");
         async move { done }
     })
     .await
-    .expect("the HTTP/2 request logged");
+    .expect("the last request logged");
     // One line per request: a request the fast path hands over is logged by pingora's proxy
     // alone.
     let find = |uri: &str| {
@@ -102,6 +129,8 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
         .find(|l| l["status"] == 400)
         .expect("the router's 400 logged");
     assert_eq!(refused["client"], "127.0.0.1");
+
+    assert_eq!(find("/behind")["client"], "198.51.100.9");
 
     let stream = find("/h2?x=y");
     assert_eq!(stream["proto"], "HTTP/2");
