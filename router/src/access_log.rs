@@ -1,7 +1,7 @@
 //! The access log (`--access-log`): one JSON object per answered request, on every engine.
 //!
 //! ```json
-//! {"time":"2026-12-01T16:20:00.123Z","client":"203.0.113.7","method":"GET","host":"example.com","uri":"/a?b=1","proto":"HTTP/1.1","status":200,"duration_ms":0.412}
+//! {"time":"2026-12-01T16:20:00.123Z","client":"203.0.113.7","method":"GET","host":"example.com","uri":"/a?b=1","scheme":"https","proto":"HTTP/1.1","status":200,"upstream":"10.0.0.5:8080","duration_ms":0.412}
 //! ```
 //!
 //! A request only formats its line and hands it to a queue; a thread of its own takes what is
@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
@@ -62,10 +62,15 @@ impl Request {
 pub struct Entry<'a> {
     pub client: Option<IpAddr>,
     pub request: &'a Request,
+    /// `http` or `https`.
+    pub scheme: &'static str,
     /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
     pub proto: &'static str,
     /// The status sent; 0 when nothing was (the client went away, or the response was cut).
     pub status: u16,
+    /// The instance the request was last sent to; None when it went to none (the router
+    /// answered itself, or no instance could be reached).
+    pub upstream: Option<SocketAddr>,
     pub duration: Duration,
 }
 
@@ -76,8 +81,10 @@ struct Line<'a> {
     method: &'a str,
     host: &'a str,
     uri: &'a str,
+    scheme: &'a str,
     proto: &'a str,
     status: u16,
+    upstream: Option<SocketAddr>,
     duration_ms: f64,
 }
 
@@ -128,8 +135,10 @@ impl AccessLog {
             method: &entry.request.method,
             host: &entry.request.host,
             uri: &entry.request.uri,
+            scheme: entry.scheme,
             proto: entry.proto,
             status: entry.status,
+            upstream: entry.upstream,
             duration_ms: (entry.duration.as_secs_f64() * 1e6).round() / 1e3,
         };
         let Ok(mut text) = serde_json::to_string(&line) else {
@@ -200,8 +209,10 @@ mod tests {
             log.record(&Entry {
                 client: Some("192.0.2.1".parse().expect("ip")),
                 request: &request,
+                scheme: "http",
                 proto: "HTTP/1.1",
                 status,
+                upstream: Some("10.0.0.5:8080".parse().expect("address")),
                 duration: Duration::from_micros(1500),
             });
         }
@@ -216,6 +227,8 @@ mod tests {
         assert_eq!(lines[0]["uri"], "/x?q=\"1\"\u{fffd}");
         assert_eq!(lines[0]["client"], "192.0.2.1");
         assert_eq!(lines[0]["proto"], "HTTP/1.1");
+        assert_eq!(lines[0]["scheme"], "http");
+        assert_eq!(lines[0]["upstream"], "10.0.0.5:8080");
         assert_eq!(lines[0]["duration_ms"], 1.5);
         let statuses: Vec<_> = lines.iter().map(|l| l["status"].clone()).collect();
         assert_eq!(statuses, [200, 404, 0]);

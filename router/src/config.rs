@@ -181,8 +181,8 @@ pub struct RouterArgs {
     #[arg(long, env = "FLYNN_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Log every answered request as a line of JSON (time, client, method, host, uri, proto,
-    /// status, duration_ms) to this file (appended; rotate with logrotate's `copytruncate`), or
+    /// Log every answered request as a line of JSON (time, client, method, host, uri, scheme,
+    /// proto, status, upstream: the instance it went to, duration_ms) to this file (appended; rotate with logrotate's `copytruncate`), or
     /// to standard output with `-`. Lines are written by a thread of their own: a request never
     /// waits on the log, and lines that find its queue (64k) full are dropped and counted in
     /// flynn_router_access_log_dropped_total. Default: no access log

@@ -60,6 +60,23 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
         .await
         .expect("curl is installed");
     assert_eq!(String::from_utf8_lossy(&h2.stdout), "200 2");
+    let tls_port = h.router.https.port();
+    let tls = tokio::process::Command::new("curl")
+        .args([
+            "-sSk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--http1.1",
+            "--resolve",
+        ])
+        .arg(format!("log.test:{tls_port}:127.0.0.1"))
+        .arg(format!("https://log.test:{tls_port}/tls"))
+        .output()
+        .await
+        .expect("curl is installed");
+    assert_eq!(String::from_utf8_lossy(&tls.stdout), "200");
     // From a load balancer in front: the client is the one its PROXY header names.
     let balancer = tokio::net::TcpSocket::new_v4().expect("socket");
     balancer
@@ -109,6 +126,8 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
     assert_eq!(line["status"], 200);
     assert_eq!(line["proto"], "HTTP/1.1");
     assert_eq!(line["client"], "127.0.0.1");
+    assert_eq!(line["scheme"], "http");
+    assert_eq!(line["upstream"], b.addr.to_string());
     assert!(line["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0));
     assert!(line["time"].as_str().is_some_and(|t| t.ends_with('Z')));
 
@@ -117,12 +136,19 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
         .find(|l| l["host"] == "nothing.test")
         .expect("the 404 logged");
     assert_eq!(miss["status"], 404);
+    assert_eq!(miss["upstream"], Value::Null);
 
     let upload = find("/upload");
     assert_eq!(
         (&upload["method"], &upload["status"]),
         (&"POST".into(), &200.into())
     );
+    assert_eq!(upload["upstream"], b.addr.to_string());
+
+    let tls = find("/tls");
+    assert_eq!(tls["scheme"], "https");
+    assert_eq!(tls["status"], 200);
+    assert_eq!(tls["upstream"], b.addr.to_string());
 
     let refused = lines
         .iter()
@@ -137,6 +163,7 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
     // The Host as sent (curl's :authority carries the port), as for HTTP/1.1.
     assert_eq!(stream["host"], format!("log.test:{port}"));
     assert_eq!(stream["status"], 200);
+    assert_eq!(stream["upstream"], b.addr.to_string());
 
     assert_eq!(
         h.router

@@ -50,6 +50,7 @@ pub const HOP_BY_HOP: [&str; 6] = [
 ];
 
 /// Where a request came from and where it arrived.
+#[derive(Debug, Clone, Copy)]
 pub struct Origin {
     pub client_ip: Option<IpAddr>,
     pub proto: &'static str,

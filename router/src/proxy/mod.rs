@@ -20,7 +20,7 @@ pub mod plan;
 pub mod responses;
 pub mod sticky;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -128,16 +128,17 @@ impl Proxy {
         status: u16,
         start: Instant,
         logged: Option<&Request>,
-        client: Option<IpAddr>,
-        proto: &'static str,
+        done: Answered,
     ) {
         self.metrics.record_request(status, start);
         if let (Some(log), Some(request)) = (&self.access_log, logged) {
             log.record(&Entry {
-                client,
+                client: done.client,
                 request,
-                proto,
+                scheme: done.scheme,
+                proto: done.proto,
                 status,
+                upstream: done.upstream,
                 duration: start.elapsed(),
             });
         }
@@ -145,6 +146,59 @@ impl Proxy {
 }
 
 /// Per-request state.
+/// Who asked, how, and which instance answered: what the access log says of a request besides
+/// the request itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Answered {
+    pub client: Option<IpAddr>,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
+    pub proto: &'static str,
+    /// The instance the request was last sent to, if any.
+    pub upstream: Option<SocketAddr>,
+}
+
+impl Answered {
+    /// An HTTP/1.1 request of the fast path's.
+    pub fn h1(origin: &Origin, upstream: Option<SocketAddr>) -> Answered {
+        Answered {
+            client: origin.client_ip,
+            scheme: origin.proto,
+            proto: "HTTP/1.1",
+            upstream,
+        }
+    }
+
+    /// An HTTP/2 stream of the fast path's.
+    pub fn h2(origin: &Origin, upstream: Option<SocketAddr>) -> Answered {
+        Answered {
+            proto: "HTTP/2",
+            ..Answered::h1(origin, upstream)
+        }
+    }
+
+    /// A request of pingora's proxy, on `session`.
+    fn of(
+        session: &pingora::protocols::http::ServerSession,
+        proto: &'static str,
+        upstream: Option<SocketAddr>,
+    ) -> Answered {
+        Answered {
+            client: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            scheme: match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+                Some(_) => "https",
+                None => "http",
+            },
+            proto,
+            upstream,
+        }
+    }
+}
+
 pub struct RequestCtx {
     start: Instant,
     route: Option<Arc<RouteEntry>>,
@@ -183,12 +237,9 @@ impl ProxyHttp for Proxy {
         status: u16,
     ) -> Result<()> {
         let canned = responses::canned(status);
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
         let logged = self.logged(Request::default);
-        self.answered(status, Instant::now(), logged.as_ref(), client, "HTTP/1.1");
+        let done = Answered::of(session, "HTTP/1.1", None);
+        self.answered(status, Instant::now(), logged.as_ref(), done);
         session
             .write_error_response(canned.header.clone(), canned.body.clone())
             .await
@@ -365,7 +416,7 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.current = None;
+        let upstream = ctx.current.take().map(|last| last.backend().addr);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -390,11 +441,8 @@ impl ProxyHttp for Proxy {
             http::Version::HTTP_09 => "HTTP/0.9",
             _ => "HTTP/1.1",
         };
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
-        self.answered(status, ctx.start, logged.as_ref(), client, proto);
+        let done = Answered::of(session, proto, upstream);
+        self.answered(status, ctx.start, logged.as_ref(), done);
     }
 }
 

@@ -50,6 +50,7 @@ use tokio::time::timeout;
 
 use super::headers::Origin;
 use super::plan::{plan, Plan};
+use super::Answered;
 use super::{ClientTimeouts, Proxy};
 use crate::access_log::Request;
 
@@ -219,9 +220,8 @@ impl FastH1 {
                     let start = Instant::now();
                     let sent = self.fail(conn, status).await.0;
                     let logged = self.router.logged(Request::default);
-                    let client = conn.origin.client_ip;
-                    self.router
-                        .answered(sent, start, logged.as_ref(), client, "HTTP/1.1");
+                    let done = Answered::h1(&conn.origin, None);
+                    self.router.answered(sent, start, logged.as_ref(), done);
                     return End::Close;
                 }
                 Err(end) => return end,
@@ -240,15 +240,16 @@ impl FastH1 {
             if planned.hands_over(head.content_length > 0) {
                 return End::HandOver;
             }
+            let mut chosen = None;
             let (status, keep) = match planned {
                 Plan::Answer(status) => (status, self.answer(conn, &head, status).await),
                 Plan::Forward { route, service } => {
-                    self.forward(conn, &head, &route, &service).await
+                    self.forward(conn, &head, &route, &service, &mut chosen)
+                        .await
                 }
             };
-            let client = conn.origin.client_ip;
-            self.router
-                .answered(status, start, logged.as_ref(), client, "HTTP/1.1");
+            let done = Answered::h1(&conn.origin, chosen);
+            self.router.answered(status, start, logged.as_ref(), done);
             if !keep {
                 return End::Close;
             }

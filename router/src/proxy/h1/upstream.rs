@@ -1,6 +1,7 @@
 //! The backend side of the fast path: a connection by the attempts rule every engine follows,
 //! the request sent (its body streamed from the client), the response head read.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Buf;
@@ -38,13 +39,15 @@ impl FastH1 {
     /// Proxies one request (its head at the start of `conn.buf`) to an instance of `service`:
     /// the status the client got (0: none) and whether its connection stays open. An HTTP/2
     /// stream's request takes this path too (`proxy::h2`): only the response's way to the
-    /// client differs ([`Self::relay_h2`]).
+    /// client differs ([`Self::relay_h2`]). `chosen`: the instance the request went to last,
+    /// if it was sent (the access log's `upstream`).
     pub(in crate::proxy) async fn forward(
         &self,
         conn: &mut Conn,
         head: &request::Head,
         route: &RouteEntry,
         service: &Arc<Service>,
+        chosen: &mut Option<SocketAddr>,
     ) -> (u16, bool) {
         conn.upstream.clear();
         let rewrite = request::Rewrite {
@@ -99,6 +102,7 @@ impl FastH1 {
                 .exchange(conn, &mut upstream.stream, body_left, head, keep_client)
                 .await;
         }
+        *chosen = Some(upstream.in_flight.backend().addr);
         let resp = match result {
             Ok(resp) => resp,
             Err(Failed::Status(status)) => {

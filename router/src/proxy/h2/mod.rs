@@ -42,6 +42,7 @@ use tokio::time::timeout;
 
 use super::h1::{answer_h2, origin, request, Conn, FastH1};
 use super::plan::{plan, Plan};
+use super::Answered;
 use crate::access_log::Request;
 
 /// The streams of one HTTP/2 connection under way, served inside the connection's own task
@@ -192,23 +193,25 @@ impl FastH1 {
             || origin(None, false),
             |d| origin(d.socket_digest.as_deref(), d.ssl_digest.is_some()),
         );
-        let client = from.client_ip;
+        let mut chosen = None;
         let status = match planned {
             Plan::Answer(status) => answer_h2(&mut stream.session, status).await,
             Plan::Forward { route, service } => {
                 if body && !self.read_body(&mut stream.session, &mut buf, &head).await {
                     // The client did not send the body it announced, in time: no answer.
                     stream.session.shutdown();
-                    self.router
-                        .answered(0, start, logged.as_ref(), client, "HTTP/2");
+                    let done = Answered::h2(&from, None);
+                    self.router.answered(0, start, logged.as_ref(), done);
                     return;
                 }
                 let mut conn = Conn::for_stream(stream, buf, from, shutdown.clone());
-                self.forward(&mut conn, &head, &route, &service).await.0
+                self.forward(&mut conn, &head, &route, &service, &mut chosen)
+                    .await
+                    .0
             }
         };
-        self.router
-            .answered(status, start, logged.as_ref(), client, "HTTP/2");
+        let done = Answered::h2(&from, chosen);
+        self.router.answered(status, start, logged.as_ref(), done);
     }
 
     /// Reads the stream's whole request body (its Content-Length, at most `request::MAX_BODY`)
