@@ -45,38 +45,10 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
         .expect("an answer");
     assert_eq!(bad.status, 400);
     let port = h.router.http.port();
-    let h2 = tokio::process::Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code} %{http_version}",
-        ])
-        .args(["--http2-prior-knowledge", "--resolve"])
-        .arg(format!("log.test:{port}:127.0.0.1"))
-        .arg(format!("http://log.test:{port}/h2?x=y"))
-        .output()
-        .await
-        .expect("curl is installed");
-    assert_eq!(String::from_utf8_lossy(&h2.stdout), "200 2");
-    let tls_port = h.router.https.port();
-    let tls = tokio::process::Command::new("curl")
-        .args([
-            "-sSk",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--http1.1",
-            "--resolve",
-        ])
-        .arg(format!("log.test:{tls_port}:127.0.0.1"))
-        .arg(format!("https://log.test:{tls_port}/tls"))
-        .output()
-        .await
-        .expect("curl is installed");
-    assert_eq!(String::from_utf8_lossy(&tls.stdout), "200");
+    let h2 = curl(port, "http", &["--http2-prior-knowledge"], "/h2?x=y").await;
+    assert_eq!(h2, "200 2");
+    let tls = curl(h.router.https.port(), "https", &["--http1.1"], "/tls").await;
+    assert_eq!(tls, "200 1.1");
     // From a load balancer in front: the client is the one its PROXY header names.
     let balancer = tokio::net::TcpSocket::new_v4().expect("socket");
     balancer
@@ -171,6 +143,26 @@ async fn every_answered_request_is_a_json_line(engine: &[&str]) {
             .await,
         0.0
     );
+}
+
+/// `curl` with `how` to `path` on log.test at the router's `port`: the status and HTTP version.
+async fn curl(port: u16, scheme: &str, how: &[&str], path: &str) -> String {
+    let out = tokio::process::Command::new("curl")
+        .args([
+            "-sSk",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{http_version}",
+        ])
+        .args(how)
+        .arg("--resolve")
+        .arg(format!("log.test:{port}:127.0.0.1"))
+        .arg(format!("{scheme}://log.test:{port}{path}"))
+        .output()
+        .await
+        .expect("curl is installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A log that cannot be opened stops the router at start with a message naming it.
