@@ -9,16 +9,17 @@
 //! on a slow reader of stdout, and none pays for a system call or a wake-up. A line that finds the queue full is dropped and counted
 //! (`flynn_router_access_log_dropped_total`), as HAProxy drops log lines rather than block.
 
-use std::borrow::Cow;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use prometheus::IntCounter;
 use serde::Serialize;
+
+use crate::proxy::headers::Origin;
 
 /// Lines waiting for the writer, at most: a burst of this many requests is logged whole while
 /// the disk stalls.
@@ -57,26 +58,21 @@ impl Request {
     }
 }
 
-/// One answered request.
-#[derive(Debug)]
-pub struct Entry<'a> {
-    pub client: Option<IpAddr>,
-    pub request: &'a Request,
-    /// `http` or `https`.
-    pub scheme: &'static str,
+/// How a request came (its client and scheme: the forwarding headers' [`Origin`]) and where
+/// it went.
+#[derive(Debug, Clone, Copy)]
+pub struct Answered {
+    pub origin: Origin,
     /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
     pub proto: &'static str,
-    /// The status sent; 0 when nothing was (the client went away, or the response was cut).
-    pub status: u16,
     /// The instance the request was last sent to; None when it went to none (the router
     /// answered itself, or no instance could be reached).
     pub upstream: Option<SocketAddr>,
-    pub duration: Duration,
 }
 
 #[derive(Serialize)]
 struct Line<'a> {
-    time: Cow<'a, str>,
+    time: String,
     client: Option<IpAddr>,
     method: &'a str,
     host: &'a str,
@@ -125,33 +121,33 @@ impl AccessLog {
         self.dropped.clone()
     }
 
-    /// Logs one request (never waits: a full queue drops the line and counts it).
-    pub fn record(&self, entry: &Entry) {
+    /// Logs one request, answered with `status` (0: nothing was sent: the client went away,
+    /// or the response was cut) after `duration`. Never waits: a full queue drops the line and
+    /// counts it.
+    pub fn record(&self, request: &Request, answered: &Answered, status: u16, duration: Duration) {
         let line = Line {
-            time: humantime::format_rfc3339_millis(SystemTime::now())
-                .to_string()
-                .into(),
-            client: entry.client,
-            method: &entry.request.method,
-            host: &entry.request.host,
-            uri: &entry.request.uri,
-            scheme: entry.scheme,
-            proto: entry.proto,
-            status: entry.status,
-            upstream: entry.upstream,
-            duration_ms: (entry.duration.as_secs_f64() * 1e6).round() / 1e3,
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            client: answered.origin.client_ip,
+            method: &request.method,
+            host: &request.host,
+            uri: &request.uri,
+            scheme: answered.origin.proto,
+            proto: answered.proto,
+            status,
+            upstream: answered.upstream,
+            duration_ms: (duration.as_secs_f64() * 1e6).round() / 1e3,
         };
         let Ok(mut text) = serde_json::to_string(&line) else {
             return;
         };
         text.push('\n');
-        let Some(lines) = &self.lines else {
-            return;
-        };
-        match lines.try_send(text) {
-            Ok(()) => {}
-            // Full, or the writer is gone (its output failed: said once, when it stopped).
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => self.dropped.inc(),
+        // Full, or the writer is gone (its output failed: said once, when it stopped).
+        if self
+            .lines
+            .as_ref()
+            .is_some_and(|l| l.try_send(text).is_err())
+        {
+            self.dropped.inc();
         }
     }
 }
@@ -205,16 +201,17 @@ mod tests {
         let log = AccessLog::open(path.to_str().expect("utf-8")).expect("open");
         let dropped = log.dropped();
         let request = Request::from_bytes(b"GET", b"a.test", b"/x?q=\"1\"\xff");
+        let answered = Answered {
+            origin: Origin {
+                client_ip: Some("192.0.2.1".parse().expect("ip")),
+                proto: "http",
+                port: Some(80),
+            },
+            proto: "HTTP/1.1",
+            upstream: Some("10.0.0.5:8080".parse().expect("address")),
+        };
         for status in [200, 404, 0] {
-            log.record(&Entry {
-                client: Some("192.0.2.1".parse().expect("ip")),
-                request: &request,
-                scheme: "http",
-                proto: "HTTP/1.1",
-                status,
-                upstream: Some("10.0.0.5:8080".parse().expect("address")),
-                duration: Duration::from_micros(1500),
-            });
+            log.record(&request, &answered, status, Duration::from_micros(1500));
         }
         drop(log); // waits for the writer
         let text = std::fs::read_to_string(&path).expect("the log");

@@ -182,10 +182,11 @@ pub struct RouterArgs {
     pub max_connections: Option<usize>,
 
     /// Log every answered request as a line of JSON (time, client, method, host, uri, scheme,
-    /// proto, status, upstream: the instance it went to, duration_ms) to this file (appended; rotate with logrotate's `copytruncate`), or
-    /// to standard output with `-`. Lines are written by a thread of their own: a request never
-    /// waits on the log, and lines that find its queue (64k) full are dropped and counted in
-    /// flynn_router_access_log_dropped_total. Default: no access log
+    /// proto, status, upstream: the instance it went to, duration_ms) to this file (appended;
+    /// rotate with logrotate's `copytruncate`), or to standard output with `-`. Lines are
+    /// written by a thread of their own: a request never waits on the log, and lines that find
+    /// its queue (64k) full are dropped and counted in flynn_router_access_log_dropped_total.
+    /// Default: no access log
     #[arg(long, env = "FLYNN_ACCESS_LOG", value_name = "FILE|-")]
     pub access_log: Option<String>,
 

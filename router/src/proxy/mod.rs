@@ -20,7 +20,6 @@ pub mod plan;
 pub mod responses;
 pub mod sticky;
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,11 +29,12 @@ use flynn_store::types::BackendProtocol;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::modules::http::HttpModules;
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::FailToProxy;
 use pingora::upstreams::peer::{H1UpgradePolicy, PeerOptions};
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
-use crate::access_log::{AccessLog, Entry, Request};
+use crate::access_log::{AccessLog, Answered, Request};
 use crate::backend::{Attempts, InFlight};
 use crate::drain;
 use crate::metrics::Metrics;
@@ -122,83 +122,23 @@ impl Proxy {
     }
 
     /// One answered request, on any engine: counted in the metrics, and logged with
-    /// `--access-log` (`logged` from [`Self::logged`]). `status` 0: nothing was sent.
+    /// `--access-log` (`logged` from [`Self::logged`]; `answered` is only asked then).
+    /// `status` 0: nothing was sent.
     pub(crate) fn answered(
         &self,
         status: u16,
         start: Instant,
         logged: Option<&Request>,
-        done: Answered,
+        answered: impl FnOnce() -> Answered,
     ) {
         self.metrics.record_request(status, start);
         if let (Some(log), Some(request)) = (&self.access_log, logged) {
-            log.record(&Entry {
-                client: done.client,
-                request,
-                scheme: done.scheme,
-                proto: done.proto,
-                status,
-                upstream: done.upstream,
-                duration: start.elapsed(),
-            });
+            log.record(request, &answered(), status, start.elapsed());
         }
     }
 }
 
 /// Per-request state.
-/// Who asked, how, and which instance answered: what the access log says of a request besides
-/// the request itself.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Answered {
-    pub client: Option<IpAddr>,
-    /// `http` or `https`.
-    pub scheme: &'static str,
-    /// `HTTP/1.1`, `HTTP/1.0` or `HTTP/2`.
-    pub proto: &'static str,
-    /// The instance the request was last sent to, if any.
-    pub upstream: Option<SocketAddr>,
-}
-
-impl Answered {
-    /// An HTTP/1.1 request of the fast path's.
-    pub fn h1(origin: &Origin, upstream: Option<SocketAddr>) -> Answered {
-        Answered {
-            client: origin.client_ip,
-            scheme: origin.proto,
-            proto: "HTTP/1.1",
-            upstream,
-        }
-    }
-
-    /// An HTTP/2 stream of the fast path's.
-    pub fn h2(origin: &Origin, upstream: Option<SocketAddr>) -> Answered {
-        Answered {
-            proto: "HTTP/2",
-            ..Answered::h1(origin, upstream)
-        }
-    }
-
-    /// A request of pingora's proxy, on `session`.
-    fn of(
-        session: &pingora::protocols::http::ServerSession,
-        proto: &'static str,
-        upstream: Option<SocketAddr>,
-    ) -> Answered {
-        Answered {
-            client: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            scheme: match session.digest().and_then(|d| d.ssl_digest.as_ref()) {
-                Some(_) => "https",
-                None => "http",
-            },
-            proto,
-            upstream,
-        }
-    }
-}
-
 pub struct RequestCtx {
     start: Instant,
     route: Option<Arc<RouteEntry>>,
@@ -231,14 +171,14 @@ impl ProxyHttp for Proxy {
         }
     }
 
-    async fn refuse_request(
-        &self,
-        session: &mut pingora::protocols::http::ServerSession,
-        status: u16,
-    ) -> Result<()> {
+    async fn refuse_request(&self, session: &mut ServerSession, status: u16) -> Result<()> {
         let canned = responses::canned(status);
         let logged = self.logged(Request::default);
-        let done = Answered::of(session, "HTTP/1.1", None);
+        let done = || Answered {
+            origin: session_origin(session),
+            proto: "HTTP/1.1",
+            upstream: None,
+        };
         self.answered(status, Instant::now(), logged.as_ref(), done);
         session
             .write_error_response(canned.header.clone(), canned.body.clone())
@@ -332,18 +272,7 @@ impl ProxyHttp for Proxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let origin = Origin {
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            proto: if is_tls(session) { "https" } else { "http" },
-            port: session
-                .server_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.port()),
-        };
-        headers::add_forwarding(upstream_request, &origin)?;
+        headers::add_forwarding(upstream_request, &session_origin(session))?;
         single_content_length(upstream_request)?;
         let h1_backend = ctx
             .route
@@ -422,26 +351,24 @@ impl ProxyHttp for Proxy {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let req = session.req_header();
-        let logged = self.logged(|| Request {
-            method: req.method.as_str().to_owned(),
-            host: req
-                .headers
-                .get(http::header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-                .or_else(|| req.uri.authority().map(|a| a.as_str().to_owned()))
-                .unwrap_or_default(),
-            uri: req
-                .uri
-                .path_and_query()
-                .map_or_else(|| req.uri.to_string(), |p| p.as_str().to_owned()),
+        // The host routed by and the request target as sent, as the fast path logs them.
+        let logged = self.logged(|| {
+            Request::from_bytes(
+                req.method.as_str().as_bytes(),
+                request_host(req),
+                req.raw_path(),
+            )
         });
-        let proto = match req.version {
-            http::Version::HTTP_2 => "HTTP/2",
-            http::Version::HTTP_10 => "HTTP/1.0",
-            http::Version::HTTP_09 => "HTTP/0.9",
-            _ => "HTTP/1.1",
+        let done = || Answered {
+            origin: session_origin(session),
+            proto: match req.version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                http::Version::HTTP_09 => "HTTP/0.9",
+                _ => "HTTP/1.1",
+            },
+            upstream,
         };
-        let done = Answered::of(session, proto, upstream);
         self.answered(status, ctx.start, logged.as_ref(), done);
     }
 }
@@ -538,8 +465,24 @@ async fn answer(session: &mut Session, canned: &Canned) -> Result<()> {
 }
 
 /// Whether the client connection is TLS.
-fn is_tls(session: &Session) -> bool {
+fn is_tls(session: &ServerSession) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
+}
+
+/// Where a request of pingora's proxy came from and arrived (its forwarding headers, and the
+/// access log's client and scheme).
+fn session_origin(session: &ServerSession) -> Origin {
+    Origin {
+        client_ip: session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
+        proto: if is_tls(session) { "https" } else { "http" },
+        port: session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.port()),
+    }
 }
 
 /// The authority of an absolute-form URI or HTTP/2 request (RFC 9112 3.2.2: it wins over the

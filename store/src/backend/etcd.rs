@@ -480,11 +480,13 @@ impl Store for EtcdStore {
             } else {
                 kvs.extend(window.kvs);
             }
-            if window.more || kvs.len() >= limit || whole {
-                if window.more || kvs.len() >= limit {
+            // Full: keys remain in this window or after it.
+            let full = window.more || kvs.len() >= limit;
+            if full || whole {
+                if full {
                     self.hint_depth(prefix, depth, held / 4 > wanted);
                 }
-                // Full (keys remain in this window or after it), or the prefix is done.
+                // Full, or the prefix is done.
                 let more = window.more || (!whole && kvs.len() >= limit);
                 return Ok(Page {
                     kvs,

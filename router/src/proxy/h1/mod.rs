@@ -50,9 +50,8 @@ use tokio::time::timeout;
 
 use super::headers::Origin;
 use super::plan::{plan, Plan};
-use super::Answered;
 use super::{ClientTimeouts, Proxy};
-use crate::access_log::Request;
+use crate::access_log::{Answered, Request};
 
 /// The longest request or response head (pingora's limit too, vendored): a longer request gets
 /// 431, a longer response 502.
@@ -220,7 +219,12 @@ impl FastH1 {
                     let start = Instant::now();
                     let sent = self.fail(conn, status).await.0;
                     let logged = self.router.logged(Request::default);
-                    let done = Answered::h1(&conn.origin, None);
+                    let origin = conn.origin;
+                    let done = || Answered {
+                        origin,
+                        proto: "HTTP/1.1",
+                        upstream: None,
+                    };
                     self.router.answered(sent, start, logged.as_ref(), done);
                     return End::Close;
                 }
@@ -228,10 +232,7 @@ impl FastH1 {
             };
             let start = Instant::now();
             let _in_flight = self.router.in_flight.enter();
-            let logged = self.router.logged(|| {
-                let part = |range: &std::ops::Range<usize>| &conn.buf[range.clone()];
-                Request::from_bytes(part(&head.method), part(&head.host), part(&head.path))
-            });
+            let logged = self.router.logged(|| head.logged(&conn.buf));
             let planned = plan(
                 &self.router.table.load(),
                 &conn.buf[head.host.clone()],
@@ -248,7 +249,12 @@ impl FastH1 {
                         .await
                 }
             };
-            let done = Answered::h1(&conn.origin, chosen);
+            let origin = conn.origin;
+            let done = || Answered {
+                origin,
+                proto: "HTTP/1.1",
+                upstream: chosen,
+            };
             self.router.answered(status, start, logged.as_ref(), done);
             if !keep {
                 return End::Close;

@@ -8,6 +8,7 @@ use std::ops::Range;
 
 use httparse::Status;
 
+use crate::access_log;
 use crate::proxy::framing::parse_length;
 use crate::proxy::headers::{self, Origin};
 use crate::proxy::sticky;
@@ -36,6 +37,14 @@ pub struct Head {
     pub method: Range<usize>,
     pub host: Range<usize>,
     pub path: Range<usize>,
+}
+
+impl Head {
+    /// What the access log keeps of this request, whose head is at the start of `buf`.
+    pub fn logged(&self, buf: &[u8]) -> access_log::Request {
+        let part = |range: &Range<usize>| &buf[range.clone()];
+        access_log::Request::from_bytes(part(&self.method), part(&self.host), part(&self.path))
+    }
 }
 
 /// The outcome of looking at the start of the client's buffer.

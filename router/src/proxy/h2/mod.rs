@@ -42,8 +42,7 @@ use tokio::time::timeout;
 
 use super::h1::{answer_h2, origin, request, Conn, FastH1};
 use super::plan::{plan, Plan};
-use super::Answered;
-use crate::access_log::Request;
+use crate::access_log::Answered;
 
 /// The streams of one HTTP/2 connection under way, served inside the connection's own task
 /// (as nginx and HAProxy serve a connection's streams), not in a task each as pingora does.
@@ -185,10 +184,7 @@ impl FastH1 {
         }
         let _in_flight = self.router.in_flight.enter();
         self.router.metrics.h2_fast_streams.inc();
-        let logged = self.router.logged(|| {
-            let part = |range: &std::ops::Range<usize>| &buf[range.clone()];
-            Request::from_bytes(part(&head.method), part(&head.host), part(&head.path))
-        });
+        let logged = self.router.logged(|| head.logged(&buf));
         let from = stream.session.digest().map_or_else(
             || origin(None, false),
             |d| origin(d.socket_digest.as_deref(), d.ssl_digest.is_some()),
@@ -200,7 +196,11 @@ impl FastH1 {
                 if body && !self.read_body(&mut stream.session, &mut buf, &head).await {
                     // The client did not send the body it announced, in time: no answer.
                     stream.session.shutdown();
-                    let done = Answered::h2(&from, None);
+                    let done = || Answered {
+                        origin: from,
+                        proto: "HTTP/2",
+                        upstream: None,
+                    };
                     self.router.answered(0, start, logged.as_ref(), done);
                     return;
                 }
@@ -210,7 +210,11 @@ impl FastH1 {
                     .0
             }
         };
-        let done = Answered::h2(&from, chosen);
+        let done = || Answered {
+            origin: from,
+            proto: "HTTP/2",
+            upstream: chosen,
+        };
         self.router.answered(status, start, logged.as_ref(), done);
     }
 
