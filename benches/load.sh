@@ -35,9 +35,10 @@
 # Env: DURATION (10s), WARMUP (2s), CONNS (50), WRK_THREADS (1), ROUNDS (2),
 #      TARGETS ("direct nginx haproxy pingora ours_pingora ours"), PROXY_CPU (0), CLIENT_CPU (1), PIN (1),
 #      CARGO_TARGET_DIR (target), NO_BUILD (0), ROUTER_BIN (a router binary or wrapper to run
-#      instead of building one; a wrapper must `exec` the router), BARE_BIN (bare-pingora), PERF (0: a target's name, or 1 for ours, records
-#      a perf profile of that target during its last measured run and prints the kernel's share and
-#      the top symbols; needs `perf`), WAIT_IDLE (0: seconds to
+#      instead of building one; a wrapper must `exec` the router), BARE_BIN (bare-pingora),
+#      PERF (0; a target's name, or 1 for ours: a perf profile of that target, its children
+#      included, during its last measured run, printed as the share by object (kernel, binary,
+#      libc) and the top symbols; needs `perf`), WAIT_IDLE (0: seconds to
 #      wait before each run for both cores to be under IDLE_BUSY (10) % busy with other work),
 #      OTHERS_MAX (15) and RETRIES (2): a run during which processes that are not part of the
 #      benchmark took more than OTHERS_MAX % of a core (the `others %` column) is done again, at
